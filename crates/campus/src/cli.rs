@@ -1,0 +1,170 @@
+//! The command line: flags, their environment twins, and `campus.toml`.
+//!
+//! Precedence: a flag wins over its environment variable (clap), which wins
+//! over the config file, which wins over the default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "campus",
+    version,
+    about = "A multi-tenant learning platform server with hard tenant isolation"
+)]
+pub struct Cli {
+    /// Where the registry, the tenants' databases and files live.
+    #[arg(long, env = "CAMPUS_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// The configuration file (default: ./campus.toml, when it exists).
+    #[arg(long, env = "CAMPUS_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// PostgreSQL for the registry and tenants (not in this build yet).
+    #[arg(long, env = "CAMPUS_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// Log format.
+    #[arg(long, env = "CAMPUS_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Bring the control plane and every tenant (or one) to the latest schema.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long, env = "CAMPUS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// With `example.com`, requests to `acme.example.com` are for the tenant `acme`.
+    #[arg(long, env = "CAMPUS_BASE_DOMAIN")]
+    pub base_domain: Option<String>,
+    /// Redis for shared cache and limits (not in this build yet).
+    #[arg(long, env = "CAMPUS_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Object storage for files (not in this build yet).
+    #[arg(long, env = "CAMPUS_STORAGE_URL")]
+    pub storage_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Provision a tenant and its first admin; prints the tenant as JSON.
+    Create(CreateArgs),
+    /// List tenants.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one tenant.
+    Show {
+        slug: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a tenant's name or plan.
+    #[command(alias = "rename")]
+    Update {
+        slug: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// free, standard or enterprise.
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// Suspend a tenant: its API answers 403 until resumed.
+    Suspend { slug: String },
+    /// Resume a suspended tenant.
+    Resume { slug: String },
+    /// Delete a tenant (kept on disk); with --purge, destroy its data too.
+    Delete {
+        slug: String,
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    pub slug: String,
+    /// The organisation's display name.
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub admin_email: String,
+    /// The first admin's name (default: the part of the email before '@').
+    #[arg(long)]
+    pub admin_name: Option<String>,
+    /// Generated and printed once when absent.
+    #[arg(long, env = "CAMPUS_ADMIN_PASSWORD")]
+    pub admin_password: Option<String>,
+    /// database (the embedded default), schema or pool.
+    #[arg(long)]
+    pub isolation: Option<String>,
+    #[arg(long)]
+    pub placement: Option<String>,
+    /// free, standard (default) or enterprise.
+    #[arg(long)]
+    pub plan: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Only this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Tenants migrated at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+}
+
+/// `campus.toml`: the same settings as the flags, lowest precedence but the defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub listen: Option<SocketAddr>,
+    pub base_domain: Option<String>,
+    pub redis_url: Option<String>,
+    pub storage_url: Option<String>,
+    pub operator_token: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(explicit: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let path = match explicit {
+            Some(p) => p.to_owned(),
+            None => {
+                let p = PathBuf::from("campus.toml");
+                if !p.exists() {
+                    return Ok(Self::default());
+                }
+                p
+            }
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+}

@@ -1,0 +1,336 @@
+//! `campus`: the server and its operator's tools, in one binary.
+
+mod cli;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+use tenancy::{Kernel, KernelConfig};
+
+use cli::{Cli, Command, FileConfig, LogFormat, TenantCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("CAMPUS_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+            .init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let file = FileConfig::load(cli.config.as_deref())?;
+    let log_format = cli
+        .log_format
+        .or(file.log_format)
+        .unwrap_or(LogFormat::Text);
+    let serving = matches!(cli.command, Command::Serve(_));
+    init_logging(log_format, if serving { "info,sqlx=warn" } else { "warn" });
+
+    if cli.database_url.is_some() || file.database_url.is_some() {
+        bail!(
+            "--database-url: PostgreSQL is not supported by this build yet; run without it for the embedded data plane"
+        );
+    }
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("./data"));
+    let kernel = Kernel::open(KernelConfig::new(&data_dir, lms::TENANT_MIGRATIONS))
+        .await
+        .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
+
+    match cli.command {
+        Command::Serve(args) => serve(kernel, &data_dir, args, file).await,
+        Command::Tenant(cmd) => tenant(kernel, cmd).await,
+        Command::Migrate(args) => migrate(kernel, args).await,
+    }
+}
+
+/// The operator token's hash: from configuration, or generated once into the
+/// data directory (only its hash is kept; the token is printed once).
+fn operator_token_hash(data_dir: &Path, configured: Option<String>) -> anyhow::Result<[u8; 32]> {
+    if let Some(token) = std::env::var("CAMPUS_OPERATOR_TOKEN").ok().or(configured) {
+        if token.len() < 16 {
+            bail!("CAMPUS_OPERATOR_TOKEN must be at least 16 characters");
+        }
+        return Ok(Sha256::digest(token.as_bytes()).into());
+    }
+    let path = data_dir.join("operator-token.sha256");
+    if let Ok(hex) = std::fs::read_to_string(&path) {
+        let hex = hex.trim();
+        let mut out = [0u8; 32];
+        if hex.len() != 64 {
+            bail!(
+                "{} is damaged; delete it to generate a new operator token",
+                path.display()
+            );
+        }
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                .with_context(|| format!("{} is damaged", path.display()))?;
+        }
+        return Ok(out);
+    }
+    let token = format!("cop_{}", lms::auth::generate_password());
+    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, &hex)?;
+    eprintln!(
+        "Generated an operator token (shown once; only its hash is kept in {}):",
+        path.display()
+    );
+    eprintln!();
+    eprintln!("    {token}");
+    eprintln!();
+    Ok(hash)
+}
+
+fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(content.as_bytes())?;
+    Ok(())
+}
+
+async fn serve(
+    kernel: Kernel,
+    data_dir: &Path,
+    args: cli::ServeArgs,
+    file: FileConfig,
+) -> anyhow::Result<ExitCode> {
+    if args.redis_url.is_some() || file.redis_url.is_some() {
+        bail!(
+            "--redis-url: Redis is not supported by this build yet; run without it for the in-process cache"
+        );
+    }
+    if let Some(url) = args.storage_url.as_ref().or(file.storage_url.as_ref())
+        && !url.starts_with("file://")
+    {
+        bail!("--storage-url: only file:// storage is supported by this build");
+    }
+    let mut config = server::ServerConfig::new("");
+    config.operator_token_sha256 = operator_token_hash(data_dir, file.operator_token)?;
+    config.base_domain = args.base_domain.or(file.base_domain);
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| ([127, 0, 0, 1], 8080).into());
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %data_dir.display(), "campus is serving");
+    let state = server::AppState::new(kernel, config);
+    server::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn print_table(tenants: &[lms::ops::TenantView]) {
+    println!(
+        "{:<24} {:<12} {:<9} {:<10} {:>7} {:>6} {:>8}  NAME",
+        "SLUG", "STATUS", "ISOLATION", "PLAN", "VERSION", "USERS", "COURSES"
+    );
+    for t in tenants {
+        let (users, courses) = t.usage.as_ref().map_or(("-".into(), "-".into()), |u| {
+            (u.users.to_string(), u.courses.to_string())
+        });
+        println!(
+            "{:<24} {:<12} {:<9} {:<10} {:>7} {:>6} {:>8}  {}",
+            t.slug, t.status, t.isolation, t.plan, t.schema_version, users, courses, t.name
+        );
+    }
+}
+
+async fn tenant(kernel: Kernel, cmd: TenantCommand) -> anyhow::Result<ExitCode> {
+    use lms::ops;
+    let result = match cmd {
+        TenantCommand::Create(a) => {
+            let admin_name = a.admin_name.unwrap_or_else(|| {
+                a.admin_email
+                    .split('@')
+                    .next()
+                    .unwrap_or("admin")
+                    .to_owned()
+            });
+            let req = ops::NewTenant {
+                slug: a.slug,
+                name: a.name,
+                isolation: a.isolation,
+                placement: a.placement,
+                plan: a.plan,
+                admin: ops::NewAdmin {
+                    email: a.admin_email,
+                    name: admin_name,
+                    password: a.admin_password,
+                },
+            };
+            let done = ops::create_tenant(&kernel, req).await?;
+            if done.admin_password.is_some() {
+                eprintln!(
+                    "The first admin's password was generated: it is in admin_password below, shown once."
+                );
+            }
+            print_json(&done)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        TenantCommand::List { json } => {
+            let all = ops::list_tenants(&kernel).await?;
+            if json {
+                print_json(&all)?
+            } else {
+                print_table(&all)
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        TenantCommand::Show { slug, json } => {
+            let t = ops::show_tenant(&kernel, &slug).await;
+            match (t, json) {
+                (Ok(t), true) => print_json(&t)?,
+                (Ok(t), false) => print_table(std::slice::from_ref(&t)),
+                (Err(e), _) => return Err(explain(e, &slug)),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        TenantCommand::Update { slug, name, plan } => {
+            if name.is_none() && plan.is_none() {
+                bail!("nothing to change: give --name and/or --plan");
+            }
+            ops::update_tenant(&kernel, &slug, ops::TenantPatch { name, plan })
+                .await
+                .map_err(|e| explain(e, &slug))
+        }
+        TenantCommand::Suspend { slug } => ops::suspend_tenant(&kernel, &slug)
+            .await
+            .map_err(|e| explain(e, &slug)),
+        TenantCommand::Resume { slug } => ops::resume_tenant(&kernel, &slug)
+            .await
+            .map_err(|e| explain(e, &slug)),
+        TenantCommand::Delete { slug, purge } => ops::delete_tenant(&kernel, &slug, purge)
+            .await
+            .map_err(|e| explain(e, &slug)),
+    };
+    print_json(&result?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain(e: lms::Error, slug: &str) -> anyhow::Error {
+    match e {
+        lms::Error::NotFound => anyhow::anyhow!("no tenant `{slug}`"),
+        other => other.into(),
+    }
+}
+
+async fn migrate(kernel: Kernel, args: cli::MigrateArgs) -> anyhow::Result<ExitCode> {
+    let tenants = lms::ops::migratable(&kernel, args.tenant.as_deref())
+        .await
+        .map_err(|e| explain(e, args.tenant.as_deref().unwrap_or("")))?;
+    let latest = kernel.latest_version();
+    eprintln!(
+        "control plane is up to date; {} tenant(s) to check against schema version {latest}",
+        tenants.len()
+    );
+    let bar = ProgressBar::new(tenants.len() as u64);
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let on_done = {
+        let bar = bar.clone();
+        Arc::new(move |t: &tenancy::Tenant, r: &lms::Result<bool>| {
+            if let Err(e) = r {
+                bar.println(format!("failed: {} — {e}", t.slug));
+            }
+            bar.set_message(t.slug.to_string());
+            bar.inc(1);
+        })
+    };
+    let summary = lms::ops::migrate_tenants(&kernel, tenants, args.concurrency, on_done).await;
+    bar.finish_and_clear();
+    println!(
+        "migrated {}, already up to date {}, failed {}",
+        summary.migrated.len(),
+        summary.up_to_date,
+        summary.failed.len()
+    );
+    for (slug, error) in &summary.failed {
+        println!("  failed: {slug}: {error}");
+    }
+    Ok(if summary.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

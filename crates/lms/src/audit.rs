@@ -1,0 +1,125 @@
+//! The tenant's audit log: who did what, recorded in the same transaction as
+//! the change it describes.
+
+use serde::Serialize;
+use tenancy::TenantTx;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::{Principal, Role};
+use crate::error::Result;
+use crate::page::{Page, PageRequest};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEvent {
+    pub id: String,
+    /// `user`, `api_key`, `operator` or `anonymous`.
+    pub actor_kind: String,
+    pub actor_id: Option<String>,
+    /// What happened, e.g. `course.created`.
+    pub action: String,
+    pub target_type: Option<String>,
+    pub target_id: Option<String>,
+    pub request_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
+    pub created_at: String,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert(
+    tx: &mut TenantTx,
+    actor_kind: &str,
+    actor_id: Option<&str>,
+    request_id: Option<&str>,
+    action: &str,
+    target: Option<(&str, &str)>,
+    details: Option<serde_json::Value>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_events (id, actor_kind, actor_id, action, target_type, target_id, request_id, details, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(Uuid::now_v7().to_string())
+    .bind(actor_kind)
+    .bind(actor_id)
+    .bind(action)
+    .bind(target.map(|t| t.0))
+    .bind(target.map(|t| t.1))
+    .bind(request_id)
+    .bind(details.map(|d| d.to_string()))
+    .bind(tenancy::clock::now())
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn record(
+    tx: &mut TenantTx,
+    actor: &Principal,
+    request_id: Option<&str>,
+    action: &str,
+    target: Option<(&str, &str)>,
+    details: Option<serde_json::Value>,
+) -> Result<()> {
+    let (kind, id) = actor.audit_actor();
+    insert(tx, kind, Some(id), request_id, action, target, details).await
+}
+
+pub(crate) async fn record_anonymous(
+    tx: &mut TenantTx,
+    request_id: &str,
+    action: &str,
+    details: serde_json::Value,
+) -> Result<()> {
+    insert(
+        tx,
+        "anonymous",
+        None,
+        Some(request_id),
+        action,
+        None,
+        Some(details),
+    )
+    .await
+}
+
+pub(crate) async fn record_operator(
+    tx: &mut TenantTx,
+    action: &str,
+    target: Option<(&str, &str)>,
+) -> Result<()> {
+    insert(tx, "operator", None, None, action, target, None).await
+}
+
+/// The tenant's audit log, newest first. Admins only.
+pub async fn list(cx: &crate::Cx, page: &PageRequest) -> Result<Page<AuditEvent>> {
+    cx.require(&[Role::Admin])?;
+    let mut tx = cx.read().await?;
+    let rows = sqlx::query(
+        "SELECT id, actor_kind, actor_id, action, target_type, target_id, request_id, details, created_at
+         FROM audit_events WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+    )
+    .bind(&page.after)
+    .bind(page.fetch())
+    .fetch_all(tx.conn())
+    .await?;
+    let events = rows
+        .iter()
+        .map(|r| {
+            let details: Option<String> = crate::col(r, "details")?;
+            Ok(AuditEvent {
+                id: crate::col(r, "id")?,
+                actor_kind: crate::col(r, "actor_kind")?,
+                actor_id: crate::col(r, "actor_id")?,
+                action: crate::col(r, "action")?,
+                target_type: crate::col(r, "target_type")?,
+                target_id: crate::col(r, "target_id")?,
+                request_id: crate::col(r, "request_id")?,
+                details: details.and_then(|d| serde_json::from_str(&d).ok()),
+                created_at: crate::col(r, "created_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Page::from_rows(events, page, |e| e.id.clone()))
+}

@@ -1,0 +1,67 @@
+//! The context of one call: one tenant, one caller, one request.
+
+use tenancy::{Kernel, Tenant, TenantTx};
+
+use crate::auth::{Principal, Role};
+use crate::error::{Error, Result};
+
+/// Everything a service needs to act for one caller in one tenant. Built by
+/// the edge after the tenant is resolved and the caller authenticated.
+#[derive(Clone)]
+pub struct Cx {
+    pub kernel: Kernel,
+    pub tenant: Tenant,
+    pub actor: Principal,
+    pub request_id: String,
+}
+
+impl Cx {
+    /// A read transaction on this tenant.
+    pub async fn read(&self) -> Result<TenantTx> {
+        Ok(self.kernel.begin(&self.tenant).await?)
+    }
+
+    /// A write transaction on this tenant.
+    pub async fn write(&self) -> Result<TenantTx> {
+        Ok(self.kernel.begin_write(&self.tenant).await?)
+    }
+
+    /// Fails with `forbidden` unless the caller has one of `roles`.
+    pub fn require(&self, roles: &[Role]) -> Result<()> {
+        if roles.contains(&self.actor.role()) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden("your role may not do this"))
+        }
+    }
+
+    pub fn is_staff(&self) -> bool {
+        matches!(self.actor.role(), Role::Admin | Role::Instructor)
+    }
+
+    /// The caller's user id; API keys have none.
+    pub fn user_id(&self) -> Result<&str> {
+        self.actor
+            .user_id()
+            .ok_or(Error::Forbidden("an API key acts for no user; name one"))
+    }
+
+    /// Records an audit event in `tx` (so it commits with the change it describes).
+    pub async fn audit(
+        &self,
+        tx: &mut TenantTx,
+        action: &str,
+        target: Option<(&str, &str)>,
+        details: Option<serde_json::Value>,
+    ) -> Result<()> {
+        crate::audit::record(
+            tx,
+            &self.actor,
+            Some(&self.request_id),
+            action,
+            target,
+            details,
+        )
+        .await
+    }
+}

@@ -1,0 +1,312 @@
+//! Users of one tenant and their roles.
+
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::SqliteRow;
+use tenancy::TenantTx;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::{self, Principal, Role};
+use crate::error::{Error, Result};
+use crate::page::{Page, PageRequest};
+use crate::{Cx, col, validate};
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub name: String,
+    pub email: String,
+    pub role: Role,
+    /// Optional: a user without a password cannot log in until one is set.
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    pub name: Option<String>,
+    /// Admins only.
+    pub email: Option<String>,
+    /// Admins only.
+    pub role: Option<Role>,
+    /// Ends the user's other sessions.
+    pub password: Option<String>,
+}
+
+const COLUMNS: &str = "id, email, name, role, created_at, updated_at";
+
+fn decode(r: &SqliteRow) -> Result<User> {
+    let role: String = col(r, "role")?;
+    Ok(User {
+        id: col(r, "id")?,
+        email: col(r, "email")?,
+        name: col(r, "name")?,
+        role: Role::parse(&role)?,
+        created_at: col(r, "created_at")?,
+        updated_at: col(r, "updated_at")?,
+    })
+}
+
+pub(crate) async fn get(tx: &mut TenantTx, id: &str) -> Result<Option<User>> {
+    let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
+    let row = sqlx::query(&sql).bind(id).fetch_optional(tx.conn()).await?;
+    row.as_ref().map(decode).transpose()
+}
+
+/// A user and their password hash, by (normalised) email.
+pub(crate) async fn find_by_email(
+    tx: &mut TenantTx,
+    email: &str,
+) -> Result<Option<(User, Option<String>)>> {
+    let sql = format!("SELECT {COLUMNS}, password_hash FROM users WHERE email = $1");
+    let row = sqlx::query(&sql)
+        .bind(email)
+        .fetch_optional(tx.conn())
+        .await?;
+    row.map(|r| Ok((decode(&r)?, col(&r, "password_hash")?)))
+        .transpose()
+}
+
+/// Validated fields of a new user, with the password already hashed.
+pub(crate) struct Checked {
+    name: String,
+    email: String,
+    role: Role,
+    password_hash: Option<String>,
+}
+
+pub(crate) async fn check(req: NewUser) -> Result<Checked> {
+    let name = validate::text("name", &req.name, 200)?;
+    let email = validate::email(&req.email)?;
+    let password_hash = match req.password {
+        Some(p) => {
+            validate::password(&p)?;
+            Some(auth::hash_password(p).await?)
+        }
+        None => None,
+    };
+    Ok(Checked {
+        name,
+        email,
+        role: req.role,
+        password_hash,
+    })
+}
+
+pub(crate) async fn insert(tx: &mut TenantTx, u: Checked) -> Result<User> {
+    let now = tenancy::clock::now();
+    let user = User {
+        id: Uuid::now_v7().to_string(),
+        email: u.email,
+        name: u.name,
+        role: u.role,
+        created_at: now.clone(),
+        updated_at: now,
+    };
+    let res = sqlx::query(
+        "INSERT INTO users (id, email, name, role, password_hash, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .bind(&user.id)
+    .bind(&user.email)
+    .bind(&user.name)
+    .bind(user.role.as_str())
+    .bind(&u.password_hash)
+    .bind(&user.created_at)
+    .execute(tx.conn())
+    .await
+    .map_err(Error::from);
+    match res {
+        Err(e) if e.is_unique_violation() => Err(Error::Conflict(
+            "a user with this email already exists in this tenant".into(),
+        )),
+        other => other.map(|_| user),
+    }
+}
+
+/// Creates the first admin of a tenant being provisioned, or — when an
+/// interrupted run already did — sets their name and password again.
+pub(crate) async fn upsert_admin(tx: &mut TenantTx, req: NewUser) -> Result<User> {
+    let u = check(req).await?;
+    sqlx::query(
+        "INSERT INTO users (id, email, name, role, password_hash, created_at, updated_at) VALUES ($1, $2, $3, 'admin', $4, $5, $5)
+         ON CONFLICT (email) DO UPDATE SET name = excluded.name, role = 'admin', password_hash = excluded.password_hash, updated_at = excluded.updated_at",
+    )
+    .bind(Uuid::now_v7().to_string())
+    .bind(&u.email)
+    .bind(&u.name)
+    .bind(&u.password_hash)
+    .bind(tenancy::clock::now())
+    .execute(tx.conn())
+    .await?;
+    Ok(find_by_email(tx, &u.email).await?.ok_or(Error::NotFound)?.0)
+}
+
+/// The caller.
+pub async fn me(cx: &Cx) -> Result<User> {
+    let id = cx.user_id()?;
+    let mut tx = cx.read().await?;
+    get(&mut tx, id).await?.ok_or(Error::NotFound)
+}
+
+pub async fn list(cx: &Cx, page: &PageRequest) -> Result<Page<User>> {
+    cx.require(&[Role::Admin])?;
+    let mut tx = cx.read().await?;
+    let sql =
+        format!("SELECT {COLUMNS} FROM users WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2");
+    let rows = sqlx::query(&sql)
+        .bind(&page.after)
+        .bind(page.fetch())
+        .fetch_all(tx.conn())
+        .await?;
+    let users = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
+    Ok(Page::from_rows(users, page, |u| u.id.clone()))
+}
+
+pub async fn create(cx: &Cx, req: NewUser) -> Result<User> {
+    cx.require(&[Role::Admin])?;
+    let checked = check(req).await?;
+    let mut tx = cx.write().await?;
+    let user = insert(&mut tx, checked).await?;
+    cx.audit(
+        &mut tx,
+        "user.created",
+        Some(("user", &user.id)),
+        Some(serde_json::json!({ "role": user.role })),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(user)
+}
+
+fn is_self(cx: &Cx, id: &str) -> bool {
+    cx.actor.user_id() == Some(id)
+}
+
+pub async fn fetch(cx: &Cx, id: &str) -> Result<User> {
+    if !is_self(cx, id) {
+        cx.require(&[Role::Admin])?;
+    }
+    let mut tx = cx.read().await?;
+    get(&mut tx, id).await?.ok_or(Error::NotFound)
+}
+
+async fn admins(tx: &mut TenantTx) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin'")
+            .fetch_one(tx.conn())
+            .await?,
+    )
+}
+
+pub async fn update(cx: &Cx, id: &str, patch: UserPatch) -> Result<User> {
+    let admin = cx.actor.role() == Role::Admin;
+    if !admin {
+        if !is_self(cx, id) {
+            return Err(Error::Forbidden("only admins may change other users"));
+        }
+        if patch.email.is_some() || patch.role.is_some() {
+            return Err(Error::Forbidden(
+                "only admins may change an email or a role",
+            ));
+        }
+    }
+    let name = patch
+        .name
+        .as_deref()
+        .map(|n| validate::text("name", n, 200))
+        .transpose()?;
+    let email = patch.email.as_deref().map(validate::email).transpose()?;
+    let password_hash = match patch.password {
+        Some(p) => {
+            validate::password(&p)?;
+            Some(auth::hash_password(p).await?)
+        }
+        None => None,
+    };
+
+    let mut tx = cx.write().await?;
+    let before = get(&mut tx, id).await?.ok_or(Error::NotFound)?;
+    if before.role == Role::Admin
+        && patch.role.is_some_and(|r| r != Role::Admin)
+        && admins(&mut tx).await? <= 1
+    {
+        return Err(Error::Conflict("a tenant keeps at least one admin".into()));
+    }
+    let res = sqlx::query(
+        "UPDATE users SET name = COALESCE($2, name), email = COALESCE($3, email), role = COALESCE($4, role),
+            password_hash = COALESCE($5, password_hash), updated_at = $6 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(&name)
+    .bind(&email)
+    .bind(patch.role.map(Role::as_str))
+    .bind(&password_hash)
+    .bind(tenancy::clock::now())
+    .execute(tx.conn())
+    .await
+    .map_err(Error::from);
+    if let Err(e) = res {
+        return Err(if e.is_unique_violation() {
+            Error::Conflict("a user with this email already exists in this tenant".into())
+        } else {
+            e
+        });
+    }
+    if password_hash.is_some() {
+        let keep = match &cx.actor {
+            Principal::User {
+                session_id,
+                user_id,
+                ..
+            } if user_id == id => Some(session_id.as_str()),
+            _ => None,
+        };
+        auth::end_sessions(&mut tx, id, keep).await?;
+    }
+    let changed: Vec<&str> = [
+        name.as_ref().map(|_| "name"),
+        email.as_ref().map(|_| "email"),
+        patch.role.map(|_| "role"),
+        password_hash.as_ref().map(|_| "password"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    cx.audit(
+        &mut tx,
+        "user.updated",
+        Some(("user", id)),
+        Some(serde_json::json!({ "changed": changed })),
+    )
+    .await?;
+    let user = get(&mut tx, id).await?.ok_or(Error::NotFound)?;
+    tx.commit().await?;
+    Ok(user)
+}
+
+pub async fn delete(cx: &Cx, id: &str) -> Result<()> {
+    cx.require(&[Role::Admin])?;
+    let mut tx = cx.write().await?;
+    let user = get(&mut tx, id).await?.ok_or(Error::NotFound)?;
+    if user.role == Role::Admin && admins(&mut tx).await? <= 1 {
+        return Err(Error::Conflict("a tenant keeps at least one admin".into()));
+    }
+    sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(tx.conn())
+        .await?;
+    cx.audit(&mut tx, "user.deleted", Some(("user", id)), None)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! Who is calling: the [`Caller`] extractor for tenant routes (a bearer token
+//! or API key of the resolved tenant) and [`Operator`] for the control plane.
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use lms::Cx;
+use lms::auth::Refused;
+use sha2::{Digest, Sha256};
+
+use super::request::RequestId;
+use super::tenant::ResolvedTenant;
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+pub fn request_id(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default()
+}
+
+/// The resolved tenant, for the few routes that need no caller (login).
+pub struct TenantOnly(pub tenancy::Tenant, pub String);
+
+impl FromRequestParts<AppState> for TenantOnly {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        let tenant = parts
+            .extensions
+            .get::<ResolvedTenant>()
+            .map(|t| t.0.clone())
+            .ok_or_else(|| ApiError::internal("tenant route without tenant resolution"))?;
+        Ok(Self(tenant, request_id(parts)))
+    }
+}
+
+/// An authenticated caller in the resolved tenant.
+pub struct Caller(pub Cx);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let TenantOnly(tenant, request_id) = TenantOnly::from_request_parts(parts, state).await?;
+        let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        match lms::auth::authenticate(&state.kernel, &tenant, token).await? {
+            Ok(actor) => Ok(Caller(Cx {
+                kernel: state.kernel.clone(),
+                tenant,
+                actor,
+                request_id,
+            })),
+            Err(Refused::OtherTenant { issued_by }) => {
+                tracing::warn!(
+                    target: "campus::security",
+                    event = "cross_tenant_token",
+                    issued_by = %issued_by,
+                    "a token of another tenant was presented"
+                );
+                super::metrics::security_event("cross_tenant_token");
+                Err(ApiError::unauthorized())
+            }
+            Err(Refused::Invalid) => Err(ApiError::unauthorized()),
+        }
+    }
+}
+
+/// An operator of the control plane.
+pub struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        let given: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // Compare digests in constant time.
+        let diff = given
+            .iter()
+            .zip(state.config.operator_token_sha256.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff == 0 {
+            Ok(Operator)
+        } else {
+            Err(ApiError::unauthorized())
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Where a request is resolved to a tenant — once, at the edge — and gated on
+//! the tenant's status. The tenant then travels as a value in the request's
+//! extensions ([`ResolvedTenant`]); there is no ambient "current tenant".
+//!
+//! | the request | the answer |
+//! | --- | --- |
+//! | `X-Tenant: acme` or `Host: acme.<base domain>` | the tenant `acme` |
+//! | both, naming different tenants; or two `X-Tenant` | 400 `tenant_conflict` |
+//! | neither | 400 `tenant_required` |
+//! | malformed, unknown or deleted | 401 `invalid_tenant`, one body for all |
+//! | suspended | 403 `tenant_suspended` |
+//! | maintenance, or schema behind this build | writes: 503 `tenant_maintenance` |
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tenancy::{Slug, Tenant, TenantStatus};
+
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// The tenant a request was resolved to.
+#[derive(Debug, Clone)]
+pub struct ResolvedTenant(pub Tenant);
+
+pub const HEADER: &str = "x-tenant";
+
+/// The tenant name a request carries, before any validation.
+pub fn requested_name(headers: &HeaderMap, base_domain: Option<&str>) -> Result<String, ApiError> {
+    let mut values = headers.get_all(HEADER).iter();
+    let from_header = values.next();
+    if values.next().is_some() {
+        return Err(conflict("more than one X-Tenant header"));
+    }
+    let from_header = match from_header {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::invalid_tenant())?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let from_host = base_domain.and_then(|base| {
+        let host = headers.get(header::HOST)?.to_str().ok()?;
+        let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        let label = host.strip_suffix(base)?.strip_suffix('.')?;
+        Some(label.to_owned())
+    });
+    match (from_header, from_host) {
+        (Some(h), Some(d)) if h != d => Err(conflict("X-Tenant and Host name different tenants")),
+        (Some(h), _) => Ok(h),
+        (None, Some(d)) => Ok(d),
+        (None, None) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "tenant_required",
+            "name the tenant with the X-Tenant header",
+        )),
+    }
+}
+
+fn conflict(why: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "tenant_conflict", why)
+}
+
+fn is_write(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+fn maintenance(why: &str) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "tenant_maintenance", why).retry_after(30)
+}
+
+/// The gate: may this tenant be served this request?
+pub fn gate(t: &Tenant, method: &Method, latest: i64) -> Result<(), ApiError> {
+    match t.status {
+        TenantStatus::Active => {}
+        TenantStatus::Maintenance if !is_write(method) => {}
+        TenantStatus::Maintenance => return Err(maintenance("the tenant is under maintenance")),
+        TenantStatus::Suspended => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "tenant_suspended",
+                "the tenant is suspended",
+            ));
+        }
+        TenantStatus::Provisioning | TenantStatus::Deleted | TenantStatus::Purged => {
+            return Err(ApiError::invalid_tenant());
+        }
+    }
+    // A tenant whose schema is behind this build is not served at all: no
+    // query here may assume columns it does not have yet.
+    if t.schema_version < latest {
+        return Err(maintenance("the tenant's data is being migrated"));
+    }
+    Ok(())
+}
+
+/// Middleware: resolves and gates the tenant, or answers the problem.
+pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let tenant = match resolve(&state, req.headers(), req.method()).await {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    tracing::Span::current().record("tenant", tenant.slug.as_str());
+    super::metrics::tenant_request(&tenant.id);
+    req.extensions_mut().insert(ResolvedTenant(tenant));
+    next.run(req).await
+}
+
+async fn resolve(
+    state: &AppState,
+    headers: &HeaderMap,
+    method: &Method,
+) -> Result<Tenant, ApiError> {
+    let name = requested_name(headers, state.config.base_domain.as_deref())?;
+    let slug = Slug::parse(&name).map_err(|_| ApiError::invalid_tenant())?;
+    let tenant = state
+        .kernel
+        .resolve(&slug)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(ApiError::invalid_tenant)?;
+    gate(&tenant, method, state.kernel.latest_version())?;
+    Ok(tenant)
+}

@@ -1,0 +1,106 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+//!
+//! Per-route errors are annotated on each handler; the errors of the edge that
+//! every tenant route shares (tenant resolution, authentication, rate limits)
+//! are added here, once, to every `/api/v1` operation.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, OpenApi, Ref, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi as _};
+
+use crate::problem::Problem;
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Campus", description = "A multi-tenant learning platform server with hard tenant isolation."),
+    components(schemas(Problem)),
+    modifiers(&EdgeErrors),
+)]
+pub struct ApiDoc;
+
+struct EdgeErrors;
+
+fn problem(description: &str) -> RefOr<utoipa::openapi::Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/problem+json",
+                Content::new(Some(Ref::from_schema_name("Problem"))),
+            )
+            .build(),
+    )
+}
+
+impl Modify for EdgeErrors {
+    fn modify(&self, doc: &mut OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A session token or API key of the tenant"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "operator",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The operator token"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Adds the shared edge errors to every tenant operation.
+pub fn add_edge_errors(doc: &mut OpenApi) {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let tenant_route = path.starts_with("/api/v1/") && path != "/api/v1/openapi.json";
+        let ops = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for op in ops.into_iter().flatten() {
+            let r = &mut op.responses.responses;
+            if tenant_route {
+                let login = path == "/api/v1/auth/login";
+                r.entry("400".into()).or_insert_with(|| {
+                    problem("`tenant_required`, `tenant_conflict`, `invalid_body`, `invalid_query`")
+                });
+                r.entry("401".into()).or_insert_with(|| {
+                    problem(if login {
+                        "`invalid_tenant`"
+                    } else {
+                        "`invalid_tenant`, `unauthorized`"
+                    })
+                });
+                r.entry("403".into())
+                    .or_insert_with(|| problem("`tenant_suspended`"));
+                r.entry("503".into()).or_insert_with(|| {
+                    problem("`tenant_maintenance` (writes, with `Retry-After`)")
+                });
+            }
+            if op.request_body.is_some() {
+                r.entry("413".into())
+                    .or_insert_with(|| problem("`payload_too_large`"));
+                r.entry("415".into())
+                    .or_insert_with(|| problem("`unsupported_media_type`: not JSON"));
+                r.entry("400".into())
+                    .or_insert_with(|| problem("`invalid_body`: malformed JSON or unknown fields"));
+            }
+            r.entry("500".into())
+                .or_insert_with(|| problem("`internal`"));
+        }
+    }
+}
+
+pub fn base() -> OpenApi {
+    ApiDoc::openapi()
+}

@@ -1,0 +1,57 @@
+//! The server's shared state, built once at start-up.
+
+use std::sync::Arc;
+
+use lms::auth::LoginThrottle;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sha2::{Digest, Sha256};
+use tenancy::Kernel;
+
+/// How the edge behaves.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// With `example.com`, `acme.example.com` names the tenant `acme`.
+    pub base_domain: Option<String>,
+    /// SHA-256 of the operator token.
+    pub operator_token_sha256: [u8; 32],
+    /// Largest accepted JSON body, in bytes.
+    pub json_limit: usize,
+}
+
+impl ServerConfig {
+    pub fn new(operator_token: &str) -> Self {
+        Self {
+            base_domain: None,
+            operator_token_sha256: Sha256::digest(operator_token.as_bytes()).into(),
+            json_limit: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub kernel: Kernel,
+    pub config: ServerConfig,
+    pub throttle: LoginThrottle,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    pub fn new(kernel: Kernel, config: ServerConfig) -> Self {
+        Self(Arc::new(Inner {
+            kernel,
+            config,
+            throttle: LoginThrottle::default(),
+            metrics: crate::edge::metrics::handle(),
+        }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

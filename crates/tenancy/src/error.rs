@@ -1,0 +1,38 @@
+//! Errors of the isolation kernel.
+
+use crate::id::SlugError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    InvalidSlug(#[from] SlugError),
+    #[error("no such tenant")]
+    NotFound,
+    #[error("a tenant with this slug already exists")]
+    SlugTaken,
+    #[error("tenant is {0} and cannot be {1}")]
+    InvalidTransition(&'static str, &'static str),
+    #[error("isolation mode `{0}` is not available on this data plane")]
+    UnsupportedIsolation(&'static str),
+    #[error("unknown placement `{0}`")]
+    UnknownPlacement(String),
+    #[error("invalid value: {0}")]
+    Invalid(String),
+    #[error("migration {version} ({name}) was changed after it was applied")]
+    MigrationDrift { version: i64, name: &'static str },
+    #[error("tenant database is at version {found}, newer than this build knows ({known})")]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// True for a unique-constraint violation, whatever the backend.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, Error::Db(sqlx::Error::Database(e)) if e.is_unique_violation())
+    }
+}

@@ -1,0 +1,203 @@
+//! The kernel: the registry and the data plane behind one handle, plus the
+//! tenant directory — the registry's answers cached in process and dropped
+//! when the registry's generation moves.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::dataplane::{DataPlane, DataPlaneConfig, TenantTx};
+use crate::error::{Error, Result};
+use crate::id::Slug;
+use crate::migrate::{self, Applied, Migration};
+use crate::registry::{Change, Registry};
+use crate::tenant::Tenant;
+
+/// How to open the kernel.
+#[derive(Debug, Clone)]
+pub struct KernelConfig {
+    /// Where the registry and the tenants' files live.
+    pub data_dir: PathBuf,
+    /// The tenants' schema, oldest first.
+    pub tenant_migrations: &'static [Migration],
+    /// How many tenants' databases may be open at once.
+    pub max_open_tenants: NonZeroUsize,
+    /// Connections per open tenant database.
+    pub tenant_pool_size: u32,
+}
+
+impl KernelConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, tenant_migrations: &'static [Migration]) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            tenant_migrations,
+            max_open_tenants: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            tenant_pool_size: 4,
+        }
+    }
+}
+
+/// The isolation kernel. Cheap to clone.
+#[derive(Clone)]
+pub struct Kernel(Arc<Inner>);
+
+pub(crate) struct Inner {
+    pub(crate) registry: Registry,
+    pub(crate) data: DataPlane,
+    pub(crate) tenant_migrations: &'static [Migration],
+    directory: Mutex<Directory>,
+}
+
+/// Resolved tenants by slug, valid as of registry generation `seen`.
+struct Directory {
+    seen: i64,
+    by_slug: HashMap<String, Tenant>,
+}
+
+const DIRECTORY_CAPACITY: usize = 100_000;
+
+impl Kernel {
+    /// Opens the registry (migrating the control plane) and the data plane.
+    pub async fn open(cfg: KernelConfig) -> Result<Self> {
+        tokio::fs::create_dir_all(&cfg.data_dir).await?;
+        let registry = Registry::open(&cfg.data_dir.join("registry.db")).await?;
+        let seen = registry.generation().await?;
+        let data = DataPlane::new(DataPlaneConfig {
+            root: cfg.data_dir.join("tenants"),
+            max_open_tenants: cfg.max_open_tenants,
+            pool_size: cfg.tenant_pool_size,
+        });
+        Ok(Self(Arc::new(Inner {
+            registry,
+            data,
+            tenant_migrations: cfg.tenant_migrations,
+            directory: Mutex::new(Directory {
+                seen,
+                by_slug: HashMap::new(),
+            }),
+        })))
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.0
+    }
+
+    /// The control plane's registry (cross-tenant, operator use only).
+    pub fn registry(&self) -> &Registry {
+        &self.0.registry
+    }
+
+    pub fn data_plane(&self) -> &DataPlane {
+        &self.0.data
+    }
+
+    /// The schema version this build serves.
+    pub fn latest_version(&self) -> i64 {
+        migrate::latest(self.0.tenant_migrations)
+    }
+
+    fn directory(&self) -> std::sync::MutexGuard<'_, Directory> {
+        self.0.directory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live tenant named `slug`, whatever its status (the edge gates on it).
+    pub async fn resolve(&self, slug: &Slug) -> Result<Option<Tenant>> {
+        let seen = {
+            let dir = self.directory();
+            if let Some(t) = dir.by_slug.get(slug.as_str()) {
+                return Ok(Some(t.clone()));
+            }
+            dir.seen
+        };
+        let found = self.0.registry.by_slug(slug).await?;
+        if let Some(t) = &found {
+            let mut dir = self.directory();
+            // Cache only if no change was seen while we read: otherwise what
+            // we read may already be stale.
+            if dir.seen == seen {
+                if dir.by_slug.len() >= DIRECTORY_CAPACITY {
+                    dir.by_slug.clear();
+                }
+                dir.by_slug.insert(slug.as_str().to_owned(), t.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    /// Drops what is cached about tenants changed since the last look.
+    pub async fn refresh(&self) -> Result<()> {
+        let seen = self.directory().seen;
+        let now = self.0.registry.generation().await?;
+        if now == seen {
+            return Ok(());
+        }
+        let changed = self.0.registry.changed_since(seen).await?;
+        {
+            let mut dir = self.directory();
+            for (_, slug) in &changed {
+                dir.by_slug.remove(slug);
+            }
+            dir.seen = dir.seen.max(now);
+        }
+        for (id, _) in changed {
+            // A deleted or moved tenant's pool must not outlive the change.
+            self.0.data.evict(id).await;
+        }
+        Ok(())
+    }
+
+    /// Polls the registry every `every`, so that changes made elsewhere
+    /// (another process, the CLI) are seen here.
+    pub fn watch(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let kernel = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = kernel.refresh().await {
+                    tracing::warn!(error = %e, "registry refresh failed");
+                }
+            }
+        })
+    }
+
+    /// A transaction on `tenant`'s data.
+    pub async fn begin(&self, tenant: &Tenant) -> Result<TenantTx> {
+        self.0.data.begin(tenant.id).await
+    }
+
+    /// A transaction on `tenant`'s data that holds its write lock from the start.
+    pub async fn begin_write(&self, tenant: &Tenant) -> Result<TenantTx> {
+        self.0.data.begin_write(tenant.id).await
+    }
+
+    /// Brings one tenant's database to the latest version, and records it.
+    pub async fn migrate_tenant(&self, tenant: &Tenant) -> Result<Applied> {
+        let applied = self
+            .0
+            .data
+            .migrate(tenant.id, self.0.tenant_migrations)
+            .await?;
+        if tenant.schema_version != applied.to {
+            self.0
+                .registry
+                .update(tenant.id, Change::SchemaVersion(applied.to))
+                .await?;
+            self.refresh().await?;
+        }
+        Ok(applied)
+    }
+
+    /// One tenant by slug, from the registry (not cached): the operator's view.
+    pub async fn find(&self, slug: &Slug) -> Result<Tenant> {
+        self.0.registry.by_slug(slug).await?.ok_or(Error::NotFound)
+    }
+
+    /// Every tenant that is not purged.
+    pub async fn list(&self) -> Result<Vec<Tenant>> {
+        self.0.registry.list().await
+    }
+}

@@ -1,0 +1,30 @@
+//! The Campus isolation kernel.
+//!
+//! Everything that separates one tenant from another lives here and nothing
+//! else does: this crate knows tenants, their registry, their databases and
+//! their migrations, but not what a course is.
+//!
+//! * [`id`] — [`TenantId`] and [`Slug`], the only ways to name a tenant.
+//! * [`registry`] — the control plane: which tenants exist, their status.
+//! * [`dataplane`] — where SQL meets the tenant: [`TenantTx`] is the only way
+//!   to run a statement against a tenant's data, and only this crate opens one.
+//! * [`lifecycle`] — provisioning and the rest of the state machine.
+//! * [`migrate`] — per-tenant (and control-plane) migrations with a ledger.
+
+pub mod clock;
+pub mod dataplane;
+pub mod error;
+pub mod id;
+pub mod kernel;
+pub mod lifecycle;
+pub mod migrate;
+pub mod registry;
+pub mod tenant;
+
+pub use dataplane::{Db, DbConn, TenantTx};
+pub use error::{Error, Result};
+pub use id::{Slug, SlugError, TenantId};
+pub use kernel::{Kernel, KernelConfig};
+pub use lifecycle::{ProvisionSpec, Reservation};
+pub use migrate::Migration;
+pub use tenant::{Isolation, Plan, Tenant, TenantStatus};

@@ -1,0 +1,209 @@
+//! The tenant lifecycle, a crash-safe state machine:
+//! `provisioning → active ⇄ suspended`, `active → maintenance → active`,
+//! `→ deleted → purged`.
+//!
+//! Provisioning is split into steps so that the caller (the operator service)
+//! can seed the new tenant in between, and so that a run killed after any step
+//! is finished by running it again:
+//!
+//! 1. [`Kernel::reserve`] — the registry row, `provisioning` (never served);
+//! 2. [`Kernel::build`] — the tenant's database, created and migrated;
+//! 3. the caller seeds it through [`Kernel::begin_write`];
+//! 4. [`Kernel::activate`] — `active`: now it is served.
+
+use crate::error::{Error, Result};
+use crate::id::{Slug, TenantId};
+use crate::kernel::Kernel;
+use crate::registry::Change;
+use crate::tenant::{Isolation, Plan, Tenant, TenantStatus};
+
+/// The placement of the embedded data plane.
+pub const DEFAULT_PLACEMENT: &str = "default";
+
+/// What to provision.
+#[derive(Debug, Clone)]
+pub struct ProvisionSpec {
+    pub slug: Slug,
+    pub name: String,
+    pub isolation: Isolation,
+    pub placement: Option<String>,
+    pub plan: Plan,
+}
+
+/// A tenant being provisioned (its registry row exists, status `provisioning`).
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    pub tenant: Tenant,
+    /// True when an earlier, interrupted run had already reserved it.
+    pub resumed: bool,
+}
+
+/// A tenant's display name: 1 to 200 characters after trimming.
+pub fn validate_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(Error::Invalid(
+            "name must be 1 to 200 characters, without control characters".into(),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+impl Kernel {
+    /// Step 1: reserve the slug. Resumes an interrupted provisioning of the
+    /// same slug; a live tenant with it → [`Error::SlugTaken`].
+    pub async fn reserve(&self, spec: &ProvisionSpec) -> Result<Reservation> {
+        let name = validate_name(&spec.name)?;
+        if spec.isolation != Isolation::Database {
+            return Err(Error::UnsupportedIsolation(spec.isolation.as_str()));
+        }
+        let placement = spec.placement.as_deref().unwrap_or(DEFAULT_PLACEMENT);
+        if placement != DEFAULT_PLACEMENT {
+            return Err(Error::UnknownPlacement(placement.to_owned()));
+        }
+        let registry = &self.inner().registry;
+        for _ in 0..2 {
+            if let Some(t) = registry.by_slug(&spec.slug).await? {
+                if t.status != TenantStatus::Provisioning {
+                    return Err(Error::SlugTaken);
+                }
+                registry
+                    .update(
+                        t.id,
+                        Change::Details {
+                            name: Some(&name),
+                            plan: Some(spec.plan),
+                        },
+                    )
+                    .await?;
+                let tenant = registry.by_id(t.id).await?.ok_or(Error::NotFound)?;
+                return Ok(Reservation {
+                    tenant,
+                    resumed: true,
+                });
+            }
+            let now = crate::clock::now();
+            let tenant = Tenant {
+                id: TenantId::new(),
+                slug: spec.slug.clone(),
+                name: name.clone(),
+                status: TenantStatus::Provisioning,
+                isolation: spec.isolation,
+                placement: placement.to_owned(),
+                plan: spec.plan,
+                schema_version: 0,
+                created_at: now.clone(),
+                updated_at: now,
+                deleted_at: None,
+            };
+            match registry.insert(&tenant).await {
+                Ok(()) => {
+                    return Ok(Reservation {
+                        tenant,
+                        resumed: false,
+                    });
+                }
+                // Someone reserved it between our read and our insert: look again.
+                Err(Error::SlugTaken) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::SlugTaken)
+    }
+
+    /// Step 2: create and migrate the tenant's database. Idempotent.
+    pub async fn build(&self, r: &Reservation) -> Result<()> {
+        let data = &self.inner().data;
+        data.create(r.tenant.id).await?;
+        self.migrate_tenant(&r.tenant).await?;
+        Ok(())
+    }
+
+    /// Step 4: `provisioning → active`. Idempotent.
+    pub async fn activate(&self, r: &Reservation) -> Result<Tenant> {
+        let registry = &self.inner().registry;
+        let t = registry.by_id(r.tenant.id).await?.ok_or(Error::NotFound)?;
+        match t.status {
+            TenantStatus::Active => return Ok(t),
+            TenantStatus::Provisioning => {}
+            other => return Err(Error::InvalidTransition(other.as_str(), "activated")),
+        }
+        if !self.inner().data.exists(t.id) || t.schema_version != self.latest_version() {
+            return Err(Error::InvalidTransition("incomplete", "activated"));
+        }
+        self.set_status(&t, TenantStatus::Active).await
+    }
+
+    async fn set_status(&self, t: &Tenant, status: TenantStatus) -> Result<Tenant> {
+        let registry = &self.inner().registry;
+        if t.status != status {
+            registry.update(t.id, Change::Status(status)).await?;
+            self.refresh().await?;
+        }
+        registry.by_id(t.id).await?.ok_or(Error::NotFound)
+    }
+
+    /// `active → suspended` (idempotent).
+    pub async fn suspend(&self, slug: &Slug) -> Result<Tenant> {
+        let t = self.find(slug).await?;
+        match t.status {
+            TenantStatus::Active | TenantStatus::Suspended => {
+                self.set_status(&t, TenantStatus::Suspended).await
+            }
+            other => Err(Error::InvalidTransition(other.as_str(), "suspended")),
+        }
+    }
+
+    /// `suspended → active` (idempotent).
+    pub async fn resume(&self, slug: &Slug) -> Result<Tenant> {
+        let t = self.find(slug).await?;
+        match t.status {
+            TenantStatus::Active | TenantStatus::Suspended => {
+                self.set_status(&t, TenantStatus::Active).await
+            }
+            other => Err(Error::InvalidTransition(other.as_str(), "resumed")),
+        }
+    }
+
+    /// Marks the tenant deleted: it is no longer served, its data is kept.
+    /// With `purge`, also destroys its data; a deleted tenant may be purged later.
+    pub async fn delete(&self, slug: &Slug, purge: bool) -> Result<Tenant> {
+        let t = self.find(slug).await?;
+        let t = self.set_status(&t, TenantStatus::Deleted).await?;
+        if !purge {
+            return Ok(t);
+        }
+        self.inner().data.destroy(t.id).await?;
+        self.set_status(&t, TenantStatus::Purged).await
+    }
+
+    /// Changes a tenant's name and/or plan.
+    pub async fn update(
+        &self,
+        slug: &Slug,
+        name: Option<&str>,
+        plan: Option<Plan>,
+    ) -> Result<Tenant> {
+        let name = name.map(validate_name).transpose()?;
+        let t = self.find(slug).await?;
+        if matches!(t.status, TenantStatus::Deleted | TenantStatus::Purged) {
+            return Err(Error::InvalidTransition(t.status.as_str(), "changed"));
+        }
+        self.inner()
+            .registry
+            .update(
+                t.id,
+                Change::Details {
+                    name: name.as_deref(),
+                    plan,
+                },
+            )
+            .await?;
+        self.refresh().await?;
+        self.inner()
+            .registry
+            .by_id(t.id)
+            .await?
+            .ok_or(Error::NotFound)
+    }
+}
