@@ -165,6 +165,30 @@ impl Kernel {
         }
     }
 
+    /// `active → maintenance`: reads go on, writes answer 503 until
+    /// [`end_maintenance`](Self::end_maintenance). Used while a tenant is
+    /// moved, restored or migrated.
+    pub async fn begin_maintenance(&self, slug: &Slug) -> Result<Tenant> {
+        let t = self.find(slug).await?;
+        match t.status {
+            TenantStatus::Active | TenantStatus::Maintenance => {
+                self.set_status(&t, TenantStatus::Maintenance).await
+            }
+            other => Err(Error::InvalidTransition(other.as_str(), "put in maintenance")),
+        }
+    }
+
+    /// `maintenance → active` (idempotent).
+    pub async fn end_maintenance(&self, slug: &Slug) -> Result<Tenant> {
+        let t = self.find(slug).await?;
+        match t.status {
+            TenantStatus::Active | TenantStatus::Maintenance => {
+                self.set_status(&t, TenantStatus::Active).await
+            }
+            other => Err(Error::InvalidTransition(other.as_str(), "taken out of maintenance")),
+        }
+    }
+
     /// Marks the tenant deleted: it is no longer served, its data is kept.
     /// With `purge`, also destroys its data; a deleted tenant may be purged later.
     pub async fn delete(&self, slug: &Slug, purge: bool) -> Result<Tenant> {

@@ -1,0 +1,16 @@
+//! The integration suite: one binary; every test spawns a real server on
+//! 127.0.0.1:0 over a fresh data directory and talks to it over HTTP, as a
+//! client written from API.md would.
+
+mod helpers;
+
+mod api_errors;
+mod auth;
+mod concurrency;
+mod isolation;
+mod learning;
+mod lifecycle;
+mod openapi;
+mod provisioning;
+mod resolution;
+mod roles;
