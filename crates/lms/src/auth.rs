@@ -328,17 +328,33 @@ impl LoginThrottle {
     }
 }
 
-/// How long a session token lives.
+/// How long a session token lives, unless configured otherwise.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// The session policy of a server: token lifetime and the login throttle.
+pub struct Sessions {
+    pub ttl: Duration,
+    pub throttle: LoginThrottle,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            ttl: SESSION_TTL,
+            throttle: LoginThrottle::default(),
+        }
+    }
+}
 
 /// Logs a user in: checks the password and issues a session token.
 pub async fn login(
     kernel: &Kernel,
     tenant: &Tenant,
-    throttle: &LoginThrottle,
+    sessions: &Sessions,
     request_id: &str,
     req: LoginRequest,
 ) -> Result<LoginResponse> {
+    let throttle = &sessions.throttle;
     let email = req.email.trim().to_lowercase();
     let key = (tenant.id, email.clone());
     throttle.check(&key)?;
@@ -370,7 +386,7 @@ pub async fn login(
 
     let token = new_secret(SESSION_PREFIX, tenant.id);
     let session_id = Uuid::now_v7().to_string();
-    let expires_at = tenancy::clock::after(SESSION_TTL);
+    let expires_at = tenancy::clock::after(sessions.ttl);
     let mut tx = kernel.begin_write(tenant).await?;
     sqlx::query("INSERT INTO sessions (id, user_id, token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(&session_id)

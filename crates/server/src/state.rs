@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use lms::auth::LoginThrottle;
+use std::time::Duration;
+
+use lms::auth::Sessions;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sha2::{Digest, Sha256};
 use tenancy::Kernel;
@@ -16,6 +18,8 @@ pub struct ServerConfig {
     pub operator_token_sha256: [u8; 32],
     /// Largest accepted JSON body, in bytes.
     pub json_limit: usize,
+    /// How long a session token lives.
+    pub session_ttl: Duration,
 }
 
 impl ServerConfig {
@@ -24,6 +28,7 @@ impl ServerConfig {
             base_domain: None,
             operator_token_sha256: Sha256::digest(operator_token.as_bytes()).into(),
             json_limit: 1024 * 1024,
+            session_ttl: lms::auth::SESSION_TTL,
         }
     }
 }
@@ -34,16 +39,20 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub kernel: Kernel,
     pub config: ServerConfig,
-    pub throttle: LoginThrottle,
+    pub sessions: Sessions,
     pub metrics: PrometheusHandle,
 }
 
 impl AppState {
     pub fn new(kernel: Kernel, config: ServerConfig) -> Self {
+        let sessions = Sessions {
+            ttl: config.session_ttl,
+            ..Sessions::default()
+        };
         Self(Arc::new(Inner {
             kernel,
             config,
-            throttle: LoginThrottle::default(),
+            sessions,
             metrics: crate::edge::metrics::handle(),
         }))
     }

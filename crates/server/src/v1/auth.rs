@@ -36,7 +36,7 @@ async fn login(
     Body(req): Body<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     Ok(Json(
-        lms::auth::login(&state.kernel, &tenant, &state.throttle, &request_id, req).await?,
+        lms::auth::login(&state.kernel, &tenant, &state.sessions, &request_id, req).await?,
     ))
 }
 

@@ -31,7 +31,10 @@ async fn wrong_password_and_unknown_email_answer_the_same() {
     let app = spawn_app().await;
     let t = app.tenant("creds").await;
     let mut bodies = Vec::new();
-    for (email, password) in [(t.admin.email.as_str(), "wrong password"), ("nobody@x.test", PASSWORD)] {
+    for (email, password) in [
+        (t.admin.email.as_str(), "wrong password"),
+        ("nobody@x.test", PASSWORD),
+    ] {
         let res = app
             .client
             .post(app.url("/api/v1/auth/login"))
@@ -52,10 +55,24 @@ async fn missing_malformed_and_forged_tokens_are_unauthorized() {
     let app = spawn_app().await;
     let t = app.tenant("tok").await;
     let forged = format!("cmp_{}_{}", t.id.replace('-', ""), "A".repeat(43));
-    for auth in [None, Some("Bearer"), Some("Bearer "), Some("Basic abc"), Some("Bearer nonsense"), Some(forged.as_str())] {
-        let mut req = app.client.get(app.url("/api/v1/me")).header("X-Tenant", &t.slug);
+    for auth in [
+        None,
+        Some("Bearer"),
+        Some("Bearer "),
+        Some("Basic abc"),
+        Some("Bearer nonsense"),
+        Some(forged.as_str()),
+    ] {
+        let mut req = app
+            .client
+            .get(app.url("/api/v1/me"))
+            .header("X-Tenant", &t.slug);
         if let Some(a) = auth {
-            let a = if a.starts_with("cmp_") { format!("Bearer {a}") } else { a.to_owned() };
+            let a = if a.starts_with("cmp_") {
+                format!("Bearer {a}")
+            } else {
+                a.to_owned()
+            };
             req = req.header("Authorization", a);
         }
         assert_problem(req.send().await.unwrap(), 401, "unauthorized").await;
@@ -67,11 +84,23 @@ async fn logout_revokes_the_token_at_once() {
     let app = spawn_app().await;
     let t = app.tenant("out").await;
     let other = app.login(&t.slug, &t.admin.email, PASSWORD).await;
-    let res = app.req(Method::POST, &t.admin, "/api/v1/auth/logout").send().await.unwrap();
+    let res = app
+        .req(Method::POST, &t.admin, "/api/v1/auth/logout")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    assert_problem(app.get(&t.admin, "/api/v1/me").send().await.unwrap(), 401, "unauthorized").await;
+    assert_problem(
+        app.get(&t.admin, "/api/v1/me").send().await.unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
     // Another session of the same user is not affected.
-    assert_eq!(app.get(&other, "/api/v1/me").send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        app.get(&other, "/api/v1/me").send().await.unwrap().status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -88,8 +117,19 @@ async fn a_token_under_another_tenant_is_refused_and_counted() {
         .await
         .unwrap();
     assert_problem(res, 401, "unauthorized").await;
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"campus_security_events_total{kind="cross_tenant_token"}"#), "{metrics}");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"campus_security_events_total{kind="cross_tenant_token"}"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -99,13 +139,29 @@ async fn changing_a_password_ends_other_sessions() {
     let learner = app.user(&t, "learner").await;
     let second = app.login(&t.slug, &learner.email, PASSWORD).await;
     let res = app
-        .patch(&learner, &format!("/api/v1/users/{}", learner.user_id), json!({ "password": "a brand new one" }))
+        .patch(
+            &learner,
+            &format!("/api/v1/users/{}", learner.user_id),
+            json!({ "password": "a brand new one" }),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(app.get(&learner, "/api/v1/me").send().await.unwrap().status(), StatusCode::OK);
-    assert_problem(app.get(&second, "/api/v1/me").send().await.unwrap(), 401, "unauthorized").await;
+    assert_eq!(
+        app.get(&learner, "/api/v1/me")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_problem(
+        app.get(&second, "/api/v1/me").send().await.unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
     app.login(&t.slug, &learner.email, "a brand new one").await;
 }
 
@@ -114,9 +170,18 @@ async fn deleting_a_user_ends_their_sessions() {
     let app = spawn_app().await;
     let t = app.tenant("del").await;
     let learner = app.user(&t, "learner").await;
-    let res = app.delete(&t.admin, &format!("/api/v1/users/{}", learner.user_id)).send().await.unwrap();
+    let res = app
+        .delete(&t.admin, &format!("/api/v1/users/{}", learner.user_id))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    assert_problem(app.get(&learner, "/api/v1/me").send().await.unwrap(), 401, "unauthorized").await;
+    assert_problem(
+        app.get(&learner, "/api/v1/me").send().await.unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -156,29 +221,50 @@ async fn api_keys_act_with_their_role_and_stop_when_revoked() {
     let app = spawn_app().await;
     let t = app.tenant("keys").await;
     let created = json_ok(
-        app.post(&t.admin, "/api/v1/api-keys", json!({ "name": "ci", "role": "instructor" }))
-            .send()
-            .await
-            .unwrap(),
+        app.post(
+            &t.admin,
+            "/api/v1/api-keys",
+            json!({ "name": "ci", "role": "instructor" }),
+        )
+        .send()
+        .await
+        .unwrap(),
         201,
     )
     .await;
     let key = created["key"].as_str().unwrap().to_owned();
     let key_id = created["id"].as_str().unwrap().to_owned();
-    let as_key = Session { tenant: t.slug.clone(), token: key.clone(), user_id: String::new(), email: String::new() };
+    let as_key = Session {
+        tenant: t.slug.clone(),
+        token: key.clone(),
+        user_id: String::new(),
+        email: String::new(),
+    };
 
-    let res = app.post(&as_key, "/api/v1/courses", json!({ "title": "By key" })).send().await.unwrap();
+    let res = app
+        .post(&as_key, "/api/v1/courses", json!({ "title": "By key" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
     let res = app.get(&as_key, "/api/v1/users").send().await.unwrap();
     assert_problem(res, 403, "forbidden").await;
 
     // Listed without the secret.
-    let list = json_ok(app.get(&t.admin, "/api/v1/api-keys").send().await.unwrap(), 200).await;
+    let list = json_ok(
+        app.get(&t.admin, "/api/v1/api-keys").send().await.unwrap(),
+        200,
+    )
+    .await;
     assert_eq!(list["items"][0]["id"], key_id.as_str());
     assert!(list["items"][0].get("key").is_none());
     assert!(!list.to_string().contains(&key));
 
-    let res = app.delete(&t.admin, &format!("/api/v1/api-keys/{key_id}")).send().await.unwrap();
+    let res = app
+        .delete(&t.admin, &format!("/api/v1/api-keys/{key_id}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let res = app.get(&as_key, "/api/v1/courses").send().await.unwrap();
     assert_problem(res, 401, "unauthorized").await;
@@ -189,13 +275,23 @@ async fn secrets_are_stored_only_as_hashes() {
     let app = spawn_app().await;
     let t = app.tenant("hash").await;
     let created = json_ok(
-        app.post(&t.admin, "/api/v1/api-keys", json!({ "name": "k", "role": "learner" })).send().await.unwrap(),
+        app.post(
+            &t.admin,
+            "/api/v1/api-keys",
+            json!({ "name": "k", "role": "learner" }),
+        )
+        .send()
+        .await
+        .unwrap(),
         201,
     )
     .await;
     let key = created["key"].as_str().unwrap();
     let secret_of = |s: &str| s.rsplit_once('_').map(|(_, x)| x.to_owned()).unwrap();
-    let db = app.kernel.data_plane().tenant_dir(tenancy::TenantId::parse(&t.id).unwrap());
+    let db = app
+        .kernel
+        .data_plane()
+        .tenant_dir(tenancy::TenantId::parse(&t.id).unwrap());
     let mut bytes = Vec::new();
     for entry in std::fs::read_dir(&db).unwrap() {
         bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
@@ -205,4 +301,14 @@ async fn secrets_are_stored_only_as_hashes() {
     assert!(!haystack.contains(&secret_of(key)));
     assert!(!haystack.contains(PASSWORD));
     assert!(haystack.contains("$argon2id$"));
+}
+
+#[tokio::test]
+async fn expired_tokens_are_unauthorized() {
+    let app = spawn_app_with(|_, s| s.session_ttl = std::time::Duration::from_millis(300)).await;
+    let t = app.tenant("exp").await;
+    let s = app.login(&t.slug, &t.admin.email, PASSWORD).await;
+    assert_eq!(app.get(&s, "/api/v1/me").send().await.unwrap().status(), StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_problem(app.get(&s, "/api/v1/me").send().await.unwrap(), 401, "unauthorized").await;
 }
