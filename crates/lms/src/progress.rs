@@ -88,6 +88,10 @@ pub async fn course(cx: &Cx, course_id: &str, user_id: Option<&str>) -> Result<C
     };
     let mut tx = cx.read().await?;
     courses::visible(cx, &mut tx, course_id).await?;
+    // Staff naming a user who is not in this tenant: not found, as for any id.
+    if crate::users::get(&mut tx, user_id).await?.is_none() {
+        return Err(Error::NotFound);
+    }
     if !cx.is_staff() && !enrollments::is_enrolled(&mut tx, course_id, user_id).await? {
         return Err(Error::Forbidden("enroll in the course to track progress"));
     }

@@ -112,8 +112,13 @@ impl DataPlane {
         if let Some((old_id, old)) = pools.push(id, pool.clone())
             && old_id != id
         {
-            tracing::debug!(tenant_id = %old_id, "closing least recently used tenant pool");
-            tokio::spawn(async move { old.close().await });
+            // Not closed: another caller may have just taken it from the LRU
+            // and be about to begin on it, which a closed pool refuses
+            // (`PoolClosed`, over and over while many tenants are busy).
+            // Dropped here, it closes its connections once its last user
+            // lets go of it.
+            tracing::debug!(tenant_id = %old_id, "dropping least recently used tenant pool");
+            drop(old);
         }
         Ok(pool)
     }
@@ -125,6 +130,21 @@ impl DataPlane {
             let pool = self.pool(id)?;
             match pool.begin_with(statement).await {
                 Ok(tx) => return Ok(TenantTx { tenant: id, tx }),
+                Err(sqlx::Error::PoolClosed) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Db(sqlx::Error::PoolClosed))
+    }
+
+    /// A connection to one tenant's database, retried like
+    /// [`begin_with`](Self::begin_with) when its pool was evicted (and closed)
+    /// between `pool()` and `acquire` — as a registry change does.
+    async fn acquire(&self, id: TenantId) -> Result<sqlx::pool::PoolConnection<Db>> {
+        for _ in 0..3 {
+            let pool = self.pool(id)?;
+            match pool.acquire().await {
+                Ok(conn) => return Ok(conn),
                 Err(sqlx::Error::PoolClosed) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -155,15 +175,13 @@ impl DataPlane {
 
     /// Brings one tenant's database to the latest migration of `set`.
     pub async fn migrate(&self, id: TenantId, set: &[Migration]) -> Result<Applied> {
-        let pool = self.pool(id)?;
-        let mut conn = pool.acquire().await?;
+        let mut conn = self.acquire(id).await?;
         migrate::apply(&mut conn, set).await
     }
 
     /// The schema version recorded in the tenant's own ledger.
     pub async fn version(&self, id: TenantId) -> Result<i64> {
-        let pool = self.pool(id)?;
-        let mut conn = pool.acquire().await?;
+        let mut conn = self.acquire(id).await?;
         migrate::current_version(&mut conn).await
     }
 

@@ -174,7 +174,10 @@ impl Kernel {
             TenantStatus::Active | TenantStatus::Maintenance => {
                 self.set_status(&t, TenantStatus::Maintenance).await
             }
-            other => Err(Error::InvalidTransition(other.as_str(), "put in maintenance")),
+            other => Err(Error::InvalidTransition(
+                other.as_str(),
+                "put in maintenance",
+            )),
         }
     }
 
@@ -185,7 +188,10 @@ impl Kernel {
             TenantStatus::Active | TenantStatus::Maintenance => {
                 self.set_status(&t, TenantStatus::Active).await
             }
-            other => Err(Error::InvalidTransition(other.as_str(), "taken out of maintenance")),
+            other => Err(Error::InvalidTransition(
+                other.as_str(),
+                "taken out of maintenance",
+            )),
         }
     }
 

@@ -11,12 +11,20 @@ async fn unknown_json_fields_are_rejected_and_change_nothing() {
     let app = spawn_app().await;
     let t = app.tenant("unk").await;
     let res = app
-        .post(&t.admin, "/api/v1/courses", json!({ "title": "X", "tenant_id": "other" }))
+        .post(
+            &t.admin,
+            "/api/v1/courses",
+            json!({ "title": "X", "tenant_id": "other" }),
+        )
         .send()
         .await
         .unwrap();
     assert_problem(res, 400, "invalid_body").await;
-    let list = json_ok(app.get(&t.admin, "/api/v1/courses").send().await.unwrap(), 200).await;
+    let list = json_ok(
+        app.get(&t.admin, "/api/v1/courses").send().await.unwrap(),
+        200,
+    )
+    .await;
     assert_eq!(list["items"].as_array().unwrap().len(), 0);
 }
 
@@ -32,7 +40,11 @@ async fn malformed_json_wrong_types_and_wrong_content_type() {
         .await
         .unwrap();
     assert_problem(res, 400, "invalid_body").await;
-    let res = app.post(&t.admin, "/api/v1/courses", json!({ "title": 42 })).send().await.unwrap();
+    let res = app
+        .post(&t.admin, "/api/v1/courses", json!({ "title": 42 }))
+        .send()
+        .await
+        .unwrap();
     assert_problem(res, 400, "invalid_body").await;
     let res = app
         .req(Method::POST, &t.admin, "/api/v1/courses")
@@ -49,12 +61,20 @@ async fn oversized_bodies_get_413() {
     let app = spawn_app_with(|_, s| s.json_limit = 4096).await;
     let t = app.tenant("big").await;
     let res = app
-        .post(&t.admin, "/api/v1/courses", json!({ "title": "x", "description": "a".repeat(10_000) }))
+        .post(
+            &t.admin,
+            "/api/v1/courses",
+            json!({ "title": "x", "description": "a".repeat(10_000) }),
+        )
         .send()
         .await
         .unwrap();
     assert_problem(res, 413, "payload_too_large").await;
-    let list = json_ok(app.get(&t.admin, "/api/v1/courses").send().await.unwrap(), 200).await;
+    let list = json_ok(
+        app.get(&t.admin, "/api/v1/courses").send().await.unwrap(),
+        200,
+    )
+    .await;
     assert!(list["items"].as_array().unwrap().is_empty());
 }
 
@@ -67,18 +87,30 @@ async fn validation_failures_are_422() {
         json!({ "title": "   " }),
         json!({ "title": "a".repeat(201) }),
     ] {
-        let res = app.post(&t.admin, "/api/v1/courses", body).send().await.unwrap();
+        let res = app
+            .post(&t.admin, "/api/v1/courses", body)
+            .send()
+            .await
+            .unwrap();
         assert_problem(res, 422, "validation_failed").await;
     }
     for body in [
         json!({ "name": "x", "email": "not-an-email", "role": "learner" }),
         json!({ "name": "x", "email": "a@b.co", "role": "learner", "password": "short" }),
     ] {
-        let res = app.post(&t.admin, "/api/v1/users", body).send().await.unwrap();
+        let res = app
+            .post(&t.admin, "/api/v1/users", body)
+            .send()
+            .await
+            .unwrap();
         assert_problem(res, 422, "validation_failed").await;
     }
     let res = app
-        .post(&t.admin, "/api/v1/users", json!({ "name": "x", "email": "a@b.co", "role": "owner" }))
+        .post(
+            &t.admin,
+            "/api/v1/users",
+            json!({ "name": "x", "email": "a@b.co", "role": "owner" }),
+        )
         .send()
         .await
         .unwrap();
@@ -89,8 +121,18 @@ async fn validation_failures_are_422() {
 async fn bad_queries_are_400() {
     let app = spawn_app().await;
     let t = app.tenant("q").await;
-    for q in ["limit=0", "limit=201", "limit=abc", "after=not-an-id", "bogus=1"] {
-        let res = app.get(&t.admin, &format!("/api/v1/courses?{q}")).send().await.unwrap();
+    for q in [
+        "limit=0",
+        "limit=201",
+        "limit=abc",
+        "after=not-an-id",
+        "bogus=1",
+    ] {
+        let res = app
+            .get(&t.admin, &format!("/api/v1/courses?{q}"))
+            .send()
+            .await
+            .unwrap();
         assert_problem(res, 400, "invalid_query").await;
     }
 }
@@ -99,8 +141,18 @@ async fn bad_queries_are_400() {
 async fn ids_that_are_not_uuids_name_nothing() {
     let app = spawn_app().await;
     let t = app.tenant("ids").await;
-    for id in ["1", "..", "%2e%2e%2fetc", "00000000-0000-0000-0000-000000000000", "x'%20OR%201=1"] {
-        let res = app.get(&t.admin, &format!("/api/v1/courses/{id}")).send().await.unwrap();
+    for id in [
+        "1",
+        "..",
+        "%2e%2e%2fetc",
+        "00000000-0000-0000-0000-000000000000",
+        "x'%20OR%201=1",
+    ] {
+        let res = app
+            .get(&t.admin, &format!("/api/v1/courses/{id}"))
+            .send()
+            .await
+            .unwrap();
         assert_problem(res, 404, "not_found").await;
     }
 }
@@ -117,7 +169,13 @@ async fn unknown_routes_and_methods_are_problems() {
 #[tokio::test]
 async fn request_ids_are_echoed_when_well_formed_and_made_otherwise() {
     let app = spawn_app().await;
-    let res = app.client.get(app.url("/healthz")).header("X-Request-Id", "abc-123").send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/healthz"))
+        .header("X-Request-Id", "abc-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.headers()["x-request-id"], "abc-123");
     let res = app
         .client
@@ -147,7 +205,11 @@ async fn errors_never_leak_internals() {
     let app = spawn_app().await;
     let t = app.tenant("leak").await;
     let res = app
-        .post(&t.admin, "/api/v1/courses", json!({ "title": "x'); DROP TABLE courses; --" }))
+        .post(
+            &t.admin,
+            "/api/v1/courses",
+            json!({ "title": "x'); DROP TABLE courses; --" }),
+        )
         .send()
         .await
         .unwrap();
@@ -161,14 +223,45 @@ async fn errors_never_leak_internals() {
 async fn health_readiness_and_metrics() {
     let app = spawn_app().await;
     let t = app.tenant("ops").await;
-    assert_eq!(json_ok(app.client.get(app.url("/healthz")).send().await.unwrap(), 200).await["status"], "ok");
-    assert_eq!(json_ok(app.client.get(app.url("/readyz")).send().await.unwrap(), 200).await["status"], "ready");
+    assert_eq!(
+        json_ok(
+            app.client.get(app.url("/healthz")).send().await.unwrap(),
+            200
+        )
+        .await["status"],
+        "ok"
+    );
+    assert_eq!(
+        json_ok(
+            app.client.get(app.url("/readyz")).send().await.unwrap(),
+            200
+        )
+        .await["status"],
+        "ready"
+    );
     app.get(&t.admin, "/api/v1/courses").send().await.unwrap();
-    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(text.contains("campus_http_requests_total"), "{text}");
-    assert!(text.contains("campus_http_request_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("campus_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
     assert!(text.contains(r#"route="/api/v1/courses""#), "{text}");
-    assert!(text.contains(&format!(r#"campus_tenant_requests_total{{tenant="{}"}}"#, t.id)), "{text}");
+    assert!(
+        text.contains(&format!(
+            r#"campus_tenant_requests_total{{tenant="{}"}}"#,
+            t.id
+        )),
+        "{text}"
+    );
     // Tenants are labelled by id: /metrics does not list the organisations.
     assert!(!text.contains(&t.slug), "slug leaked into /metrics");
 }

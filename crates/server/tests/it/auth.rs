@@ -308,7 +308,15 @@ async fn expired_tokens_are_unauthorized() {
     let app = spawn_app_with(|_, s| s.session_ttl = std::time::Duration::from_millis(300)).await;
     let t = app.tenant("exp").await;
     let s = app.login(&t.slug, &t.admin.email, PASSWORD).await;
-    assert_eq!(app.get(&s, "/api/v1/me").send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        app.get(&s, "/api/v1/me").send().await.unwrap().status(),
+        StatusCode::OK
+    );
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    assert_problem(app.get(&s, "/api/v1/me").send().await.unwrap(), 401, "unauthorized").await;
+    assert_problem(
+        app.get(&s, "/api/v1/me").send().await.unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
 }

@@ -1,1 +1,403 @@
-//! TODO
+//! Many tenants on few pooled connections: requests and transactions of
+//! different tenants interleave on a tiny LRU of pools (two tenants open at
+//! once, one connection each) and never see each other's rows. And the one
+//! rule for a tenant's directory, as a property.
+
+use std::num::NonZeroUsize;
+use std::path::Component;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use serde_json::json;
+use server::ServerConfig;
+use tenancy::{Kernel, KernelConfig, Slug, Tenant, TenantId, TenantTx};
+
+use crate::helpers::*;
+
+fn few_connections(k: &mut KernelConfig, _: &mut ServerConfig) {
+    k.max_open_tenants = NonZeroUsize::new(2).expect("non-zero");
+    k.tenant_pool_size = 1;
+}
+
+struct Seeded {
+    t: TestTenant,
+    courses: Vec<String>,
+}
+
+/// What one interleaved request did, for the final tally.
+enum Done {
+    Read,
+    Created { tenant: usize, id: String },
+}
+
+async fn one_request(app: &TestApp, all: &[Seeded], i: usize) -> Done {
+    let n = all.len();
+    let me = (i * 7 + i / n) % n;
+    let Seeded { t, courses } = &all[me];
+    let own = |title: &str| title.starts_with(&format!("{} ", t.slug));
+    match i % 6 {
+        0 => {
+            let page = json_ok(
+                app.get(&t.admin, "/api/v1/courses?limit=200")
+                    .send()
+                    .await
+                    .unwrap(),
+                200,
+            )
+            .await;
+            let items = page["items"].as_array().unwrap();
+            for c in items {
+                assert!(own(c["title"].as_str().unwrap()), "{} saw {c}", t.slug);
+            }
+            for id in courses {
+                assert!(
+                    items.iter().any(|c| c["id"] == id.as_str()),
+                    "{} lost {id}",
+                    t.slug
+                );
+            }
+            Done::Read
+        }
+        1 => {
+            let v = json_ok(app.get(&t.admin, "/api/v1/me").send().await.unwrap(), 200).await;
+            assert_eq!(v["id"], t.admin.user_id.as_str());
+            assert_eq!(v["email"], t.admin.email.as_str());
+            Done::Read
+        }
+        2 | 5 => {
+            let title = format!("{} written {i}", t.slug);
+            let res = app
+                .post(
+                    &t.admin,
+                    "/api/v1/courses",
+                    json!({ "title": title, "description": t.slug }),
+                )
+                .send()
+                .await
+                .unwrap();
+            let v = json_ok(res, 201).await;
+            assert_eq!(v["title"], title.as_str());
+            Done::Created {
+                tenant: me,
+                id: v["id"].as_str().unwrap().to_owned(),
+            }
+        }
+        3 => {
+            let page = json_ok(
+                app.get(&t.admin, "/api/v1/users").send().await.unwrap(),
+                200,
+            )
+            .await;
+            let users = page["items"].as_array().unwrap();
+            assert_eq!(users.len(), 1, "{} saw {users:?}", t.slug);
+            assert_eq!(users[0]["id"], t.admin.user_id.as_str());
+            Done::Read
+        }
+        _ => {
+            // Its own course by id, then another tenant's course id: not found.
+            let c = json_ok(
+                app.get(
+                    &t.admin,
+                    &format!("/api/v1/courses/{}", courses[i % courses.len()]),
+                )
+                .send()
+                .await
+                .unwrap(),
+                200,
+            )
+            .await;
+            assert!(own(c["title"].as_str().unwrap()), "{c}");
+            let other = &all[(me + 1) % n].courses[0];
+            let res = app
+                .get(&t.admin, &format!("/api/v1/courses/{other}"))
+                .send()
+                .await
+                .unwrap();
+            assert_problem(res, 404, "not_found").await;
+            Done::Read
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn interleaved_requests_on_few_pooled_connections_never_cross() {
+    const TENANTS: usize = 12;
+    const REQUESTS: usize = 360;
+    let app = spawn_app_with(few_connections).await;
+    let mut seeded = Vec::new();
+    for _ in 0..TENANTS {
+        let t = app.tenant("cc").await;
+        let mut courses = Vec::new();
+        for i in 0..2 {
+            courses.push(
+                app.course(&t.admin, &format!("{} seeded {i}", t.slug), true)
+                    .await,
+            );
+        }
+        seeded.push(Seeded { t, courses });
+    }
+    let app = Arc::new(app);
+    let seeded = Arc::new(seeded);
+
+    let permits = Arc::new(tokio::sync::Semaphore::new(48));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..REQUESTS {
+        let (app, seeded, permits) = (app.clone(), seeded.clone(), permits.clone());
+        set.spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("semaphore");
+            one_request(&app, &seeded, i).await
+        });
+    }
+    let mut created: Vec<Vec<String>> = vec![Vec::new(); TENANTS];
+    while let Some(done) = set.join_next().await {
+        match done.expect("request task") {
+            Done::Read => {}
+            Done::Created { tenant, id } => created[tenant].push(id),
+        }
+    }
+    assert_eq!(created.iter().map(Vec::len).sum::<usize>(), REQUESTS / 3);
+
+    // Every write landed in its own tenant, and only there.
+    for (k, Seeded { t, courses }) in seeded.iter().enumerate() {
+        let page = json_ok(
+            app.get(&t.admin, "/api/v1/courses?limit=200")
+                .send()
+                .await
+                .unwrap(),
+            200,
+        )
+        .await;
+        let mut got: Vec<String> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                assert!(
+                    c["title"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(&format!("{} ", t.slug)),
+                    "{c}"
+                );
+                c["id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        let mut want: Vec<String> = courses.iter().chain(&created[k]).cloned().collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{}", t.slug);
+    }
+
+    let (pools, conns) = app.kernel.data_plane().open_stats();
+    assert!(
+        pools <= 2 && conns <= 2,
+        "{pools} pools, {conns} connections open"
+    );
+}
+
+async fn titles(tx: &mut TenantTx) -> Vec<String> {
+    sqlx::query_scalar("SELECT title FROM courses ORDER BY title")
+        .fetch_all(tx.conn())
+        .await
+        .expect("titles")
+}
+
+async fn add_course(tx: &mut TenantTx, title: &str) {
+    let now = tenancy::clock::now();
+    sqlx::query(
+        "INSERT INTO courses (id, title, description, published, created_at, updated_at) VALUES ($1, $2, '', 1, $3, $3)",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(title)
+    .bind(now)
+    .execute(tx.conn())
+    .await
+    .expect("insert course");
+}
+
+async fn kernel_tenants(kernel: &Kernel, n: usize) -> Vec<Tenant> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let slug = unique_slug("kt");
+        let req: lms::ops::NewTenant = serde_json::from_value(json!({
+            "slug": slug, "name": slug,
+            "admin": { "email": format!("admin@{slug}.test"), "name": "Admin", "password": PASSWORD }
+        }))
+        .expect("request");
+        lms::ops::create_tenant(kernel, req)
+            .await
+            .expect("provision");
+        let t = kernel
+            .find(&Slug::parse(&slug).unwrap())
+            .await
+            .expect("find");
+        let mut tx = kernel.begin_write(&t).await.expect("begin");
+        add_course(&mut tx, &format!("{slug} 0")).await;
+        tx.commit().await.expect("commit");
+        out.push(t);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kernel_transactions_interleaved_on_a_tiny_lru_see_only_their_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = KernelConfig::new(dir.path(), lms::TENANT_MIGRATIONS);
+    cfg.max_open_tenants = NonZeroUsize::new(2).unwrap();
+    cfg.tenant_pool_size = 1;
+    let kernel = Kernel::open(cfg).await.expect("kernel");
+    let tenants = kernel_tenants(&kernel, 6).await;
+    let first = |t: &Tenant| vec![format!("{} 0", t.slug)];
+
+    // Hold a transaction on tenant 0 while every other tenant is opened
+    // (which evicts tenant 0's pool from the LRU) and written to.
+    let mut held = kernel.begin(&tenants[0]).await.expect("begin");
+    assert_eq!(held.tenant_id(), tenants[0].id);
+    assert_eq!(titles(&mut held).await, first(&tenants[0]));
+    for t in &tenants[1..] {
+        let mut tx = kernel.begin_write(t).await.expect("begin");
+        assert_eq!(tx.tenant_id(), t.id);
+        assert_eq!(titles(&mut tx).await, first(t));
+        add_course(&mut tx, &format!("{} 1", t.slug)).await;
+        tx.commit().await.expect("commit");
+        assert_eq!(titles(&mut held).await, first(&tenants[0]));
+    }
+    add_course(&mut held, &format!("{} 1", tenants[0].slug)).await;
+    held.commit().await.expect("commit held");
+    let (pools, conns) = kernel.data_plane().open_stats();
+    assert!(
+        pools <= 2 && conns <= 2,
+        "{pools} pools, {conns} connections"
+    );
+
+    // One open transaction per tenant at once: three times the LRU's size.
+    let mut txs = Vec::new();
+    for t in &tenants {
+        txs.push((t, kernel.begin(t).await.expect("begin")));
+    }
+    for (t, tx) in txs.iter_mut().rev() {
+        assert_eq!(tx.tenant_id(), t.id);
+        assert_eq!(
+            titles(tx).await,
+            vec![format!("{} 0", t.slug), format!("{} 1", t.slug)]
+        );
+    }
+    drop(txs);
+
+    // Concurrent writers over all tenants.
+    let mut set = tokio::task::JoinSet::new();
+    for round in 2..12 {
+        for t in &tenants {
+            let (kernel, t) = (kernel.clone(), t.clone());
+            set.spawn(async move {
+                let mut tx = kernel.begin_write(&t).await.expect("begin");
+                add_course(&mut tx, &format!("{} {round}", t.slug)).await;
+                let seen = titles(&mut tx).await;
+                assert!(
+                    seen.iter().all(|s| s.starts_with(&format!("{} ", t.slug))),
+                    "{seen:?}"
+                );
+                tx.commit().await.expect("commit");
+            });
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("writer");
+    }
+    for t in &tenants {
+        let mut tx = kernel.begin(t).await.expect("begin");
+        let mut want: Vec<String> = (0..12).map(|r| format!("{} {r}", t.slug)).collect();
+        want.sort();
+        assert_eq!(titles(&mut tx).await, want);
+    }
+    let (pools, conns) = kernel.data_plane().open_stats();
+    assert!(
+        pools <= 2 && conns <= 2,
+        "{pools} pools, {conns} connections"
+    );
+}
+
+#[tokio::test]
+async fn serving_never_creates_a_tenant_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = Kernel::open(KernelConfig::new(dir.path(), lms::TENANT_MIGRATIONS))
+        .await
+        .expect("kernel");
+    let id = TenantId::new();
+    let err = kernel
+        .data_plane()
+        .begin(id)
+        .await
+        .err()
+        .expect("no database");
+    assert!(matches!(err, tenancy::Error::NotFound), "{err:?}");
+    assert!(!kernel.data_plane().tenant_dir(id).exists());
+    assert!(!kernel.data_plane().exists(id));
+}
+
+#[test]
+fn a_tenant_dir_is_exactly_one_normal_component_under_the_tenants_root() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = rt
+        .block_on(Kernel::open(KernelConfig::new(
+            dir.path(),
+            lms::TENANT_MIGRATIONS,
+        )))
+        .expect("kernel");
+    let root = dir.path().join("tenants");
+    let check = |id: TenantId| -> Result<(), TestCaseError> {
+        let p = kernel.data_plane().tenant_dir(id);
+        prop_assert_eq!(p.parent(), Some(root.as_path()));
+        let rest: Vec<Component> = p
+            .strip_prefix(&root)
+            .expect("under root")
+            .components()
+            .collect();
+        prop_assert_eq!(rest.len(), 1);
+        prop_assert!(matches!(rest[0], Component::Normal(_)), "{:?}", rest[0]);
+        let name = p.file_name().and_then(|n| n.to_str()).expect("utf-8 name");
+        prop_assert_eq!(name.len(), 36);
+        prop_assert!(
+            name.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'),
+            "{}",
+            name
+        );
+        // The name is the id and nothing else: it reads back as the same id.
+        prop_assert_eq!(TenantId::parse(name), Some(id));
+        prop_assert!(p.starts_with(dir.path()));
+        Ok(())
+    };
+    proptest!(|(bytes in any::<[u8; 16]>())| {
+        check(TenantId::from(uuid::Uuid::from_bytes(bytes)))?;
+    });
+    for _ in 0..64 {
+        check(TenantId::new()).expect("a fresh id");
+    }
+}
+
+#[tokio::test]
+async fn provisioned_tenants_live_in_their_own_directory() {
+    let app = spawn_app().await;
+    let root = app.dir.path().join("tenants");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let t = app.tenant("dirs").await;
+        let id = TenantId::parse(&t.id).unwrap();
+        let d = app.kernel.data_plane().tenant_dir(id);
+        assert_eq!(d.parent(), Some(root.as_path()));
+        assert!(d.join("tenant.db").is_file());
+        seen.push(d);
+    }
+    let mut on_disk: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    on_disk.sort();
+    seen.sort();
+    assert_eq!(on_disk, seen);
+}

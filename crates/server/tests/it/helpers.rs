@@ -61,7 +61,9 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut KernelConfig, &mut ServerConf
     let mut scfg = ServerConfig::new(OPERATOR_TOKEN);
     tune(&mut kcfg, &mut scfg);
     let kernel = Kernel::open(kcfg).await.expect("kernel");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let state = AppState::new(kernel.clone(), scfg);
@@ -135,7 +137,12 @@ impl TestApp {
             .send()
             .await
             .expect("provision");
-        assert_eq!(res.status(), StatusCode::CREATED, "{}", res.text().await.unwrap_or_default());
+        assert_eq!(
+            res.status(),
+            StatusCode::CREATED,
+            "{}",
+            res.text().await.unwrap_or_default()
+        );
         let t: Value = res.json().await.expect("json");
         let admin = self.login(&slug, &email, PASSWORD).await;
         TestTenant {
@@ -179,7 +186,11 @@ impl TestApp {
     /// Creates a course as `s` and returns its id.
     pub async fn course(&self, s: &Session, title: &str, published: bool) -> String {
         let res = self
-            .post(s, "/api/v1/courses", json!({ "title": title, "description": "about it", "published": published }))
+            .post(
+                s,
+                "/api/v1/courses",
+                json!({ "title": title, "description": "about it", "published": published }),
+            )
             .send()
             .await
             .expect("create course");
@@ -190,7 +201,11 @@ impl TestApp {
     /// Creates a lesson in `course` as `s` and returns its id.
     pub async fn lesson(&self, s: &Session, course: &str, title: &str) -> String {
         let res = self
-            .post(s, &format!("/api/v1/courses/{course}/lessons"), json!({ "title": title }))
+            .post(
+                s,
+                &format!("/api/v1/courses/{course}/lessons"),
+                json!({ "title": title }),
+            )
             .send()
             .await
             .expect("create lesson");
@@ -201,7 +216,11 @@ impl TestApp {
     /// Enrolls `user` in `course`, as `s`.
     pub async fn enroll(&self, s: &Session, course: &str, user: &str) {
         let res = self
-            .post(s, &format!("/api/v1/courses/{course}/enrollments"), json!({ "user_id": user }))
+            .post(
+                s,
+                &format!("/api/v1/courses/{course}/enrollments"),
+                json!({ "user_id": user }),
+            )
             .send()
             .await
             .expect("enroll");

@@ -11,10 +11,14 @@ async fn users_crud_and_duplicate_emails() {
     let app = spawn_app().await;
     let t = app.tenant("users").await;
     let u = json_ok(
-        app.post(&t.admin, "/api/v1/users", json!({ "name": "Ada", "email": "Ada@Example.com", "role": "learner" }))
-            .send()
-            .await
-            .unwrap(),
+        app.post(
+            &t.admin,
+            "/api/v1/users",
+            json!({ "name": "Ada", "email": "Ada@Example.com", "role": "learner" }),
+        )
+        .send()
+        .await
+        .unwrap(),
         201,
     )
     .await;
@@ -23,25 +27,48 @@ async fn users_crud_and_duplicate_emails() {
     assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
 
     let res = app
-        .post(&t.admin, "/api/v1/users", json!({ "name": "Ada 2", "email": "ada@example.com", "role": "learner" }))
+        .post(
+            &t.admin,
+            "/api/v1/users",
+            json!({ "name": "Ada 2", "email": "ada@example.com", "role": "learner" }),
+        )
         .send()
         .await
         .unwrap();
     assert_problem(res, 409, "conflict").await;
 
     let patched = json_ok(
-        app.patch(&t.admin, &format!("/api/v1/users/{id}"), json!({ "role": "instructor", "name": "Ada L." }))
-            .send()
-            .await
-            .unwrap(),
+        app.patch(
+            &t.admin,
+            &format!("/api/v1/users/{id}"),
+            json!({ "role": "instructor", "name": "Ada L." }),
+        )
+        .send()
+        .await
+        .unwrap(),
         200,
     )
     .await;
     assert_eq!(patched["role"], "instructor");
     assert_eq!(patched["name"], "Ada L.");
 
-    assert_eq!(app.delete(&t.admin, &format!("/api/v1/users/{id}")).send().await.unwrap().status(), StatusCode::NO_CONTENT);
-    assert_problem(app.get(&t.admin, &format!("/api/v1/users/{id}")).send().await.unwrap(), 404, "not_found").await;
+    assert_eq!(
+        app.delete(&t.admin, &format!("/api/v1/users/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        app.get(&t.admin, &format!("/api/v1/users/{id}"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -49,11 +76,26 @@ async fn the_last_admin_cannot_be_removed() {
     let app = spawn_app().await;
     let t = app.tenant("last").await;
     let me = &t.admin.user_id;
-    let res = app.patch(&t.admin, &format!("/api/v1/users/{me}"), json!({ "role": "learner" })).send().await.unwrap();
+    let res = app
+        .patch(
+            &t.admin,
+            &format!("/api/v1/users/{me}"),
+            json!({ "role": "learner" }),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_problem(res, 409, "conflict").await;
-    let res = app.delete(&t.admin, &format!("/api/v1/users/{me}")).send().await.unwrap();
+    let res = app
+        .delete(&t.admin, &format!("/api/v1/users/{me}"))
+        .send()
+        .await
+        .unwrap();
     assert_problem(res, 409, "conflict").await;
-    assert_eq!(json_ok(app.get(&t.admin, "/api/v1/me").send().await.unwrap(), 200).await["role"], "admin");
+    assert_eq!(
+        json_ok(app.get(&t.admin, "/api/v1/me").send().await.unwrap(), 200).await["role"],
+        "admin"
+    );
 }
 
 #[tokio::test]
@@ -62,52 +104,123 @@ async fn courses_and_ordered_lessons() {
     let t = app.tenant("courses").await;
     let teacher = app.user(&t, "instructor").await;
     let c = app.course(&teacher, "Rust 101", false).await;
-    let course = json_ok(app.get(&teacher, &format!("/api/v1/courses/{c}")).send().await.unwrap(), 200).await;
+    let course = json_ok(
+        app.get(&teacher, &format!("/api/v1/courses/{c}"))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
     assert_eq!(course["title"], "Rust 101");
     assert_eq!(course["published"], false);
 
     let l1 = app.lesson(&teacher, &c, "One").await;
     let l2 = app.lesson(&teacher, &c, "Two").await;
     let l0 = json_ok(
-        app.post(&teacher, &format!("/api/v1/courses/{c}/lessons"), json!({ "title": "Zero", "position": 0 }))
-            .send()
-            .await
-            .unwrap(),
+        app.post(
+            &teacher,
+            &format!("/api/v1/courses/{c}/lessons"),
+            json!({ "title": "Zero", "position": 0 }),
+        )
+        .send()
+        .await
+        .unwrap(),
         201,
     )
     .await;
     // Move "One" to the end.
     let res = app
-        .patch(&teacher, &format!("/api/v1/courses/{c}/lessons/{l1}"), json!({ "position": 10 }))
+        .patch(
+            &teacher,
+            &format!("/api/v1/courses/{c}/lessons/{l1}"),
+            json!({ "position": 10 }),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(json_ok(res, 200).await["position"], 10);
-    let lessons = json_ok(app.get(&teacher, &format!("/api/v1/courses/{c}/lessons")).send().await.unwrap(), 200).await;
-    let titles: Vec<_> = lessons["items"].as_array().unwrap().iter().map(|l| l["title"].as_str().unwrap().to_owned()).collect();
+    let lessons = json_ok(
+        app.get(&teacher, &format!("/api/v1/courses/{c}/lessons"))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    let titles: Vec<_> = lessons["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["title"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(titles, ["Zero", "Two", "One"]);
     assert_eq!(lessons["items"][0]["id"], l0["id"]);
 
     // Paging through lessons keeps the order.
-    let p1 = json_ok(app.get(&teacher, &format!("/api/v1/courses/{c}/lessons?limit=2")).send().await.unwrap(), 200).await;
+    let p1 = json_ok(
+        app.get(&teacher, &format!("/api/v1/courses/{c}/lessons?limit=2"))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
     let cursor = p1["next_cursor"].as_str().unwrap();
     let p2 = json_ok(
-        app.get(&teacher, &format!("/api/v1/courses/{c}/lessons?limit=2&after={cursor}")).send().await.unwrap(),
+        app.get(
+            &teacher,
+            &format!("/api/v1/courses/{c}/lessons?limit=2&after={cursor}"),
+        )
+        .send()
+        .await
+        .unwrap(),
         200,
     )
     .await;
     assert_eq!(p2["items"][0]["id"], l1.as_str());
     assert!(p2["next_cursor"].is_null());
 
-    let res = app.delete(&teacher, &format!("/api/v1/courses/{c}/lessons/{l2}")).send().await.unwrap();
+    let res = app
+        .delete(&teacher, &format!("/api/v1/courses/{c}/lessons/{l2}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    let res = app.get(&teacher, &format!("/api/v1/courses/{c}/lessons/{l2}")).send().await.unwrap();
+    let res = app
+        .get(&teacher, &format!("/api/v1/courses/{c}/lessons/{l2}"))
+        .send()
+        .await
+        .unwrap();
     assert_problem(res, 404, "not_found").await;
 
-    let res = app.patch(&teacher, &format!("/api/v1/courses/{c}"), json!({ "published": true })).send().await.unwrap();
+    let res = app
+        .patch(
+            &teacher,
+            &format!("/api/v1/courses/{c}"),
+            json!({ "published": true }),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(json_ok(res, 200).await["published"], true);
-    assert_eq!(app.delete(&teacher, &format!("/api/v1/courses/{c}")).send().await.unwrap().status(), StatusCode::NO_CONTENT);
-    assert_problem(app.get(&teacher, &format!("/api/v1/courses/{c}/lessons")).send().await.unwrap(), 404, "not_found").await;
+    assert_eq!(
+        app.delete(&teacher, &format!("/api/v1/courses/{c}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        app.get(&teacher, &format!("/api/v1/courses/{c}/lessons"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -122,7 +235,10 @@ async fn keyset_pagination_with_link_headers() {
     let mut path = "/api/v1/courses?limit=3".to_owned();
     loop {
         let res = app.get(&t.admin, &path).send().await.unwrap();
-        let link = res.headers().get("link").map(|v| v.to_str().unwrap().to_owned());
+        let link = res
+            .headers()
+            .get("link")
+            .map(|v| v.to_str().unwrap().to_owned());
         let page = json_ok(res, 200).await;
         let items = page["items"].as_array().unwrap();
         assert!(items.len() <= 3);
@@ -130,7 +246,10 @@ async fn keyset_pagination_with_link_headers() {
         match page["next_cursor"].as_str() {
             Some(cursor) => {
                 let link = link.expect("Link header with a next page");
-                assert_eq!(link, format!("</api/v1/courses?limit=3&after={cursor}>; rel=\"next\""));
+                assert_eq!(
+                    link,
+                    format!("</api/v1/courses?limit=3&after={cursor}>; rel=\"next\"")
+                );
                 path = format!("/api/v1/courses?limit=3&after={cursor}");
             }
             None => {
@@ -157,28 +276,96 @@ async fn enrollment_and_progress_roll_up() {
     let progress_path = |lesson: &str| format!("/api/v1/courses/{c}/lessons/{lesson}/progress");
 
     // Not enrolled yet.
-    let res = app.put(&learner, &progress_path(&lessons[0]), json!({ "position_s": 1.0 })).send().await.unwrap();
+    let res = app
+        .put(
+            &learner,
+            &progress_path(&lessons[0]),
+            json!({ "position_s": 1.0 }),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_problem(res, 403, "forbidden").await;
 
     // A learner may enroll self in a published course, once.
-    let res = app.post(&learner, &format!("/api/v1/courses/{c}/enrollments"), json!({ "user_id": learner.user_id })).send().await.unwrap();
+    let res = app
+        .post(
+            &learner,
+            &format!("/api/v1/courses/{c}/enrollments"),
+            json!({ "user_id": learner.user_id }),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
-    let res = app.post(&learner, &format!("/api/v1/courses/{c}/enrollments"), json!({ "user_id": learner.user_id })).send().await.unwrap();
+    let res = app
+        .post(
+            &learner,
+            &format!("/api/v1/courses/{c}/enrollments"),
+            json!({ "user_id": learner.user_id }),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_problem(res, 409, "conflict").await;
 
     let put = |lesson: &str, body: Value| app.put(&learner, &progress_path(lesson), body);
-    assert_eq!(put(&lessons[0], json!({ "position_s": 30.5 })).send().await.unwrap().status(), StatusCode::NO_CONTENT);
-    assert_eq!(put(&lessons[0], json!({ "completed": true })).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        put(&lessons[0], json!({ "position_s": 30.5 }))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        put(&lessons[0], json!({ "completed": true }))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
     // A later heartbeat never un-completes.
-    assert_eq!(put(&lessons[0], json!({ "position_s": 12.0, "completed": false })).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        put(
+            &lessons[0],
+            json!({ "position_s": 12.0, "completed": false })
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::NO_CONTENT
+    );
     // Idempotent.
     for _ in 0..2 {
-        assert_eq!(put(&lessons[1], json!({ "completed": true, "position_s": 99.0 })).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            put(
+                &lessons[1],
+                json!({ "completed": true, "position_s": 99.0 })
+            )
+            .send()
+            .await
+            .unwrap()
+            .status(),
+            StatusCode::NO_CONTENT
+        );
     }
-    let res = put(&lessons[2], json!({ "position_s": -1.0 })).send().await.unwrap();
+    let res = put(&lessons[2], json!({ "position_s": -1.0 }))
+        .send()
+        .await
+        .unwrap();
     assert_problem(res, 422, "validation_failed").await;
 
-    let p = json_ok(app.get(&learner, &format!("/api/v1/courses/{c}/progress")).send().await.unwrap(), 200).await;
+    let p = json_ok(
+        app.get(&learner, &format!("/api/v1/courses/{c}/progress"))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
     assert_eq!(p["completed"], 2);
     assert_eq!(p["total"], 4);
     assert_eq!(p["percent"], 50);
@@ -189,17 +376,41 @@ async fn enrollment_and_progress_roll_up() {
 
     // Staff see anyone's progress with ?user_id=.
     let p2 = json_ok(
-        app.get(&t.admin, &format!("/api/v1/courses/{c}/progress?user_id={}", learner.user_id)).send().await.unwrap(),
+        app.get(
+            &t.admin,
+            &format!("/api/v1/courses/{c}/progress?user_id={}", learner.user_id),
+        )
+        .send()
+        .await
+        .unwrap(),
         200,
     )
     .await;
     assert_eq!(p2["completed"], 2);
 
-    let list = json_ok(app.get(&t.admin, &format!("/api/v1/courses/{c}/enrollments")).send().await.unwrap(), 200).await;
+    let list = json_ok(
+        app.get(&t.admin, &format!("/api/v1/courses/{c}/enrollments"))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
     assert_eq!(list["items"][0]["user_id"], learner.user_id.as_str());
-    let res = app.delete(&t.admin, &format!("/api/v1/courses/{c}/enrollments/{}", learner.user_id)).send().await.unwrap();
+    let res = app
+        .delete(
+            &t.admin,
+            &format!("/api/v1/courses/{c}/enrollments/{}", learner.user_id),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    let res = app.get(&learner, &format!("/api/v1/courses/{c}/lessons")).send().await.unwrap();
+    let res = app
+        .get(&learner, &format!("/api/v1/courses/{c}/lessons"))
+        .send()
+        .await
+        .unwrap();
     assert_problem(res, 403, "forbidden").await;
 }
 
@@ -208,18 +419,42 @@ async fn the_audit_log_records_changes_newest_first() {
     let app = spawn_app().await;
     let t = app.tenant("audit").await;
     let c = app.course(&t.admin, "Audited", false).await;
-    app.patch(&t.admin, &format!("/api/v1/courses/{c}"), json!({ "title": "Audited 2" })).send().await.unwrap();
+    app.patch(
+        &t.admin,
+        &format!("/api/v1/courses/{c}"),
+        json!({ "title": "Audited 2" }),
+    )
+    .send()
+    .await
+    .unwrap();
     let res = app
-        .req(reqwest::Method::DELETE, &t.admin, &format!("/api/v1/courses/{c}"))
+        .req(
+            reqwest::Method::DELETE,
+            &t.admin,
+            &format!("/api/v1/courses/{c}"),
+        )
         .header("X-Request-Id", "audit-req-1")
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    let log = json_ok(app.get(&t.admin, "/api/v1/audit-events").send().await.unwrap(), 200).await;
+    let log = json_ok(
+        app.get(&t.admin, "/api/v1/audit-events")
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
     let items = log["items"].as_array().unwrap();
-    let actions: Vec<_> = items.iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(&actions[..3], ["course.deleted", "course.updated", "course.created"]);
+    let actions: Vec<_> = items
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &actions[..3],
+        ["course.deleted", "course.updated", "course.created"]
+    );
     assert_eq!(items[0]["target_id"], c.as_str());
     assert_eq!(items[0]["actor_id"], t.admin.user_id.as_str());
     assert_eq!(items[0]["request_id"], "audit-req-1");

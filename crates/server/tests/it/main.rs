@@ -2,6 +2,8 @@
 //! 127.0.0.1:0 over a fresh data directory and talks to it over HTTP, as a
 //! client written from API.md would.
 
+#![allow(clippy::unwrap_used)]
+
 mod helpers;
 
 mod api_errors;

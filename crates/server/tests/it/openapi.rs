@@ -46,7 +46,15 @@ const ROUTES: &[(&str, &str)] = &[
 async fn doc() -> Value {
     let app = spawn_app().await;
     // Served without a tenant or a token.
-    json_ok(app.client.get(app.url("/api/v1/openapi.json")).send().await.unwrap(), 200).await
+    json_ok(
+        app.client
+            .get(app.url("/api/v1/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -62,7 +70,10 @@ async fn every_route_is_documented_and_nothing_else() {
             }
         }
     }
-    let mut expected: Vec<_> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    let mut expected: Vec<_> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
     documented.sort();
     expected.sort();
     assert_eq!(documented, expected);
@@ -102,15 +113,32 @@ async fn error_codes_and_bodies_are_documented() {
     let op = &doc["paths"]["/api/v1/users"]["post"];
     assert!(op["requestBody"].is_object());
     for status in ["201", "400", "401", "403", "409", "413", "422", "503"] {
-        assert!(op["responses"][status].is_object(), "POST /api/v1/users lacks {status}");
+        assert!(
+            op["responses"][status].is_object(),
+            "POST /api/v1/users lacks {status}"
+        );
     }
     let text = doc.to_string();
     for code in [
-        "tenant_required", "tenant_conflict", "invalid_tenant", "tenant_suspended",
-        "tenant_maintenance", "unauthorized", "forbidden", "not_found", "conflict",
-        "invalid_body", "payload_too_large", "validation_failed", "invalid_credentials", "rate_limited",
+        "tenant_required",
+        "tenant_conflict",
+        "invalid_tenant",
+        "tenant_suspended",
+        "tenant_maintenance",
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "conflict",
+        "invalid_body",
+        "payload_too_large",
+        "validation_failed",
+        "invalid_credentials",
+        "rate_limited",
     ] {
-        assert!(text.contains(&format!("`{code}`")), "code {code} is not documented");
+        assert!(
+            text.contains(&format!("`{code}`")),
+            "code {code} is not documented"
+        );
     }
     assert!(doc["components"]["schemas"]["Problem"].is_object());
     assert!(doc["components"]["schemas"]["Course"].is_object());

@@ -87,7 +87,12 @@ async fn header_and_host_naming_different_tenants_conflict() {
 #[tokio::test]
 async fn neither_header_nor_host_is_tenant_required() {
     let app = spawn_app().await;
-    let res = app.client.get(app.url("/api/v1/courses")).send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/api/v1/courses"))
+        .send()
+        .await
+        .unwrap();
     assert_problem(res, 400, "tenant_required").await;
     let res = app
         .client
@@ -123,14 +128,25 @@ async fn malformed_unknown_and_deleted_tenants_answer_alike() {
     let app = spawn_app().await;
     let gone = app.tenant("gone").await;
     let res = app
-        .operator(reqwest::Method::DELETE, &format!("/admin/api/v1/tenants/{}", gone.slug))
+        .operator(
+            reqwest::Method::DELETE,
+            &format!("/admin/api/v1/tenants/{}", gone.slug),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 
     let mut bodies = Vec::new();
-    for name in ["ACME", "a", "bad_slug", "-x-", "../etc", "no-such-tenant", gone.slug.as_str()] {
+    for name in [
+        "ACME",
+        "a",
+        "bad_slug",
+        "-x-",
+        "../etc",
+        "no-such-tenant",
+        gone.slug.as_str(),
+    ] {
         let res = app
             .client
             .get(app.url("/api/v1/courses"))
@@ -143,7 +159,10 @@ async fn malformed_unknown_and_deleted_tenants_answer_alike() {
         body.as_object_mut().unwrap().remove("request_id");
         bodies.push(body);
     }
-    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "bodies differ: {bodies:?}");
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "bodies differ: {bodies:?}"
+    );
 }
 
 #[tokio::test]
@@ -177,7 +196,10 @@ async fn a_suspended_tenant_answers_403() {
     let app = spawn_app().await;
     let t = app.tenant("susp").await;
     let res = app
-        .operator(reqwest::Method::POST, &format!("/admin/api/v1/tenants/{}/suspend", t.slug))
+        .operator(
+            reqwest::Method::POST,
+            &format!("/admin/api/v1/tenants/{}/suspend", t.slug),
+        )
         .send()
         .await
         .unwrap();
@@ -185,7 +207,10 @@ async fn a_suspended_tenant_answers_403() {
     let res = app.get(&t.admin, "/api/v1/courses").send().await.unwrap();
     assert_problem(res, 403, "tenant_suspended").await;
     let res = app
-        .operator(reqwest::Method::POST, &format!("/admin/api/v1/tenants/{}/resume", t.slug))
+        .operator(
+            reqwest::Method::POST,
+            &format!("/admin/api/v1/tenants/{}/resume", t.slug),
+        )
         .send()
         .await
         .unwrap();
@@ -202,7 +227,11 @@ async fn a_tenant_in_maintenance_reads_but_does_not_write() {
     let slug = tenancy::Slug::parse(&t.slug).unwrap();
     app.kernel.begin_maintenance(&slug).await.unwrap();
 
-    let res = app.get(&t.admin, &format!("/api/v1/courses/{course}")).send().await.unwrap();
+    let res = app
+        .get(&t.admin, &format!("/api/v1/courses/{course}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let res = app
         .post(&t.admin, "/api/v1/courses", json!({ "title": "During" }))
