@@ -22,9 +22,19 @@ pub struct Cli {
     /// The configuration file (default: ./campus.toml, when it exists).
     #[arg(long, env = "CAMPUS_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// PostgreSQL for the registry and tenants (not in this build yet).
+    /// PostgreSQL for the registry and tenants, as the serving role (no
+    /// superuser, no BYPASSRLS, NOINHERIT, owns nothing). Without it, the
+    /// embedded SQLite data plane under --data-dir.
     #[arg(long, env = "CAMPUS_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
+    /// The same PostgreSQL database as the owner role (owns the schemas,
+    /// creates tenant roles and databases; used for DDL and migrations only).
+    #[arg(long, env = "CAMPUS_OWNER_DATABASE_URL", global = true)]
+    pub owner_database_url: Option<String>,
+    /// Connections of the serving pool of each placement (shared by all its
+    /// `schema` and `pool` tenants, whatever their number).
+    #[arg(long, env = "CAMPUS_POOL_SIZE", global = true)]
+    pub pool_size: Option<u32>,
     /// Log format.
     #[arg(long, env = "CAMPUS_LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -48,6 +58,8 @@ pub enum Command {
     Tenant(TenantCommand),
     /// Bring the control plane and every tenant (or one) to the latest schema.
     Migrate(MigrateArgs),
+    /// Check that the database enforces isolation (what `serve` checks before serving).
+    Doctor,
 }
 
 #[derive(Debug, Args)]
@@ -117,7 +129,7 @@ pub struct CreateArgs {
     /// Generated and printed once when absent.
     #[arg(long, env = "CAMPUS_ADMIN_PASSWORD")]
     pub admin_password: Option<String>,
-    /// database (the embedded default), schema or pool.
+    /// database, schema or pool (default: database embedded, schema on PostgreSQL).
     #[arg(long)]
     pub isolation: Option<String>,
     #[arg(long)]
@@ -143,12 +155,26 @@ pub struct MigrateArgs {
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
+    pub owner_database_url: Option<String>,
+    pub pool_size: Option<u32>,
+    /// More PostgreSQL servers tenants can be placed on, by name.
+    #[serde(default)]
+    pub placements: std::collections::BTreeMap<String, PlacementFile>,
     pub log_format: Option<LogFormat>,
     pub listen: Option<SocketAddr>,
     pub base_domain: Option<String>,
     pub redis_url: Option<String>,
     pub storage_url: Option<String>,
     pub operator_token: Option<String>,
+}
+
+/// `[placements.<name>]` in `campus.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementFile {
+    pub url: String,
+    pub owner_url: String,
+    pub pool_size: Option<u32>,
 }
 
 impl FileConfig {

@@ -64,24 +64,93 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let serving = matches!(cli.command, Command::Serve(_));
     init_logging(log_format, if serving { "info,sqlx=warn" } else { "warn" });
 
-    if cli.database_url.is_some() || file.database_url.is_some() {
-        bail!(
-            "--database-url: PostgreSQL is not supported by this build yet; run without it for the embedded data plane"
-        );
-    }
     let data_dir = cli
         .data_dir
         .clone()
         .or(file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("./data"));
-    let kernel = Kernel::open(KernelConfig::new(&data_dir, lms::TENANT_MIGRATIONS))
+    let mut config = KernelConfig::new(&data_dir, lms::TENANT_MIGRATIONS);
+    config.postgres = postgres_config(&cli, &file)?;
+    let what = match &config.postgres {
+        Some(_) => "PostgreSQL".to_owned(),
+        None => format!("the data directory {}", data_dir.display()),
+    };
+    let kernel = Kernel::open(config)
         .await
-        .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
+        .with_context(|| format!("cannot open {what}"))?;
 
     match cli.command {
         Command::Serve(args) => serve(kernel, &data_dir, args, file).await,
         Command::Tenant(cmd) => tenant(kernel, cmd).await,
         Command::Migrate(args) => migrate(kernel, args).await,
+        Command::Doctor => doctor(kernel).await,
+    }
+}
+
+/// The PostgreSQL placements: `default` from the flags (or the file's
+/// `database_url`), more from `[placements.<name>]`.
+fn postgres_config(
+    cli: &Cli,
+    file: &FileConfig,
+) -> anyhow::Result<Option<tenancy::dataplane::postgres::PgConfig>> {
+    use tenancy::dataplane::postgres::{PgConfig, PlacementConfig};
+    let Some(url) = cli.database_url.clone().or(file.database_url.clone()) else {
+        if !file.placements.is_empty() {
+            bail!("[placements] need a default placement: set --database-url");
+        }
+        return Ok(None);
+    };
+    let Some(owner_url) = cli
+        .owner_database_url
+        .clone()
+        .or(file.owner_database_url.clone())
+    else {
+        bail!(
+            "--database-url needs --owner-database-url too: the same database as the owner role \
+             (which owns the schemas and runs migrations), while --database-url is the serving role"
+        );
+    };
+    let pool_size = cli.pool_size.or(file.pool_size).unwrap_or(16);
+    let mut placements = vec![PlacementConfig {
+        name: "default".into(),
+        url,
+        owner_url,
+        pool_size,
+    }];
+    for (name, p) in &file.placements {
+        if name == "default" {
+            bail!("[placements.default] is the --database-url placement; name the others differently");
+        }
+        placements.push(PlacementConfig {
+            name: name.clone(),
+            url: p.url.clone(),
+            owner_url: p.owner_url.clone(),
+            pool_size: p.pool_size.unwrap_or(pool_size),
+        });
+    }
+    Ok(Some(PgConfig {
+        placements,
+        max_open_databases: std::num::NonZeroUsize::new(64).unwrap_or(std::num::NonZeroUsize::MIN),
+        database_pool_size: 2,
+    }))
+}
+
+/// Runs the start-up audit; prints what is wrong.
+async fn audit(kernel: &Kernel) -> anyhow::Result<bool> {
+    let findings = tenancy::audit::run(kernel).await?;
+    for f in &findings {
+        eprintln!("audit: {f}");
+    }
+    Ok(findings.is_empty())
+}
+
+async fn doctor(kernel: Kernel) -> anyhow::Result<ExitCode> {
+    if audit(&kernel).await? {
+        println!("ok: the database enforces tenant isolation as Campus expects");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("the audit found problems (above); `campus serve` refuses to serve until they are fixed");
+        Ok(ExitCode::FAILURE)
     }
 }
 
@@ -146,6 +215,12 @@ async fn serve(
     args: cli::ServeArgs,
     file: FileConfig,
 ) -> anyhow::Result<ExitCode> {
+    if !audit(&kernel).await? {
+        bail!(
+            "refusing to serve: the database does not enforce tenant isolation \
+             (see the audit above; `campus doctor` checks again)"
+        );
+    }
     if args.redis_url.is_some() || file.redis_url.is_some() {
         bail!(
             "--redis-url: Redis is not supported by this build yet; run without it for the in-process cache"

@@ -2,7 +2,6 @@
 //! are for enrolled learners and staff.
 
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::SqliteRow;
 use tenancy::TenantTx;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -10,7 +9,8 @@ use uuid::Uuid;
 use crate::auth::Role;
 use crate::error::{Error, Result};
 use crate::page::{Page, PageRequest};
-use crate::{Cx, col, enrollments, validate};
+use crate::{Cx, col, col_bool, enrollments, validate};
+use tenancy::dataplane::DbRow;
 
 const STAFF: &[Role] = &[Role::Admin, Role::Instructor];
 
@@ -72,18 +72,18 @@ const COURSE_COLUMNS: &str = "id, title, description, published, created_at, upd
 const LESSON_COLUMNS: &str = "id, course_id, title, position, created_at, updated_at";
 const MAX_POSITION: i64 = 1_000_000;
 
-fn decode_course(r: &SqliteRow) -> Result<Course> {
+fn decode_course(r: &DbRow) -> Result<Course> {
     Ok(Course {
         id: col(r, "id")?,
         title: col(r, "title")?,
         description: col(r, "description")?,
-        published: col(r, "published")?,
+        published: col_bool(r, "published")?.unwrap_or(false),
         created_at: col(r, "created_at")?,
         updated_at: col(r, "updated_at")?,
     })
 }
 
-fn decode_lesson(r: &SqliteRow) -> Result<Lesson> {
+fn decode_lesson(r: &DbRow) -> Result<Lesson> {
     Ok(Lesson {
         id: col(r, "id")?,
         course_id: col(r, "course_id")?,
@@ -137,10 +137,11 @@ pub(crate) async fn readable(cx: &Cx, tx: &mut TenantTx, id: &str) -> Result<Cou
 pub async fn list(cx: &Cx, page: &PageRequest) -> Result<Page<Course>> {
     let mut tx = cx.read().await?;
     let sql = format!(
-        "SELECT {COURSE_COLUMNS} FROM courses WHERE ($1 IS NULL OR id > $1) AND (published = 1 OR $2) ORDER BY id LIMIT $3"
+        "SELECT {COURSE_COLUMNS} FROM courses WHERE ($1 IS NULL OR id > $1) AND (published = $2 OR $3) ORDER BY id LIMIT $4"
     );
     let rows = sqlx::query(&sql)
         .bind(&page.after)
+        .bind(true)
         .bind(cx.is_staff())
         .bind(page.fetch())
         .fetch_all(tx.conn())

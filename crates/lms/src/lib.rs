@@ -20,20 +20,43 @@ mod validate;
 pub use cx::Cx;
 pub use error::{Error, Result};
 
-use tenancy::Migration;
+use tenancy::dataplane::DbRow;
+use tenancy::{Migration, MigrationSet};
 
-/// The tenant schema, oldest first (one folder per backend dialect).
-pub const TENANT_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../../migrations/tenant/sqlite/0001_init.sql"),
-}];
+/// The tenant schema, oldest first, one folder per backend dialect. The
+/// versions match across dialects.
+pub const TENANT_MIGRATIONS: MigrationSet = MigrationSet {
+    sqlite: &[Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../../migrations/tenant/sqlite/0001_init.sql"),
+    }],
+    postgres: &[Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../../migrations/tenant/postgres/0001_init.sql"),
+    }],
+    pool: &[Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../../migrations/pool/postgres/0001_init.sql"),
+    }],
+};
 
 /// Decodes a row column or fails the request with an internal error.
-pub(crate) fn col<'r, T>(row: &'r sqlx::sqlite::SqliteRow, name: &str) -> Result<T>
+pub(crate) fn col<'r, T>(row: &'r DbRow, name: &str) -> Result<T>
 where
     T: sqlx::Decode<'r, tenancy::Db> + sqlx::Type<tenancy::Db>,
 {
     use sqlx::Row;
     Ok(row.try_get(name)?)
+}
+
+/// Decodes a boolean column: a `BOOLEAN` on PostgreSQL, a 0/1 integer on SQLite.
+pub(crate) fn col_bool(row: &DbRow, name: &str) -> Result<Option<bool>> {
+    use sqlx::Row;
+    match row.try_get::<Option<bool>, _>(name) {
+        Ok(b) => Ok(b),
+        Err(_) => Ok(row.try_get::<Option<i64>, _>(name)?.map(|v| v != 0)),
+    }
 }

@@ -107,12 +107,15 @@ pub(crate) fn parse_plan(s: &str) -> Result<Plan> {
 
 impl NewTenant {
     fn spec(&self) -> Result<ProvisionSpec> {
-        let isolation = match self.isolation.as_deref() {
-            None => Isolation::Database,
-            Some(s) => Isolation::parse(s).ok_or_else(|| {
-                Error::Validation("isolation must be database, schema or pool".into())
-            })?,
-        };
+        let isolation = self
+            .isolation
+            .as_deref()
+            .map(|s| {
+                Isolation::parse(s).ok_or_else(|| {
+                    Error::Validation("isolation must be database, schema or pool".into())
+                })
+            })
+            .transpose()?;
         Ok(ProvisionSpec {
             slug: parse_slug(&self.slug)?,
             name: tenancy::lifecycle::validate_name(&self.name).map_err(lifecycle)?,

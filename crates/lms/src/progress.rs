@@ -51,21 +51,25 @@ pub async fn record(cx: &Cx, course_id: &str, lesson_id: &str, req: ProgressUpda
     }
     let now = tenancy::clock::now();
     let completed = req.completed.unwrap_or(false);
+    // The position is always bound as a number, with a flag for "not sent":
+    // sqlx 0.8's Any driver binds a NULL f64 as a 4-byte float on PostgreSQL,
+    // which poisons the connection's prepared statement for later values.
     sqlx::query(
         "INSERT INTO progress (user_id, lesson_id, course_id, position_s, completed, completed_at, updated_at)
-         VALUES ($1, $2, $3, COALESCE($4, 0), $5, CASE WHEN $5 THEN $6 END, $6)
+         VALUES ($1, $2, $3, $4, $5, CASE WHEN $5 THEN $6 END, $6)
          ON CONFLICT (user_id, lesson_id) DO UPDATE SET
-            position_s = COALESCE($4, progress.position_s),
-            completed = MAX(progress.completed, excluded.completed),
+            position_s = CASE WHEN $7 THEN excluded.position_s ELSE progress.position_s END,
+            completed = progress.completed OR excluded.completed,
             completed_at = COALESCE(progress.completed_at, excluded.completed_at),
             updated_at = excluded.updated_at",
     )
     .bind(user_id)
     .bind(lesson_id)
     .bind(course_id)
-    .bind(req.position_s)
+    .bind(req.position_s.unwrap_or(0.0))
     .bind(completed)
     .bind(&now)
+    .bind(req.position_s.is_some())
     .execute(tx.conn())
     .await?;
     tx.commit().await?;
@@ -95,7 +99,7 @@ pub async fn course(cx: &Cx, course_id: &str, user_id: Option<&str>) -> Result<C
     if !cx.is_staff() && !enrollments::is_enrolled(&mut tx, course_id, user_id).await? {
         return Err(Error::Forbidden("enroll in the course to track progress"));
     }
-    let rows: Vec<(String, Option<bool>, Option<f64>)> = sqlx::query_as(
+    let rows = sqlx::query(
         "SELECT l.id, p.completed, p.position_s FROM lessons l
          LEFT JOIN progress p ON p.lesson_id = l.id AND p.user_id = $2
          WHERE l.course_id = $1 ORDER BY l.position, l.id",
@@ -104,14 +108,16 @@ pub async fn course(cx: &Cx, course_id: &str, user_id: Option<&str>) -> Result<C
     .bind(user_id)
     .fetch_all(tx.conn())
     .await?;
-    let lessons: Vec<LessonProgress> = rows
-        .into_iter()
-        .map(|(lesson_id, completed, position_s)| LessonProgress {
-            lesson_id,
-            completed: completed.unwrap_or(false),
-            position_s: position_s.unwrap_or(0.0),
+    let lessons = rows
+        .iter()
+        .map(|r| {
+            Ok(LessonProgress {
+                lesson_id: crate::col(r, "id")?,
+                completed: crate::col_bool(r, "completed")?.unwrap_or(false),
+                position_s: crate::col::<Option<f64>>(r, "position_s")?.unwrap_or(0.0),
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     let total = lessons.len() as i64;
     let completed = lessons.iter().filter(|l| l.completed).count() as i64;
     let percent = if total == 0 {

@@ -1,8 +1,8 @@
 //! Users of one tenant and their roles.
 
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::SqliteRow;
 use tenancy::TenantTx;
+use tenancy::dataplane::DbRow;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -45,7 +45,7 @@ pub struct UserPatch {
 
 const COLUMNS: &str = "id, email, name, role, created_at, updated_at";
 
-fn decode(r: &SqliteRow) -> Result<User> {
+fn decode(r: &DbRow) -> Result<User> {
     let role: String = col(r, "role")?;
     Ok(User {
         id: col(r, "id")?,
@@ -137,18 +137,24 @@ pub(crate) async fn insert(tx: &mut TenantTx, u: Checked) -> Result<User> {
 /// interrupted run already did — sets their name and password again.
 pub(crate) async fn upsert_admin(tx: &mut TenantTx, req: NewUser) -> Result<User> {
     let u = check(req).await?;
-    sqlx::query(
-        "INSERT INTO users (id, email, name, role, password_hash, created_at, updated_at) VALUES ($1, $2, $3, 'admin', $4, $5, $5)
-         ON CONFLICT (email) DO UPDATE SET name = excluded.name, role = 'admin', password_hash = excluded.password_hash, updated_at = excluded.updated_at",
-    )
-    .bind(Uuid::now_v7().to_string())
-    .bind(&u.email)
-    .bind(&u.name)
-    .bind(&u.password_hash)
-    .bind(tenancy::clock::now())
-    .execute(tx.conn())
-    .await?;
-    Ok(find_by_email(tx, &u.email).await?.ok_or(Error::NotFound)?.0)
+    let email = u.email.clone();
+    match find_by_email(tx, &email).await? {
+        Some((existing, _)) => {
+            sqlx::query(
+                "UPDATE users SET name = $2, role = 'admin', password_hash = $3, updated_at = $4 WHERE id = $1",
+            )
+            .bind(&existing.id)
+            .bind(&u.name)
+            .bind(&u.password_hash)
+            .bind(tenancy::clock::now())
+            .execute(tx.conn())
+            .await?;
+        }
+        None => {
+            insert(tx, u).await?;
+        }
+    }
+    Ok(find_by_email(tx, &email).await?.ok_or(Error::NotFound)?.0)
 }
 
 /// The caller.

@@ -8,33 +8,41 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::dataplane::{DataPlane, DataPlaneConfig, TenantTx};
+use crate::dataplane::embedded::{Files, FilesConfig};
+use crate::dataplane::postgres::{PgConfig, Placements};
+use crate::dataplane::{DataPlane, TenantTx};
 use crate::error::{Error, Result};
 use crate::id::Slug;
-use crate::migrate::{self, Applied, Migration};
+use crate::migrate::{Applied, MigrationSet};
 use crate::registry::{Change, Registry};
-use crate::tenant::Tenant;
+use crate::tenant::{Isolation, Tenant};
 
 /// How to open the kernel.
 #[derive(Debug, Clone)]
 pub struct KernelConfig {
-    /// Where the registry and the tenants' files live.
+    /// Where the registry and the tenants' files live (embedded backend).
     pub data_dir: PathBuf,
-    /// The tenants' schema, oldest first.
-    pub tenant_migrations: &'static [Migration],
-    /// How many tenants' databases may be open at once.
+    /// The tenants' schema, oldest first, in each dialect.
+    pub tenant_migrations: MigrationSet,
+    /// How many tenants' databases may be open at once (embedded backend).
     pub max_open_tenants: NonZeroUsize,
-    /// Connections per open tenant database.
+    /// Connections per open tenant database (embedded backend).
     pub tenant_pool_size: u32,
+    /// PostgreSQL placements; `None` for the embedded backend.
+    pub postgres: Option<PgConfig>,
+    /// The isolation mode of a tenant provisioned without one.
+    pub default_isolation: Option<Isolation>,
 }
 
 impl KernelConfig {
-    pub fn new(data_dir: impl Into<PathBuf>, tenant_migrations: &'static [Migration]) -> Self {
+    pub fn new(data_dir: impl Into<PathBuf>, tenant_migrations: MigrationSet) -> Self {
         Self {
             data_dir: data_dir.into(),
             tenant_migrations,
             max_open_tenants: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
             tenant_pool_size: 4,
+            postgres: None,
+            default_isolation: None,
         }
     }
 }
@@ -46,7 +54,8 @@ pub struct Kernel(Arc<Inner>);
 pub(crate) struct Inner {
     pub(crate) registry: Registry,
     pub(crate) data: DataPlane,
-    pub(crate) tenant_migrations: &'static [Migration],
+    pub(crate) tenant_migrations: MigrationSet,
+    pub(crate) default_isolation: Isolation,
     directory: Mutex<Directory>,
 }
 
@@ -61,18 +70,33 @@ const DIRECTORY_CAPACITY: usize = 100_000;
 impl Kernel {
     /// Opens the registry (migrating the control plane) and the data plane.
     pub async fn open(cfg: KernelConfig) -> Result<Self> {
-        tokio::fs::create_dir_all(&cfg.data_dir).await?;
-        let registry = Registry::open(&cfg.data_dir.join("registry.db")).await?;
+        sqlx::any::install_default_drivers();
+        let (registry, data, default_isolation) = match &cfg.postgres {
+            None => {
+                tokio::fs::create_dir_all(&cfg.data_dir).await?;
+                let registry = Registry::open_sqlite(&cfg.data_dir.join("registry.db")).await?;
+                let files = Files::new(FilesConfig {
+                    root: cfg.data_dir.join("tenants"),
+                    max_open_tenants: cfg.max_open_tenants,
+                    pool_size: cfg.tenant_pool_size,
+                });
+                (registry, DataPlane::Embedded(files), Isolation::Database)
+            }
+            Some(pg) => {
+                let placements = Placements::connect(pg).await?;
+                let registry = Registry::open_postgres(placements.default_placement().owner.clone()).await?;
+                for p in placements.all() {
+                    placements.migrate_pool(p, cfg.tenant_migrations.pool).await?;
+                }
+                (registry, DataPlane::Postgres(placements), Isolation::Schema)
+            }
+        };
         let seen = registry.generation().await?;
-        let data = DataPlane::new(DataPlaneConfig {
-            root: cfg.data_dir.join("tenants"),
-            max_open_tenants: cfg.max_open_tenants,
-            pool_size: cfg.tenant_pool_size,
-        });
         Ok(Self(Arc::new(Inner {
             registry,
             data,
             tenant_migrations: cfg.tenant_migrations,
+            default_isolation: cfg.default_isolation.unwrap_or(default_isolation),
             directory: Mutex::new(Directory {
                 seen,
                 by_slug: HashMap::new(),
@@ -95,7 +119,12 @@ impl Kernel {
 
     /// The schema version this build serves.
     pub fn latest_version(&self) -> i64 {
-        migrate::latest(self.0.tenant_migrations)
+        self.0.tenant_migrations.latest()
+    }
+
+    /// The isolation mode of a tenant provisioned without one.
+    pub fn default_isolation(&self) -> Isolation {
+        self.0.default_isolation
     }
 
     fn directory(&self) -> std::sync::MutexGuard<'_, Directory> {
@@ -166,12 +195,12 @@ impl Kernel {
 
     /// A transaction on `tenant`'s data.
     pub async fn begin(&self, tenant: &Tenant) -> Result<TenantTx> {
-        self.0.data.begin(tenant.id).await
+        self.0.data.begin(tenant).await
     }
 
     /// A transaction on `tenant`'s data that holds its write lock from the start.
     pub async fn begin_write(&self, tenant: &Tenant) -> Result<TenantTx> {
-        self.0.data.begin_write(tenant.id).await
+        self.0.data.begin_write(tenant).await
     }
 
     /// Brings one tenant's database to the latest version, and records it.
@@ -179,7 +208,7 @@ impl Kernel {
         let applied = self
             .0
             .data
-            .migrate(tenant.id, self.0.tenant_migrations)
+            .migrate(tenant, &self.0.tenant_migrations)
             .await?;
         if tenant.schema_version != applied.to {
             self.0

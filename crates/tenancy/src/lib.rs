@@ -11,6 +11,7 @@
 //! * [`lifecycle`] — provisioning and the rest of the state machine.
 //! * [`migrate`] — per-tenant (and control-plane) migrations with a ledger.
 
+pub mod audit;
 pub mod clock;
 pub mod dataplane;
 pub mod error;
@@ -26,5 +27,5 @@ pub use error::{Error, Result};
 pub use id::{Slug, SlugError, TenantId};
 pub use kernel::{Kernel, KernelConfig};
 pub use lifecycle::{ProvisionSpec, Reservation};
-pub use migrate::Migration;
+pub use migrate::{Migration, MigrationSet};
 pub use tenant::{Isolation, Plan, Tenant, TenantStatus};

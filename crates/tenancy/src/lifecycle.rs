@@ -17,15 +17,13 @@ use crate::kernel::Kernel;
 use crate::registry::Change;
 use crate::tenant::{Isolation, Plan, Tenant, TenantStatus};
 
-/// The placement of the embedded data plane.
-pub const DEFAULT_PLACEMENT: &str = "default";
-
 /// What to provision.
 #[derive(Debug, Clone)]
 pub struct ProvisionSpec {
     pub slug: Slug,
     pub name: String,
-    pub isolation: Isolation,
+    /// `None`: the data plane's default (`database` embedded, `schema` on PostgreSQL).
+    pub isolation: Option<Isolation>,
     pub placement: Option<String>,
     pub plan: Plan,
 }
@@ -54,13 +52,8 @@ impl Kernel {
     /// same slug; a live tenant with it → [`Error::SlugTaken`].
     pub async fn reserve(&self, spec: &ProvisionSpec) -> Result<Reservation> {
         let name = validate_name(&spec.name)?;
-        if spec.isolation != Isolation::Database {
-            return Err(Error::UnsupportedIsolation(spec.isolation.as_str()));
-        }
-        let placement = spec.placement.as_deref().unwrap_or(DEFAULT_PLACEMENT);
-        if placement != DEFAULT_PLACEMENT {
-            return Err(Error::UnknownPlacement(placement.to_owned()));
-        }
+        let isolation = spec.isolation.unwrap_or(self.default_isolation());
+        let placement = self.inner().data.check(isolation, spec.placement.as_deref())?;
         let registry = &self.inner().registry;
         for _ in 0..2 {
             if let Some(t) = registry.by_slug(&spec.slug).await? {
@@ -88,8 +81,8 @@ impl Kernel {
                 slug: spec.slug.clone(),
                 name: name.clone(),
                 status: TenantStatus::Provisioning,
-                isolation: spec.isolation,
-                placement: placement.to_owned(),
+                isolation,
+                placement: placement.clone(),
                 plan: spec.plan,
                 schema_version: 0,
                 created_at: now.clone(),
@@ -113,9 +106,15 @@ impl Kernel {
 
     /// Step 2: create and migrate the tenant's database. Idempotent.
     pub async fn build(&self, r: &Reservation) -> Result<()> {
-        let data = &self.inner().data;
-        data.create(r.tenant.id).await?;
-        self.migrate_tenant(&r.tenant).await?;
+        let inner = self.inner();
+        let applied = inner.data.build(&r.tenant, &inner.tenant_migrations).await?;
+        if r.tenant.schema_version != applied.to {
+            inner
+                .registry
+                .update(r.tenant.id, Change::SchemaVersion(applied.to))
+                .await?;
+            self.refresh().await?;
+        }
         Ok(())
     }
 
@@ -128,7 +127,7 @@ impl Kernel {
             TenantStatus::Provisioning => {}
             other => return Err(Error::InvalidTransition(other.as_str(), "activated")),
         }
-        if !self.inner().data.exists(t.id) || t.schema_version != self.latest_version() {
+        if !self.inner().data.exists(&t).await? || t.schema_version != self.latest_version() {
             return Err(Error::InvalidTransition("incomplete", "activated"));
         }
         self.set_status(&t, TenantStatus::Active).await
@@ -203,7 +202,7 @@ impl Kernel {
         if !purge {
             return Ok(t);
         }
-        self.inner().data.destroy(t.id).await?;
+        self.inner().data.destroy(&t).await?;
         self.set_status(&t, TenantStatus::Purged).await
     }
 

@@ -5,20 +5,15 @@
 //! which servers poll to drop what they cached about the changed tenants
 //! (so a change made by the CLI is seen by a running server within a second).
 
-use std::path::Path;
-use std::time::Duration;
-
-use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::{Connection, Row};
 
 use crate::error::{Error, Result};
 use crate::id::{Slug, TenantId};
-use crate::migrate::{self, Migration};
+use crate::dataplane::DbRow;
+use crate::migrate::{self, Migration, Target};
 use crate::tenant::{Isolation, Plan, Tenant, TenantStatus};
 
-type Pool = sqlx::Pool<sqlx::Sqlite>;
+type Pool = sqlx::Pool<crate::dataplane::Db>;
 
 pub const CONTROL_MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -26,13 +21,27 @@ pub const CONTROL_MIGRATIONS: &[Migration] = &[Migration {
     sql: include_str!("../../../migrations/control/sqlite/0001_registry.sql"),
 }];
 
+pub const CONTROL_MIGRATIONS_PG: &[Migration] = &[Migration {
+    version: 1,
+    name: "registry",
+    sql: include_str!("../../../migrations/control/postgres/0001_registry.sql"),
+}];
+
+/// The schema of the registry on PostgreSQL.
+pub const CONTROL_SCHEMA: &str = "campus_control";
+const CONTROL_LOCK: i64 = 0x6361_6d70_6374_726c; // "campctrl"
+
 const COLUMNS: &str = "id, slug, name, status, isolation, placement, plan, schema_version, created_at, updated_at, deleted_at";
 
 pub struct Registry {
     pool: Pool,
+    /// `""` on SQLite, `"campus_control."` on PostgreSQL.
+    prefix: &'static str,
+    /// The statement that opens a write transaction.
+    begin_write: &'static str,
 }
 
-fn decode(row: &SqliteRow) -> Result<Tenant> {
+fn decode(row: &DbRow) -> Result<Tenant> {
     let bad = |what: &str| Error::Invalid(format!("registry row has a bad {what}"));
     let id: String = row.try_get("id")?;
     let slug: String = row.try_get("slug")?;
@@ -55,28 +64,41 @@ fn decode(row: &SqliteRow) -> Result<Tenant> {
 }
 
 impl Registry {
-    /// Opens (creating if needed) the registry file and migrates it.
-    pub async fn open(path: &Path) -> Result<Self> {
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await?;
+    /// The registry in a SQLite file (created if needed), migrated.
+    pub async fn open_sqlite(path: &std::path::Path) -> Result<Self> {
+        let pool = crate::dataplane::embedded::sqlite_pool(path, true, 4)?;
         let mut conn = pool.acquire().await?;
-        migrate::apply(&mut conn, CONTROL_MIGRATIONS).await?;
+        migrate::apply(&mut conn, &Target::Sqlite, CONTROL_MIGRATIONS).await?;
         drop(conn);
-        Ok(Self { pool })
+        Ok(Self { pool, prefix: "", begin_write: "BEGIN IMMEDIATE" })
+    }
+
+    /// The registry in PostgreSQL (schema `campus_control`, through the owner
+    /// role's pool of the default placement), migrated.
+    pub async fn open_postgres(pool: Pool) -> Result<Self> {
+        let mut conn = pool.acquire().await?;
+        let mut tx = Connection::begin(&mut *conn).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CONTROL_LOCK).execute(&mut *tx).await?;
+        sqlx::Executor::execute(&mut *tx, format!("CREATE SCHEMA IF NOT EXISTS {CONTROL_SCHEMA}").as_str()).await?;
+        tx.commit().await?;
+        migrate::apply(
+            &mut conn,
+            &Target::Postgres { schema: CONTROL_SCHEMA.into(), lock: CONTROL_LOCK },
+            CONTROL_MIGRATIONS_PG,
+        )
+        .await?;
+        drop(conn);
+        Ok(Self { pool, prefix: "campus_control.", begin_write: "BEGIN" })
+    }
+
+    /// A registry table's name, qualified for the backend.
+    fn t(&self, table: &str) -> String {
+        format!("{}{table}", self.prefix)
     }
 
     /// The live (not purged) tenant with this slug, whatever its status.
     pub async fn by_slug(&self, slug: &Slug) -> Result<Option<Tenant>> {
-        let sql = format!("SELECT {COLUMNS} FROM tenants WHERE slug = $1 AND status <> 'purged'");
+        let sql = format!("SELECT {COLUMNS} FROM {} WHERE slug = $1 AND status <> 'purged'", self.t("tenants"));
         let row = sqlx::query(&sql)
             .bind(slug.as_str())
             .fetch_optional(&self.pool)
@@ -85,7 +107,7 @@ impl Registry {
     }
 
     pub async fn by_id(&self, id: TenantId) -> Result<Option<Tenant>> {
-        let sql = format!("SELECT {COLUMNS} FROM tenants WHERE id = $1");
+        let sql = format!("SELECT {COLUMNS} FROM {} WHERE id = $1", self.t("tenants"));
         let row = sqlx::query(&sql)
             .bind(id.to_string())
             .fetch_optional(&self.pool)
@@ -95,19 +117,21 @@ impl Registry {
 
     /// Every tenant that is not purged, oldest first.
     pub async fn list(&self) -> Result<Vec<Tenant>> {
-        let sql = format!("SELECT {COLUMNS} FROM tenants WHERE status <> 'purged' ORDER BY id");
+        let sql = format!("SELECT {COLUMNS} FROM {} WHERE status <> 'purged' ORDER BY id", self.t("tenants"));
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(decode).collect()
     }
 
     /// Inserts a new tenant row; a live tenant with the same slug → [`Error::SlugTaken`].
     pub(crate) async fn insert(&self, t: &Tenant) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let g = bump(&mut tx).await?;
-        let res = sqlx::query(
-            "INSERT INTO tenants (id, slug, name, status, isolation, placement, plan, schema_version, change_gen, created_at, updated_at)
+        let mut tx = self.pool.begin_with(self.begin_write).await?;
+        let g = self.bump(&mut tx).await?;
+        let sql = format!(
+            "INSERT INTO {} (id, slug, name, status, isolation, placement, plan, schema_version, change_gen, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
-        )
+            self.t("tenants")
+        );
+        let res = sqlx::query(&sql)
         .bind(t.id.to_string())
         .bind(t.slug.as_str())
         .bind(&t.name)
@@ -131,37 +155,31 @@ impl Registry {
 
     /// Applies `change` to one tenant's row, bumping the generation.
     pub(crate) async fn update(&self, id: TenantId, change: Change<'_>) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let g = bump(&mut tx).await?;
+        let mut tx = self.pool.begin_with(self.begin_write).await?;
+        let g = self.bump(&mut tx).await?;
         let now = crate::clock::now();
+        let tenants = self.t("tenants");
         let id = id.to_string();
-        let q = match change {
-            Change::Status(status) => sqlx::query(
-                "UPDATE tenants SET change_gen = $2, updated_at = $3, status = $4,
+        let sql = match change {
+            Change::Status(_) => format!(
+                "UPDATE {tenants} SET change_gen = $2, updated_at = $3, status = $4,
                     deleted_at = CASE WHEN $4 IN ('deleted', 'purged') THEN COALESCE(deleted_at, $3) ELSE NULL END
-                 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(g)
-            .bind(now)
-            .bind(status.as_str()),
-            Change::Details { name, plan } => sqlx::query(
-                "UPDATE tenants SET change_gen = $2, updated_at = $3,
+                 WHERE id = $1"
+            ),
+            Change::Details { .. } => format!(
+                "UPDATE {tenants} SET change_gen = $2, updated_at = $3,
                     name = COALESCE($4, name), plan = COALESCE($5, plan)
-                 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(g)
-            .bind(now)
-            .bind(name)
-            .bind(plan.map(Plan::as_str)),
-            Change::SchemaVersion(v) => sqlx::query(
-                "UPDATE tenants SET change_gen = $2, updated_at = $3, schema_version = $4 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(g)
-            .bind(now)
-            .bind(v),
+                 WHERE id = $1"
+            ),
+            Change::SchemaVersion(_) => format!(
+                "UPDATE {tenants} SET change_gen = $2, updated_at = $3, schema_version = $4 WHERE id = $1"
+            ),
+        };
+        let q = sqlx::query(&sql).bind(id).bind(g).bind(now);
+        let q = match change {
+            Change::Status(status) => q.bind(status.as_str()),
+            Change::Details { name, plan } => q.bind(name).bind(plan.map(Plan::as_str)),
+            Change::SchemaVersion(v) => q.bind(v),
         };
         let done = q.execute(&mut *tx).await?;
         if done.rows_affected() != 1 {
@@ -173,16 +191,14 @@ impl Registry {
 
     /// The current generation: it changes whenever any tenant's row does.
     pub async fn generation(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT value FROM registry_generation WHERE id = 1")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        let sql = format!("SELECT value FROM {} WHERE id = 1", self.t("registry_generation"));
+        Ok(sqlx::query_scalar(&sql).fetch_one(&self.pool).await?)
     }
 
     /// The tenants changed after generation `since`.
     pub async fn changed_since(&self, since: i64) -> Result<Vec<(TenantId, String)>> {
-        let rows = sqlx::query("SELECT id, slug FROM tenants WHERE change_gen > $1")
+        let sql = format!("SELECT id, slug FROM {} WHERE change_gen > $1", self.t("tenants"));
+        let rows = sqlx::query(&sql)
             .bind(since)
             .fetch_all(&self.pool)
             .await?;
@@ -198,7 +214,8 @@ impl Registry {
     /// The tenant recorded under an idempotency key, with the fingerprint of
     /// the request that first used it.
     pub async fn idempotency(&self, key: &str) -> Result<Option<(String, TenantId)>> {
-        let row = sqlx::query("SELECT fingerprint, tenant_id FROM idempotency_keys WHERE key = $1")
+        let sql = format!("SELECT fingerprint, tenant_id FROM {} WHERE key = $1", self.t("idempotency_keys"));
+        let row = sqlx::query(&sql)
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
@@ -216,10 +233,12 @@ impl Registry {
         fingerprint: &str,
         id: TenantId,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO idempotency_keys (key, fingerprint, tenant_id, created_at) VALUES ($1, $2, $3, $4)
+        let sql = format!(
+            "INSERT INTO {} (key, fingerprint, tenant_id, created_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (key) DO NOTHING",
-        )
+            self.t("idempotency_keys")
+        );
+        sqlx::query(&sql)
         .bind(key)
         .bind(fingerprint)
         .bind(id.to_string())
@@ -227,6 +246,14 @@ impl Registry {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn bump(&self, conn: &mut crate::dataplane::DbConn) -> Result<i64> {
+        let sql = format!(
+            "UPDATE {} SET value = value + 1 WHERE id = 1 RETURNING value",
+            self.t("registry_generation")
+        );
+        Ok(sqlx::query_scalar(&sql).fetch_one(conn).await?)
     }
 
     /// Whether the registry answers.
@@ -247,10 +274,3 @@ pub(crate) enum Change<'a> {
     SchemaVersion(i64),
 }
 
-async fn bump(conn: &mut sqlx::SqliteConnection) -> Result<i64> {
-    Ok(sqlx::query_scalar(
-        "UPDATE registry_generation SET value = value + 1 WHERE id = 1 RETURNING value",
-    )
-    .fetch_one(conn)
-    .await?)
-}

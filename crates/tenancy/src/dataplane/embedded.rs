@@ -1,0 +1,175 @@
+//! The embedded backend: one SQLite file per tenant, through a bounded LRU of
+//! small pools (WAL, busy timeout, foreign keys on).
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use lru::LruCache;
+use sqlx::any::AnyPoolOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection, Executor};
+
+use super::{Db, TenantTx, tenant_dir};
+use crate::error::{Error, Result};
+use crate::id::TenantId;
+use crate::migrate::{self, Applied, Migration, Target};
+use crate::tenant::Isolation;
+
+type Pool = sqlx::Pool<Db>;
+
+/// The only placement of the embedded backend.
+pub const PLACEMENT: &str = "default";
+
+const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                       PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+
+/// Tuning of the embedded data plane.
+#[derive(Debug, Clone)]
+pub struct FilesConfig {
+    /// `<data dir>/tenants`.
+    pub root: PathBuf,
+    /// How many tenants' pools may be open at once.
+    pub max_open_tenants: NonZeroUsize,
+    /// Connections per open tenant.
+    pub pool_size: u32,
+}
+
+/// The tenants' SQLite files.
+pub struct Files {
+    cfg: FilesConfig,
+    pools: Mutex<LruCache<TenantId, Pool>>,
+}
+
+/// A pool over one SQLite file; every connection gets the pragmas.
+pub(crate) fn sqlite_pool(path: &Path, create: bool, size: u32) -> Result<Pool> {
+    let url = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(create)
+        .to_url_lossy();
+    AnyPoolOptions::new()
+        .max_connections(size)
+        .min_connections(0)
+        .idle_timeout(Duration::from_secs(60))
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(|conn, _| Box::pin(async move { conn.execute(PRAGMAS).await.map(|_| ()) }))
+        .connect_lazy(url.as_str())
+        .map_err(Error::from)
+}
+
+impl Files {
+    pub fn new(cfg: FilesConfig) -> Self {
+        let pools = Mutex::new(LruCache::new(cfg.max_open_tenants));
+        Self { cfg, pools }
+    }
+
+    /// The directory of one tenant. Built from its UUID only.
+    pub fn tenant_dir(&self, id: TenantId) -> PathBuf {
+        tenant_dir(&self.cfg.root, id)
+    }
+
+    fn db_path(&self, id: TenantId) -> PathBuf {
+        self.tenant_dir(id).join("tenant.db")
+    }
+
+    pub(crate) fn check(&self, isolation: Isolation, placement: Option<&str>) -> Result<String> {
+        if isolation != Isolation::Database {
+            return Err(Error::UnsupportedIsolation(isolation.as_str()));
+        }
+        match placement {
+            None | Some(PLACEMENT) => Ok(PLACEMENT.to_owned()),
+            Some(other) => Err(Error::UnknownPlacement(other.to_owned())),
+        }
+    }
+
+    fn pool(&self, id: TenantId) -> Result<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pool) = pools.get(&id) {
+            return Ok(pool.clone());
+        }
+        let path = self.db_path(id);
+        // Serving never creates a database: only provisioning does.
+        if !path.exists() {
+            return Err(Error::NotFound);
+        }
+        let pool = sqlite_pool(&path, false, self.cfg.pool_size)?;
+        if let Some((old_id, old)) = pools.push(id, pool.clone())
+            && old_id != id
+        {
+            // Not closed: another caller may have just taken it from the LRU
+            // and be about to begin on it, which a closed pool refuses.
+            // Dropped here, it closes its connections once its last user
+            // lets go of it.
+            tracing::debug!(tenant_id = %old_id, "dropping least recently used tenant pool");
+            drop(old);
+        }
+        Ok(pool)
+    }
+
+    pub(crate) async fn begin(&self, id: TenantId, statement: &'static str) -> Result<TenantTx> {
+        // A pool evicted (and closed) between `pool()` and `begin`: the retry
+        // opens a fresh one.
+        for _ in 0..3 {
+            let pool = self.pool(id)?;
+            match pool.begin_with(statement).await {
+                Ok(tx) => return Ok(TenantTx::new(id, tx)),
+                Err(sqlx::Error::PoolClosed) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Db(sqlx::Error::PoolClosed))
+    }
+
+    async fn acquire(&self, id: TenantId) -> Result<sqlx::pool::PoolConnection<Db>> {
+        for _ in 0..3 {
+            let pool = self.pool(id)?;
+            match pool.acquire().await {
+                Ok(conn) => return Ok(conn),
+                Err(sqlx::Error::PoolClosed) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Db(sqlx::Error::PoolClosed))
+    }
+
+    /// Creates the tenant's database file if it does not exist. Idempotent.
+    pub(crate) async fn create(&self, id: TenantId) -> Result<()> {
+        tokio::fs::create_dir_all(self.tenant_dir(id)).await?;
+        let pool = sqlite_pool(&self.db_path(id), true, 1)?;
+        let conn = pool.acquire().await?;
+        conn.detach().close().await?;
+        pool.close().await;
+        Ok(())
+    }
+
+    pub(crate) async fn migrate(&self, id: TenantId, set: &[Migration]) -> Result<Applied> {
+        let mut conn = self.acquire(id).await?;
+        migrate::apply(&mut conn, &Target::Sqlite, set).await
+    }
+
+    pub(crate) async fn evict(&self, id: TenantId) {
+        let pool = self.pools.lock().unwrap_or_else(|e| e.into_inner()).pop(&id);
+        if let Some(pool) = pool {
+            pool.close().await;
+        }
+    }
+
+    pub(crate) async fn destroy(&self, id: TenantId) -> Result<()> {
+        self.evict(id).await;
+        match tokio::fs::remove_dir_all(self.tenant_dir(id)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn exists(&self, id: TenantId) -> bool {
+        self.db_path(id).exists()
+    }
+
+    pub(crate) fn open_stats(&self) -> (usize, u32) {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let conns = pools.iter().map(|(_, p)| p.size()).sum();
+        (pools.len(), conns)
+    }
+}

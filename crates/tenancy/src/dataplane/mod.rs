@@ -1,0 +1,222 @@
+//! Where SQL meets the tenant.
+//!
+//! [`TenantTx`] is the only way to run a statement against a tenant's data,
+//! and only this module opens one: repositories take a `&mut TenantTx`, never a
+//! pool. The backend is chosen once, at start-up:
+//!
+//! * [`embedded`] — each tenant a SQLite file of its own (`database` isolation),
+//!   `<data dir>/tenants/<tenant uuid>/tenant.db`, through a bounded LRU of
+//!   small pools;
+//! * [`postgres`] — placements (PostgreSQL servers), each with one bounded pool
+//!   shared by its `schema` and `pool` tenants, plus a bounded LRU of small
+//!   pools for `database` tenants.
+//!
+//! The number of connections is bounded whatever the number of tenants.
+
+pub mod embedded;
+pub mod postgres;
+
+use std::path::{Path, PathBuf};
+
+use sqlx::Transaction;
+
+use crate::error::Result;
+use crate::id::TenantId;
+use crate::migrate::{Applied, MigrationSet};
+use crate::tenant::{Isolation, Tenant};
+
+/// The SQL interface of the data plane: one dialect-neutral driver over
+/// SQLite and PostgreSQL, chosen at start-up.
+pub type Db = sqlx::Any;
+/// A connection of the data plane, as lent by a [`TenantTx`].
+pub type DbConn = sqlx::AnyConnection;
+/// A row of the data plane.
+pub type DbRow = sqlx::any::AnyRow;
+
+/// An open transaction on one tenant's data, and nobody else's.
+///
+/// Dropped without [`commit`](Self::commit), it rolls back — also when the
+/// request that held it is cancelled half-way. Everything that scopes it to
+/// its tenant (PostgreSQL role, search path, tenant setting) is local to the
+/// transaction and ends with it.
+pub struct TenantTx {
+    tenant: TenantId,
+    tx: Transaction<'static, Db>,
+}
+
+impl TenantTx {
+    pub(crate) fn new(tenant: TenantId, tx: Transaction<'static, Db>) -> Self {
+        Self { tenant, tx }
+    }
+
+    /// The tenant this transaction belongs to.
+    pub fn tenant_id(&self) -> TenantId {
+        self.tenant
+    }
+
+    /// The connection, to run statements on: `query(..).execute(tx.conn())`.
+    pub fn conn(&mut self) -> &mut DbConn {
+        &mut self.tx
+    }
+
+    pub async fn commit(self) -> Result<()> {
+        Ok(self.tx.commit().await?)
+    }
+}
+
+/// The tenants' databases, on the backend chosen at start-up.
+pub enum DataPlane {
+    Embedded(embedded::Files),
+    Postgres(postgres::Placements),
+}
+
+impl DataPlane {
+    /// A transaction for reading (and writing) one tenant's data.
+    pub async fn begin(&self, t: &Tenant) -> Result<TenantTx> {
+        match self {
+            DataPlane::Embedded(f) => f.begin(t.id, "BEGIN").await,
+            DataPlane::Postgres(p) => p.begin(t).await,
+        }
+    }
+
+    /// A transaction that will write: on SQLite it takes the write lock up
+    /// front, so that two writers queue instead of failing on a lock upgrade.
+    pub async fn begin_write(&self, t: &Tenant) -> Result<TenantTx> {
+        match self {
+            DataPlane::Embedded(f) => f.begin(t.id, "BEGIN IMMEDIATE").await,
+            DataPlane::Postgres(p) => p.begin(t).await,
+        }
+    }
+
+    /// Creates the tenant's database (schema, role…) if missing, and brings it
+    /// to the latest version. Idempotent.
+    pub async fn build(&self, t: &Tenant, set: &MigrationSet) -> Result<Applied> {
+        match self {
+            DataPlane::Embedded(f) => {
+                f.create(t.id).await?;
+                f.migrate(t.id, set.sqlite).await
+            }
+            DataPlane::Postgres(p) => p.build(t, set).await,
+        }
+    }
+
+    /// Brings an existing tenant database to the latest version.
+    pub async fn migrate(&self, t: &Tenant, set: &MigrationSet) -> Result<Applied> {
+        match self {
+            DataPlane::Embedded(f) => f.migrate(t.id, set.sqlite).await,
+            DataPlane::Postgres(p) => p.migrate(t, set).await,
+        }
+    }
+
+    /// Destroys the tenant's data for good.
+    pub async fn destroy(&self, t: &Tenant) -> Result<()> {
+        match self {
+            DataPlane::Embedded(f) => f.destroy(t.id).await,
+            DataPlane::Postgres(p) => p.destroy(t).await,
+        }
+    }
+
+    /// Closes the tenant's own pool, if it has one open.
+    pub async fn evict(&self, id: TenantId) {
+        match self {
+            DataPlane::Embedded(f) => f.evict(id).await,
+            DataPlane::Postgres(p) => p.evict(id).await,
+        }
+    }
+
+    /// Whether this backend offers an isolation mode, and on which placement
+    /// (`None`: the default placement). Returns the placement's name.
+    pub fn check(&self, isolation: Isolation, placement: Option<&str>) -> Result<String> {
+        match self {
+            DataPlane::Embedded(f) => f.check(isolation, placement),
+            DataPlane::Postgres(p) => p.check(isolation, placement),
+        }
+    }
+
+    /// The embedded directory of a tenant (meaningful for the embedded backend only).
+    pub fn tenant_dir(&self, id: TenantId) -> PathBuf {
+        match self {
+            DataPlane::Embedded(f) => f.tenant_dir(id),
+            DataPlane::Postgres(p) => tenant_dir(&p.unused_root(), id),
+        }
+    }
+
+    /// Whether the tenant's database exists.
+    pub async fn exists(&self, t: &Tenant) -> Result<bool> {
+        match self {
+            DataPlane::Embedded(f) => Ok(f.exists(t.id)),
+            DataPlane::Postgres(p) => p.exists(t).await,
+        }
+    }
+
+    /// Embedded: how many tenants' pools are open now, and their connections.
+    /// PostgreSQL: pools open (placements plus `database` tenants) and connections.
+    pub fn open_stats(&self) -> (usize, u32) {
+        match self {
+            DataPlane::Embedded(f) => f.open_stats(),
+            DataPlane::Postgres(p) => p.open_stats(),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, DataPlane::Postgres(_))
+    }
+}
+
+/// `<root>/<tenant uuid>`: the one rule for a tenant's directory.
+pub fn tenant_dir(root: &Path, id: TenantId) -> PathBuf {
+    root.join(id.to_string())
+}
+
+/// The SQL name of a tenant's schema, role and database: `t_` and the 32 hex
+/// digits of its UUID. Derived from the id only, never from input.
+pub fn sql_name(id: TenantId) -> String {
+    format!("t_{}", id.simple())
+}
+
+/// Quotes an SQL identifier.
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::Component;
+
+    proptest! {
+        #[test]
+        fn a_tenant_dir_is_one_plain_component_under_the_root(bytes in any::<[u8; 16]>()) {
+            let id = TenantId::from(uuid::Uuid::from_bytes(bytes));
+            let root = Path::new("/srv/campus/tenants");
+            let dir = tenant_dir(root, id);
+            prop_assert_eq!(dir.parent(), Some(root));
+            let last: Vec<_> = dir.strip_prefix(root).unwrap().components().collect();
+            prop_assert_eq!(last.len(), 1);
+            prop_assert!(matches!(last[0], Component::Normal(_)));
+            let name = dir.file_name().unwrap().to_str().unwrap();
+            prop_assert_eq!(name.len(), 36);
+            prop_assert!(name.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'));
+        }
+
+        #[test]
+        fn sql_names_are_plain_lowercase_identifiers(bytes in any::<[u8; 16]>()) {
+            let id = TenantId::from(uuid::Uuid::from_bytes(bytes));
+            let name = sql_name(id);
+            prop_assert_eq!(name.len(), 34);
+            prop_assert!(name.starts_with("t_"));
+            prop_assert!(name[2..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            prop_assert_eq!(quote(&name), format!("\"{name}\""));
+        }
+
+        #[test]
+        fn quoting_keeps_any_text_one_identifier(s in "\\PC{0,40}") {
+            let q = quote(&s);
+            prop_assert!(q.starts_with('"') && q.ends_with('"'));
+            let inner = &q[1..q.len() - 1];
+            // Every quote inside is doubled: no way out of the identifier.
+            prop_assert!(!inner.replace("\"\"", "").contains('"'));
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! The PostgreSQL backend: placements (servers), each reached through two
+//! bounded pools — the serving role's, shared by every `schema` and `pool`
+//! tenant of the placement, and the owner role's, used only for DDL,
+//! migrations and the registry — plus a bounded LRU of small pools for the
+//! tenants that have a `database` of their own.
+//!
+//! How a transaction is scoped to its tenant, by isolation mode:
+//!
+//! * `schema` — `set_config('role', 't_<uuid>', true)` and
+//!   `set_config('search_path', '"t_<uuid>"', true)`: transaction-local, bound
+//!   as parameters. The serving role is `NOINHERIT`, so outside that
+//!   `SET ROLE` it has no right on any tenant schema.
+//! * `pool` — `set_config('app.tenant_id', '<uuid>', true)` and the search path
+//!   set to `campus_pool_api`, whose views add an explicit tenant predicate
+//!   over tables under forced row-level security (no setting, no rows).
+//! * `database` — a connection to the tenant's own database.
+//!
+//! Nothing is ever `SET` at session level on a pooled connection, so a
+//! connection returned to the pool (also by a cancelled request, whose
+//! transaction is rolled back) carries nothing of its last tenant.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use lru::LruCache;
+use sqlx::Connection;
+use sqlx::any::AnyPoolOptions;
+
+use super::{Db, TenantTx, quote, sql_name};
+use crate::error::{Error, Result};
+use crate::id::TenantId;
+use crate::migrate::{self, Applied, Migration, MigrationSet, Target};
+use crate::tenant::{Isolation, Tenant};
+
+type Pool = sqlx::Pool<Db>;
+
+/// The shared schema of `pool` tenants (tables under forced RLS).
+pub const POOL_SCHEMA: &str = "campus_pool";
+/// The schema of views that `pool` transactions see (explicit tenant predicate).
+pub const POOL_API_SCHEMA: &str = "campus_pool_api";
+/// Tables of the pool schema, children first (the order to delete a tenant in).
+pub const POOL_TABLES: &[&str] = &[
+    "audit_events",
+    "progress",
+    "enrollments",
+    "lessons",
+    "courses",
+    "api_keys",
+    "sessions",
+    "users",
+];
+/// The advisory lock that serialises migrations of the pool schema.
+const POOL_LOCK: i64 = 0x6361_6d70_706f_6f6c; // "camppool"
+
+/// One PostgreSQL server (or cluster) tenants can be placed on.
+#[derive(Debug, Clone)]
+pub struct PlacementConfig {
+    pub name: String,
+    /// The serving role: no superuser, no `BYPASSRLS`, `NOINHERIT`, owns nothing.
+    pub url: String,
+    /// The owner role: owns schemas and tables, creates tenant roles and
+    /// databases (`CREATEROLE`, `CREATEDB`). Used for DDL and migrations only.
+    pub owner_url: String,
+    /// Connections of the serving pool, shared by all its schema/pool tenants.
+    pub pool_size: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// The first one is the default placement, and holds the registry.
+    pub placements: Vec<PlacementConfig>,
+    /// How many `database` tenants' pools may be open at once, per placement.
+    pub max_open_databases: NonZeroUsize,
+    /// Connections per open `database` tenant.
+    pub database_pool_size: u32,
+}
+
+pub(crate) struct Placement {
+    pub(crate) name: String,
+    pub(crate) app: Pool,
+    pub(crate) owner: Pool,
+    pub(crate) app_role: String,
+    app_url: url::Url,
+    owner_url: url::Url,
+    databases: Mutex<LruCache<TenantId, Pool>>,
+    database_pool_size: u32,
+}
+
+/// Every placement of this deployment.
+pub struct Placements {
+    default: String,
+    by_name: HashMap<String, Placement>,
+}
+
+fn parse_url(s: &str) -> Result<url::Url> {
+    url::Url::parse(s).map_err(|e| Error::Invalid(format!("database URL: {e}")))
+}
+
+fn with_database(url: &url::Url, database: &str) -> url::Url {
+    let mut u = url.clone();
+    u.set_path(&format!("/{database}"));
+    u
+}
+
+fn lock_key(id: TenantId) -> i64 {
+    let b = id.as_uuid().into_bytes();
+    i64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]])
+}
+
+async fn pool(url: &url::Url, size: u32) -> Result<Pool> {
+    Ok(AnyPoolOptions::new()
+        .max_connections(size)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(10))
+        .idle_timeout(Duration::from_secs(300))
+        .connect(url.as_str())
+        .await?)
+}
+
+async fn current_user(pool: &Pool) -> Result<String> {
+    Ok(sqlx::query_scalar("SELECT current_user::text").fetch_one(pool).await?)
+}
+
+impl Placements {
+    /// Connects to every placement (failing fast if one does not answer).
+    pub async fn connect(cfg: &PgConfig) -> Result<Self> {
+        let mut by_name = HashMap::new();
+        for pc in &cfg.placements {
+            let app_url = parse_url(&pc.url)?;
+            let owner_url = parse_url(&pc.owner_url)?;
+            let app = pool(&app_url, pc.pool_size.max(1)).await?;
+            let owner = pool(&owner_url, 4).await?;
+            let app_role = current_user(&app).await?;
+            by_name.insert(
+                pc.name.clone(),
+                Placement {
+                    name: pc.name.clone(),
+                    app,
+                    owner,
+                    app_role,
+                    app_url,
+                    owner_url,
+                    databases: Mutex::new(LruCache::new(cfg.max_open_databases)),
+                    database_pool_size: cfg.database_pool_size.max(1),
+                },
+            );
+        }
+        let default = cfg
+            .placements
+            .first()
+            .map(|p| p.name.clone())
+            .ok_or_else(|| Error::Invalid("no PostgreSQL placement configured".into()))?;
+        Ok(Self { default, by_name })
+    }
+
+    /// The default placement (holds the registry).
+    pub(crate) fn default_placement(&self) -> &Placement {
+        &self.by_name[&self.default]
+    }
+
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Placement> {
+        self.by_name.values()
+    }
+
+    fn placement(&self, name: &str) -> Result<&Placement> {
+        self.by_name
+            .get(name)
+            .ok_or_else(|| Error::UnknownPlacement(name.to_owned()))
+    }
+
+    pub(crate) fn unused_root(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from("/nonexistent/campus-postgres")
+    }
+
+    pub(crate) fn check(&self, _isolation: Isolation, placement: Option<&str>) -> Result<String> {
+        let name = placement.unwrap_or(&self.default);
+        Ok(self.placement(name)?.name.clone())
+    }
+
+    /// The pool of a `database` tenant (serving role, the tenant's database).
+    fn database_pool(&self, p: &Placement, id: TenantId) -> Result<Pool> {
+        let mut pools = p.databases.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pool) = pools.get(&id) {
+            return Ok(pool.clone());
+        }
+        let url = with_database(&p.app_url, &sql_name(id));
+        let pool = AnyPoolOptions::new()
+            .max_connections(p.database_pool_size)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(10))
+            .idle_timeout(Duration::from_secs(60))
+            .connect_lazy(url.as_str())?;
+        // An evicted pool is dropped, not closed: a caller may be about to use
+        // it; its connections close when the last user lets go.
+        let _evicted = pools.push(id, pool.clone());
+        Ok(pool)
+    }
+
+    pub(crate) async fn begin(&self, t: &Tenant) -> Result<TenantTx> {
+        let p = self.placement(&t.placement)?;
+        let name = sql_name(t.id);
+        let tx = match t.isolation {
+            Isolation::Schema => {
+                let mut tx = p.app.begin().await?;
+                sqlx::query("SELECT set_config('role', $1, true), set_config('search_path', $2, true)")
+                    .bind(&name)
+                    .bind(quote(&name))
+                    .execute(&mut *tx)
+                    .await?;
+                tx
+            }
+            Isolation::Pool => {
+                let mut tx = p.app.begin().await?;
+                sqlx::query(
+                    "SELECT set_config('app.tenant_id', $1, true), set_config('search_path', $2, true)",
+                )
+                .bind(t.id.to_string())
+                .bind(POOL_API_SCHEMA)
+                .execute(&mut *tx)
+                .await?;
+                tx
+            }
+            Isolation::Database => self.database_pool(p, t.id)?.begin().await?,
+        };
+        Ok(TenantTx::new(t.id, tx))
+    }
+
+    /// Creates what the tenant needs on its placement and migrates it.
+    pub(crate) async fn build(&self, t: &Tenant, set: &MigrationSet) -> Result<Applied> {
+        let p = self.placement(&t.placement)?;
+        let name = quote(&sql_name(t.id));
+        let app = quote(&p.app_role);
+        match t.isolation {
+            Isolation::Schema => {
+                let mut tx = p.owner.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(t.id)).execute(&mut *tx).await?;
+                let role_exists: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_roles WHERE rolname = $1")
+                    .bind(sql_name(t.id))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if role_exists == 0 {
+                    sqlx::Executor::execute(&mut *tx, format!("CREATE ROLE {name} NOLOGIN").as_str()).await?;
+                }
+                // Names come from the tenant's UUID only (`sql_name`), quoted.
+                let ddl = format!(
+                    "CREATE SCHEMA IF NOT EXISTS {name};
+                     REVOKE ALL ON SCHEMA {name} FROM PUBLIC;
+                     GRANT USAGE ON SCHEMA {name} TO {name};
+                     ALTER DEFAULT PRIVILEGES IN SCHEMA {name} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {name};
+                     GRANT {name} TO {app};"
+                );
+                sqlx::Executor::execute(&mut *tx, ddl.as_str()).await?;
+                tx.commit().await?;
+                self.migrate(t, set).await
+            }
+            Isolation::Pool => self.migrate(t, set).await,
+            Isolation::Database => {
+                let exists = self.database_exists(p, t.id).await?;
+                if !exists {
+                    // CREATE DATABASE cannot run in a transaction.
+                    let mut conn = p.owner.acquire().await?;
+                    let made = sqlx::Executor::execute(&mut *conn, format!("CREATE DATABASE {name}").as_str()).await;
+                    if let Err(e) = made
+                        && !self.database_exists(p, t.id).await?
+                    {
+                        return Err(e.into());
+                    }
+                    let grants = format!(
+                        "REVOKE ALL ON DATABASE {name} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {name} TO {app};"
+                    );
+                    sqlx::Executor::execute(&mut *conn, grants.as_str()).await?;
+                }
+                let mut conn = self.owner_database_conn(p, t.id).await?;
+                let grants = format!(
+                    "REVOKE ALL ON SCHEMA public FROM PUBLIC;
+                     GRANT USAGE ON SCHEMA public TO {app};
+                     ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {app};"
+                );
+                sqlx::Executor::execute(&mut conn, grants.as_str()).await?;
+                let applied = migrate::apply(
+                    &mut conn,
+                    &Target::Postgres { schema: "public".into(), lock: lock_key(t.id) },
+                    set.postgres,
+                )
+                .await;
+                conn.close().await?;
+                applied
+            }
+        }
+    }
+
+    async fn owner_database_conn(&self, p: &Placement, id: TenantId) -> Result<sqlx::AnyConnection> {
+        let url = with_database(&p.owner_url, &sql_name(id));
+        Ok(sqlx::AnyConnection::connect(url.as_str()).await?)
+    }
+
+    async fn database_exists(&self, p: &Placement, id: TenantId) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+            .bind(sql_name(id))
+            .fetch_one(&p.owner)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Migrates the shared pool schema of a placement (once for all its
+    /// `pool` tenants) and grants the serving role its rights on it.
+    pub(crate) async fn migrate_pool(&self, p: &Placement, set: &[Migration]) -> Result<Applied> {
+        let mut conn = p.owner.acquire().await?;
+        sqlx::Executor::execute(&mut *conn, format!("CREATE SCHEMA IF NOT EXISTS {POOL_SCHEMA}").as_str())
+            .await
+            .or_else(|e| match &e {
+                // Two first runs racing on the schema: the other one made it.
+                sqlx::Error::Database(d) if d.is_unique_violation() => Ok(Default::default()),
+                _ => Err(e),
+            })?;
+        let applied = migrate::apply(
+            &mut conn,
+            &Target::Postgres { schema: POOL_SCHEMA.into(), lock: POOL_LOCK },
+            set,
+        )
+        .await?;
+        // The tables and views only: never the ledger.
+        let app = quote(&p.app_role);
+        let objects: Vec<String> = POOL_TABLES
+            .iter()
+            .flat_map(|t| [format!("{POOL_SCHEMA}.{t}"), format!("{POOL_API_SCHEMA}.{t}")])
+            .collect();
+        let grants = format!(
+            "GRANT USAGE ON SCHEMA {POOL_SCHEMA}, {POOL_API_SCHEMA} TO {app};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {app};",
+            objects.join(", ")
+        );
+        sqlx::Executor::execute(&mut *conn, grants.as_str()).await?;
+        Ok(applied)
+    }
+
+    pub(crate) async fn migrate(&self, t: &Tenant, set: &MigrationSet) -> Result<Applied> {
+        let p = self.placement(&t.placement)?;
+        match t.isolation {
+            Isolation::Schema => {
+                let mut conn = p.owner.acquire().await?;
+                migrate::apply(
+                    &mut conn,
+                    &Target::Postgres { schema: sql_name(t.id), lock: lock_key(t.id) },
+                    set.postgres,
+                )
+                .await
+            }
+            Isolation::Pool => self.migrate_pool(p, set.pool).await,
+            Isolation::Database => {
+                let mut conn = self.owner_database_conn(p, t.id).await?;
+                let applied = migrate::apply(
+                    &mut conn,
+                    &Target::Postgres { schema: "public".into(), lock: lock_key(t.id) },
+                    set.postgres,
+                )
+                .await;
+                conn.close().await?;
+                applied
+            }
+        }
+    }
+
+    pub(crate) async fn destroy(&self, t: &Tenant) -> Result<()> {
+        let p = self.placement(&t.placement)?;
+        let name = quote(&sql_name(t.id));
+        match t.isolation {
+            Isolation::Schema => {
+                let mut tx = p.owner.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(t.id)).execute(&mut *tx).await?;
+                let ddl = format!("DROP SCHEMA IF EXISTS {name} CASCADE; DROP ROLE IF EXISTS {name};");
+                sqlx::Executor::execute(&mut *tx, ddl.as_str()).await?;
+                tx.commit().await?;
+            }
+            Isolation::Pool => {
+                // As the owner, still under forced RLS: the tenant's setting
+                // and an explicit predicate both name the tenant.
+                let mut tx = p.owner.begin().await?;
+                sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+                    .bind(t.id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                for table in POOL_TABLES {
+                    sqlx::query(&format!("DELETE FROM {POOL_SCHEMA}.{table} WHERE tenant_id = $1"))
+                        .bind(t.id.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+            Isolation::Database => {
+                self.evict(t.id).await;
+                let mut conn = p.owner.acquire().await?;
+                sqlx::Executor::execute(&mut *conn, format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn evict(&self, id: TenantId) {
+        for p in self.by_name.values() {
+            let pool = p.databases.lock().unwrap_or_else(|e| e.into_inner()).pop(&id);
+            if let Some(pool) = pool {
+                pool.close().await;
+            }
+        }
+    }
+
+    pub(crate) async fn exists(&self, t: &Tenant) -> Result<bool> {
+        let p = self.placement(&t.placement)?;
+        match t.isolation {
+            Isolation::Schema => {
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
+                    .bind(sql_name(t.id))
+                    .fetch_one(&p.owner)
+                    .await?;
+                Ok(n > 0)
+            }
+            Isolation::Pool => Ok(true),
+            Isolation::Database => self.database_exists(p, t.id).await,
+        }
+    }
+
+    /// What a connection of a placement's serving pool carries outside any
+    /// tenant transaction — `(current_user, search_path, app.tenant_id)` — as
+    /// the next tenant to borrow it would find it. For checks and tests.
+    pub async fn idle_session_state(&self, placement: &str) -> Result<(String, String, Option<String>)> {
+        let p = self.placement(placement)?;
+        let mut conn = p.app.acquire().await?;
+        Ok(sqlx::query_as(
+            "SELECT current_user::text, current_setting('search_path'), current_setting('app.tenant_id', true)",
+        )
+        .fetch_one(&mut *conn)
+        .await?)
+    }
+
+    /// The serving role of a placement.
+    pub fn serving_role(&self, placement: &str) -> Result<&str> {
+        Ok(&self.placement(placement)?.app_role)
+    }
+
+    pub(crate) fn open_stats(&self) -> (usize, u32) {
+        let mut pools = 0;
+        let mut conns = 0;
+        for p in self.by_name.values() {
+            pools += 1;
+            conns += p.app.size();
+            let dbs = p.databases.lock().unwrap_or_else(|e| e.into_inner());
+            pools += dbs.len();
+            conns += dbs.iter().map(|(_, pool)| pool.size()).sum::<u32>();
+        }
+        (pools, conns)
+    }
+}
