@@ -119,7 +119,9 @@ fn postgres_config(
     }];
     for (name, p) in &file.placements {
         if name == "default" {
-            bail!("[placements.default] is the --database-url placement; name the others differently");
+            bail!(
+                "[placements.default] is the --database-url placement; name the others differently"
+            );
         }
         placements.push(PlacementConfig {
             name: name.clone(),
@@ -149,7 +151,9 @@ async fn doctor(kernel: Kernel) -> anyhow::Result<ExitCode> {
         println!("ok: the database enforces tenant isolation as Campus expects");
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("the audit found problems (above); `campus serve` refuses to serve until they are fixed");
+        println!(
+            "the audit found problems (above); `campus serve` refuses to serve until they are fixed"
+        );
         Ok(ExitCode::FAILURE)
     }
 }

@@ -58,7 +58,10 @@ pub async fn run(kernel: &Kernel) -> Result<Vec<Finding>> {
 async fn postgres(placements: &Placements, out: &mut Vec<Finding>) -> Result<()> {
     for p in placements.all() {
         let mut say = |problem: String| {
-            out.push(Finding { placement: p.name.clone(), problem });
+            out.push(Finding {
+                placement: p.name.clone(),
+                problem,
+            });
         };
         let app = &p.app_role;
 
@@ -69,9 +72,15 @@ async fn postgres(placements: &Placements, out: &mut Vec<Finding>) -> Result<()>
         .fetch_one(&p.owner)
         .await?;
         for (bad, what) in [
-            (sup, "is a superuser (row-level security does not apply to it)"),
+            (
+                sup,
+                "is a superuser (row-level security does not apply to it)",
+            ),
             (bypass, "has BYPASSRLS"),
-            (inherit, "has INHERIT: it would hold every tenant role's rights without SET ROLE"),
+            (
+                inherit,
+                "has INHERIT: it would hold every tenant role's rights without SET ROLE",
+            ),
             (createrole, "has CREATEROLE"),
             (createdb, "has CREATEDB"),
         ] {
@@ -92,7 +101,9 @@ async fn postgres(placements: &Placements, out: &mut Vec<Finding>) -> Result<()>
         .fetch_all(&p.owner)
         .await?;
         for (what,) in owned {
-            say(format!("the serving role {app} owns {what}; it must own nothing"));
+            say(format!(
+                "the serving role {app} owns {what}; it must own nothing"
+            ));
         }
 
         let tables: Vec<(String, bool, bool, i64)> = sqlx::query_as(
@@ -110,13 +121,19 @@ async fn postgres(placements: &Placements, out: &mut Vec<Finding>) -> Result<()>
                 None => say(format!("pool table {POOL_SCHEMA}.{name} is missing")),
                 Some((_, enabled, forced, policies)) => {
                     if !enabled {
-                        say(format!("row-level security is not enabled on {POOL_SCHEMA}.{name}"));
+                        say(format!(
+                            "row-level security is not enabled on {POOL_SCHEMA}.{name}"
+                        ));
                     }
                     if !forced {
-                        say(format!("row-level security is not forced on {POOL_SCHEMA}.{name}"));
+                        say(format!(
+                            "row-level security is not forced on {POOL_SCHEMA}.{name}"
+                        ));
                     }
                     if *policies == 0 {
-                        say(format!("{POOL_SCHEMA}.{name} has no policy with both USING and WITH CHECK"));
+                        say(format!(
+                            "{POOL_SCHEMA}.{name} has no policy with both USING and WITH CHECK"
+                        ));
                     }
                 }
             }
@@ -142,7 +159,9 @@ async fn postgres(placements: &Placements, out: &mut Vec<Finding>) -> Result<()>
         .fetch_all(&p.owner)
         .await?;
         for (object, grantee) in stray {
-            say(format!("{object} grants rights to {grantee}; only its tenant role may have any"));
+            say(format!(
+                "{object} grants rights to {grantee}; only its tenant role may have any"
+            ));
         }
     }
     Ok(())

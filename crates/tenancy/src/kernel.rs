@@ -84,9 +84,12 @@ impl Kernel {
             }
             Some(pg) => {
                 let placements = Placements::connect(pg).await?;
-                let registry = Registry::open_postgres(placements.default_placement().owner.clone()).await?;
+                let registry =
+                    Registry::open_postgres(placements.default_placement().owner.clone()).await?;
                 for p in placements.all() {
-                    placements.migrate_pool(p, cfg.tenant_migrations.pool).await?;
+                    placements
+                        .migrate_pool(p, cfg.tenant_migrations.pool)
+                        .await?;
                 }
                 (registry, DataPlane::Postgres(placements), Isolation::Schema)
             }

@@ -53,7 +53,10 @@ impl Kernel {
     pub async fn reserve(&self, spec: &ProvisionSpec) -> Result<Reservation> {
         let name = validate_name(&spec.name)?;
         let isolation = spec.isolation.unwrap_or(self.default_isolation());
-        let placement = self.inner().data.check(isolation, spec.placement.as_deref())?;
+        let placement = self
+            .inner()
+            .data
+            .check(isolation, spec.placement.as_deref())?;
         let registry = &self.inner().registry;
         for _ in 0..2 {
             if let Some(t) = registry.by_slug(&spec.slug).await? {
@@ -107,7 +110,10 @@ impl Kernel {
     /// Step 2: create and migrate the tenant's database. Idempotent.
     pub async fn build(&self, r: &Reservation) -> Result<()> {
         let inner = self.inner();
-        let applied = inner.data.build(&r.tenant, &inner.tenant_migrations).await?;
+        let applied = inner
+            .data
+            .build(&r.tenant, &inner.tenant_migrations)
+            .await?;
         if r.tenant.schema_version != applied.to {
             inner
                 .registry

@@ -130,7 +130,10 @@ pub async fn apply(conn: &mut DbConn, target: &Target, set: &[Migration]) -> Res
         if let Some(m) = set.iter().find(|m| m.version == *version)
             && m.checksum() != *sum
         {
-            return Err(Error::MigrationDrift { version: m.version, name: m.name });
+            return Err(Error::MigrationDrift {
+                version: m.version,
+                name: m.name,
+            });
         }
     }
     for m in set.iter().filter(|m| m.version > from) {

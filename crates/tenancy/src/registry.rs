@@ -7,9 +7,9 @@
 
 use sqlx::{Connection, Row};
 
+use crate::dataplane::DbRow;
 use crate::error::{Error, Result};
 use crate::id::{Slug, TenantId};
-use crate::dataplane::DbRow;
 use crate::migrate::{self, Migration, Target};
 use crate::tenant::{Isolation, Plan, Tenant, TenantStatus};
 
@@ -70,7 +70,11 @@ impl Registry {
         let mut conn = pool.acquire().await?;
         migrate::apply(&mut conn, &Target::Sqlite, CONTROL_MIGRATIONS).await?;
         drop(conn);
-        Ok(Self { pool, prefix: "", begin_write: "BEGIN IMMEDIATE" })
+        Ok(Self {
+            pool,
+            prefix: "",
+            begin_write: "BEGIN IMMEDIATE",
+        })
     }
 
     /// The registry in PostgreSQL (schema `campus_control`, through the owner
@@ -78,17 +82,31 @@ impl Registry {
     pub async fn open_postgres(pool: Pool) -> Result<Self> {
         let mut conn = pool.acquire().await?;
         let mut tx = Connection::begin(&mut *conn).await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CONTROL_LOCK).execute(&mut *tx).await?;
-        sqlx::Executor::execute(&mut *tx, format!("CREATE SCHEMA IF NOT EXISTS {CONTROL_SCHEMA}").as_str()).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CONTROL_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::Executor::execute(
+            &mut *tx,
+            format!("CREATE SCHEMA IF NOT EXISTS {CONTROL_SCHEMA}").as_str(),
+        )
+        .await?;
         tx.commit().await?;
         migrate::apply(
             &mut conn,
-            &Target::Postgres { schema: CONTROL_SCHEMA.into(), lock: CONTROL_LOCK },
+            &Target::Postgres {
+                schema: CONTROL_SCHEMA.into(),
+                lock: CONTROL_LOCK,
+            },
             CONTROL_MIGRATIONS_PG,
         )
         .await?;
         drop(conn);
-        Ok(Self { pool, prefix: "campus_control.", begin_write: "BEGIN" })
+        Ok(Self {
+            pool,
+            prefix: "campus_control.",
+            begin_write: "BEGIN",
+        })
     }
 
     /// A registry table's name, qualified for the backend.
@@ -98,7 +116,10 @@ impl Registry {
 
     /// The live (not purged) tenant with this slug, whatever its status.
     pub async fn by_slug(&self, slug: &Slug) -> Result<Option<Tenant>> {
-        let sql = format!("SELECT {COLUMNS} FROM {} WHERE slug = $1 AND status <> 'purged'", self.t("tenants"));
+        let sql = format!(
+            "SELECT {COLUMNS} FROM {} WHERE slug = $1 AND status <> 'purged'",
+            self.t("tenants")
+        );
         let row = sqlx::query(&sql)
             .bind(slug.as_str())
             .fetch_optional(&self.pool)
@@ -117,7 +138,10 @@ impl Registry {
 
     /// Every tenant that is not purged, oldest first.
     pub async fn list(&self) -> Result<Vec<Tenant>> {
-        let sql = format!("SELECT {COLUMNS} FROM {} WHERE status <> 'purged' ORDER BY id", self.t("tenants"));
+        let sql = format!(
+            "SELECT {COLUMNS} FROM {} WHERE status <> 'purged' ORDER BY id",
+            self.t("tenants")
+        );
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(decode).collect()
     }
@@ -132,19 +156,19 @@ impl Registry {
             self.t("tenants")
         );
         let res = sqlx::query(&sql)
-        .bind(t.id.to_string())
-        .bind(t.slug.as_str())
-        .bind(&t.name)
-        .bind(t.status.as_str())
-        .bind(t.isolation.as_str())
-        .bind(&t.placement)
-        .bind(t.plan.as_str())
-        .bind(t.schema_version)
-        .bind(g)
-        .bind(&t.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::from);
+            .bind(t.id.to_string())
+            .bind(t.slug.as_str())
+            .bind(&t.name)
+            .bind(t.status.as_str())
+            .bind(t.isolation.as_str())
+            .bind(&t.placement)
+            .bind(t.plan.as_str())
+            .bind(t.schema_version)
+            .bind(g)
+            .bind(&t.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::from);
         match res {
             Err(e) if e.is_unique_violation() => return Err(Error::SlugTaken),
             other => other?,
@@ -191,17 +215,20 @@ impl Registry {
 
     /// The current generation: it changes whenever any tenant's row does.
     pub async fn generation(&self) -> Result<i64> {
-        let sql = format!("SELECT value FROM {} WHERE id = 1", self.t("registry_generation"));
+        let sql = format!(
+            "SELECT value FROM {} WHERE id = 1",
+            self.t("registry_generation")
+        );
         Ok(sqlx::query_scalar(&sql).fetch_one(&self.pool).await?)
     }
 
     /// The tenants changed after generation `since`.
     pub async fn changed_since(&self, since: i64) -> Result<Vec<(TenantId, String)>> {
-        let sql = format!("SELECT id, slug FROM {} WHERE change_gen > $1", self.t("tenants"));
-        let rows = sqlx::query(&sql)
-            .bind(since)
-            .fetch_all(&self.pool)
-            .await?;
+        let sql = format!(
+            "SELECT id, slug FROM {} WHERE change_gen > $1",
+            self.t("tenants")
+        );
+        let rows = sqlx::query(&sql).bind(since).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 let id: String = r.try_get("id")?;
@@ -214,7 +241,10 @@ impl Registry {
     /// The tenant recorded under an idempotency key, with the fingerprint of
     /// the request that first used it.
     pub async fn idempotency(&self, key: &str) -> Result<Option<(String, TenantId)>> {
-        let sql = format!("SELECT fingerprint, tenant_id FROM {} WHERE key = $1", self.t("idempotency_keys"));
+        let sql = format!(
+            "SELECT fingerprint, tenant_id FROM {} WHERE key = $1",
+            self.t("idempotency_keys")
+        );
         let row = sqlx::query(&sql)
             .bind(key)
             .fetch_optional(&self.pool)
@@ -239,12 +269,12 @@ impl Registry {
             self.t("idempotency_keys")
         );
         sqlx::query(&sql)
-        .bind(key)
-        .bind(fingerprint)
-        .bind(id.to_string())
-        .bind(crate::clock::now())
-        .execute(&self.pool)
-        .await?;
+            .bind(key)
+            .bind(fingerprint)
+            .bind(id.to_string())
+            .bind(crate::clock::now())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -273,4 +303,3 @@ pub(crate) enum Change<'a> {
     },
     SchemaVersion(i64),
 }
-

@@ -149,7 +149,11 @@ impl Files {
     }
 
     pub(crate) async fn evict(&self, id: TenantId) {
-        let pool = self.pools.lock().unwrap_or_else(|e| e.into_inner()).pop(&id);
+        let pool = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop(&id);
         if let Some(pool) = pool {
             pool.close().await;
         }

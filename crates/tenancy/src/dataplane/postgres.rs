@@ -119,8 +119,33 @@ async fn pool(url: &url::Url, size: u32) -> Result<Pool> {
         .await?)
 }
 
+/// SQLSTATE of `set_config('role', ..)` naming a role that does not exist.
+const ROLE_MISSING: &str = "22023";
+/// SQLSTATE of `set_config('role', ..)` naming a role the session may not
+/// become (`permission denied to set role`).
+const SET_ROLE_DENIED: &str = "42501";
+/// SQLSTATE of `ALTER ROLE` naming a role that does not exist.
+const ROLE_UNKNOWN: &str = "42704";
+/// SQLSTATE of a connection to a database that does not exist.
+const DATABASE_MISSING: &str = "3D000";
+
+/// Serving never creates a tenant's database: a tenant whose role or database
+/// is missing is [`Error::NotFound`], as on the embedded backend.
+fn not_found_if(e: sqlx::Error, code: &str) -> Error {
+    match &e {
+        sqlx::Error::Database(d) if d.code().as_deref() == Some(code) => Error::NotFound,
+        _ => e.into(),
+    }
+}
+
+fn is_code(e: &sqlx::Error, code: &str) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some(code))
+}
+
 async fn current_user(pool: &Pool) -> Result<String> {
-    Ok(sqlx::query_scalar("SELECT current_user::text").fetch_one(pool).await?)
+    Ok(sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(pool)
+        .await?)
 }
 
 impl Placements {
@@ -202,15 +227,29 @@ impl Placements {
         let p = self.placement(&t.placement)?;
         let name = sql_name(t.id);
         let tx = match t.isolation {
-            Isolation::Schema => {
-                let mut tx = p.app.begin().await?;
-                sqlx::query("SELECT set_config('role', $1, true), set_config('search_path', $2, true)")
-                    .bind(&name)
-                    .bind(quote(&name))
-                    .execute(&mut *tx)
-                    .await?;
-                tx
-            }
+            Isolation::Schema => match self.begin_schema(p, &name).await {
+                Err(e) if is_code(&e, SET_ROLE_DENIED) => {
+                    // PostgreSQL caches, per session, the roles the login
+                    // role is a member of, and loses an invalidation that
+                    // arrives while it rebuilds that cache (acl.c,
+                    // `roles_is_member_of`): a session that was rebuilding it
+                    // when this tenant's GRANT committed may keep a list
+                    // without the tenant, and refuse its role until the next
+                    // role change in the cluster. Touching the tenant's role
+                    // (no change) invalidates every session's cache, and the
+                    // retry sees the grant. A role the serving role really is
+                    // not a member of is refused again: nothing is widened.
+                    tracing::warn!(tenant = %t.id, "SET ROLE refused; refreshing role memberships and retrying once");
+                    let touch = format!("ALTER ROLE {} NOLOGIN", quote(&name));
+                    sqlx::Executor::execute(&p.owner, touch.as_str())
+                        .await
+                        .map_err(|e| not_found_if(e, ROLE_UNKNOWN))?;
+                    self.begin_schema(p, &name)
+                        .await
+                        .map_err(|e| not_found_if(e, ROLE_MISSING))?
+                }
+                scoped => scoped.map_err(|e| not_found_if(e, ROLE_MISSING))?,
+            },
             Isolation::Pool => {
                 let mut tx = p.app.begin().await?;
                 sqlx::query(
@@ -222,9 +261,42 @@ impl Placements {
                 .await?;
                 tx
             }
-            Isolation::Database => self.database_pool(p, t.id)?.begin().await?,
+            Isolation::Database => self.begin_database(p, t.id).await?,
         };
         Ok(TenantTx::new(t.id, tx))
+    }
+
+    /// A transaction of the serving pool as the tenant's role, on its schema.
+    async fn begin_schema(
+        &self,
+        p: &Placement,
+        name: &str,
+    ) -> std::result::Result<sqlx::Transaction<'static, Db>, sqlx::Error> {
+        let mut tx = p.app.begin().await?;
+        sqlx::query("SELECT set_config('role', $1, true), set_config('search_path', $2, true)")
+            .bind(name)
+            .bind(quote(name))
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    async fn begin_database(
+        &self,
+        p: &Placement,
+        id: TenantId,
+    ) -> Result<sqlx::Transaction<'static, Db>> {
+        // A pool evicted (and closed) between `database_pool` and `begin` —
+        // the registry moved, say the tenant was just activated: the retry
+        // opens a fresh one.
+        for _ in 0..3 {
+            match self.database_pool(p, id)?.begin().await {
+                Ok(tx) => return Ok(tx),
+                Err(sqlx::Error::PoolClosed) => continue,
+                Err(e) => return Err(not_found_if(e, DATABASE_MISSING)),
+            }
+        }
+        Err(Error::Db(sqlx::Error::PoolClosed))
     }
 
     /// Creates what the tenant needs on its placement and migrates it.
@@ -235,13 +307,21 @@ impl Placements {
         match t.isolation {
             Isolation::Schema => {
                 let mut tx = p.owner.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(t.id)).execute(&mut *tx).await?;
-                let role_exists: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_roles WHERE rolname = $1")
-                    .bind(sql_name(t.id))
-                    .fetch_one(&mut *tx)
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(lock_key(t.id))
+                    .execute(&mut *tx)
                     .await?;
+                let role_exists: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM pg_roles WHERE rolname = $1")
+                        .bind(sql_name(t.id))
+                        .fetch_one(&mut *tx)
+                        .await?;
                 if role_exists == 0 {
-                    sqlx::Executor::execute(&mut *tx, format!("CREATE ROLE {name} NOLOGIN").as_str()).await?;
+                    sqlx::Executor::execute(
+                        &mut *tx,
+                        format!("CREATE ROLE {name} NOLOGIN").as_str(),
+                    )
+                    .await?;
                 }
                 // Names come from the tenant's UUID only (`sql_name`), quoted.
                 let ddl = format!(
@@ -257,41 +337,72 @@ impl Placements {
             }
             Isolation::Pool => self.migrate(t, set).await,
             Isolation::Database => {
-                let exists = self.database_exists(p, t.id).await?;
-                if !exists {
-                    // CREATE DATABASE cannot run in a transaction.
-                    let mut conn = p.owner.acquire().await?;
-                    let made = sqlx::Executor::execute(&mut *conn, format!("CREATE DATABASE {name}").as_str()).await;
-                    if let Err(e) = made
-                        && !self.database_exists(p, t.id).await?
-                    {
-                        return Err(e.into());
-                    }
-                    let grants = format!(
-                        "REVOKE ALL ON DATABASE {name} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {name} TO {app};"
-                    );
-                    sqlx::Executor::execute(&mut *conn, grants.as_str()).await?;
-                }
-                let mut conn = self.owner_database_conn(p, t.id).await?;
-                let grants = format!(
-                    "REVOKE ALL ON SCHEMA public FROM PUBLIC;
-                     GRANT USAGE ON SCHEMA public TO {app};
-                     ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {app};"
-                );
-                sqlx::Executor::execute(&mut conn, grants.as_str()).await?;
-                let applied = migrate::apply(
-                    &mut conn,
-                    &Target::Postgres { schema: "public".into(), lock: lock_key(t.id) },
-                    set.postgres,
-                )
-                .await;
-                conn.close().await?;
+                // CREATE DATABASE cannot run in a transaction, so concurrent
+                // builds of one tenant (retried or duplicate requests, other
+                // nodes) serialise on a session-level advisory lock — held on
+                // a connection of its own, never a pooled one, so that a build
+                // cancelled half-way releases it by closing the connection.
+                let mut lock = sqlx::AnyConnection::connect(p.owner_url.as_str()).await?;
+                sqlx::query("SELECT pg_advisory_lock($1)")
+                    .bind(lock_key(t.id))
+                    .execute(&mut lock)
+                    .await?;
+                let applied = self.build_database(p, t, set, &mut lock).await;
+                // Closing releases the lock (so would dropping it): a failure
+                // to close must not hide how the build went.
+                let _ = lock.close().await;
                 applied
             }
         }
     }
 
-    async fn owner_database_conn(&self, p: &Placement, id: TenantId) -> Result<sqlx::AnyConnection> {
+    /// Creates (if missing) and migrates a `database` tenant's database; the
+    /// caller holds the tenant's lock on `conn` (the owner, on the placement).
+    async fn build_database(
+        &self,
+        p: &Placement,
+        t: &Tenant,
+        set: &MigrationSet,
+        conn: &mut sqlx::AnyConnection,
+    ) -> Result<Applied> {
+        let name = quote(&sql_name(t.id));
+        let app = quote(&p.app_role);
+        let exists: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+            .bind(sql_name(t.id))
+            .fetch_one(&mut *conn)
+            .await?;
+        if exists == 0 {
+            sqlx::Executor::execute(&mut *conn, format!("CREATE DATABASE {name}").as_str()).await?;
+            let grants = format!(
+                "REVOKE ALL ON DATABASE {name} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {name} TO {app};"
+            );
+            sqlx::Executor::execute(&mut *conn, grants.as_str()).await?;
+        }
+        let mut conn = self.owner_database_conn(p, t.id).await?;
+        let grants = format!(
+            "REVOKE ALL ON SCHEMA public FROM PUBLIC;
+             GRANT USAGE ON SCHEMA public TO {app};
+             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {app};"
+        );
+        sqlx::Executor::execute(&mut conn, grants.as_str()).await?;
+        let applied = migrate::apply(
+            &mut conn,
+            &Target::Postgres {
+                schema: "public".into(),
+                lock: lock_key(t.id),
+            },
+            set.postgres,
+        )
+        .await;
+        conn.close().await?;
+        applied
+    }
+
+    async fn owner_database_conn(
+        &self,
+        p: &Placement,
+        id: TenantId,
+    ) -> Result<sqlx::AnyConnection> {
         let url = with_database(&p.owner_url, &sql_name(id));
         Ok(sqlx::AnyConnection::connect(url.as_str()).await?)
     }
@@ -308,16 +419,22 @@ impl Placements {
     /// `pool` tenants) and grants the serving role its rights on it.
     pub(crate) async fn migrate_pool(&self, p: &Placement, set: &[Migration]) -> Result<Applied> {
         let mut conn = p.owner.acquire().await?;
-        sqlx::Executor::execute(&mut *conn, format!("CREATE SCHEMA IF NOT EXISTS {POOL_SCHEMA}").as_str())
-            .await
-            .or_else(|e| match &e {
-                // Two first runs racing on the schema: the other one made it.
-                sqlx::Error::Database(d) if d.is_unique_violation() => Ok(Default::default()),
-                _ => Err(e),
-            })?;
+        sqlx::Executor::execute(
+            &mut *conn,
+            format!("CREATE SCHEMA IF NOT EXISTS {POOL_SCHEMA}").as_str(),
+        )
+        .await
+        .or_else(|e| match &e {
+            // Two first runs racing on the schema: the other one made it.
+            sqlx::Error::Database(d) if d.is_unique_violation() => Ok(Default::default()),
+            _ => Err(e),
+        })?;
         let applied = migrate::apply(
             &mut conn,
-            &Target::Postgres { schema: POOL_SCHEMA.into(), lock: POOL_LOCK },
+            &Target::Postgres {
+                schema: POOL_SCHEMA.into(),
+                lock: POOL_LOCK,
+            },
             set,
         )
         .await?;
@@ -325,14 +442,47 @@ impl Placements {
         let app = quote(&p.app_role);
         let objects: Vec<String> = POOL_TABLES
             .iter()
-            .flat_map(|t| [format!("{POOL_SCHEMA}.{t}"), format!("{POOL_API_SCHEMA}.{t}")])
+            .flat_map(|t| {
+                [
+                    format!("{POOL_SCHEMA}.{t}"),
+                    format!("{POOL_API_SCHEMA}.{t}"),
+                ]
+            })
             .collect();
         let grants = format!(
             "GRANT USAGE ON SCHEMA {POOL_SCHEMA}, {POOL_API_SCHEMA} TO {app};
              GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {app};",
             objects.join(", ")
         );
-        sqlx::Executor::execute(&mut *conn, grants.as_str()).await?;
+        // This runs for every `pool` tenant provisioned or migrated, and a
+        // GRANT rewrites the object's catalog row even when it changes nothing
+        // (a dead catalog tuple and a cache invalidation in every backend, under
+        // a lock all of them queue on): grant only when something is missing.
+        // The names checked are constants, never input.
+        let checks: Vec<String> = [POOL_SCHEMA, POOL_API_SCHEMA]
+            .iter()
+            .map(|s| format!("has_schema_privilege($1, '{s}', 'USAGE')"))
+            .chain(objects.iter().flat_map(|o| {
+                ["SELECT", "INSERT", "UPDATE", "DELETE"]
+                    .map(|right| format!("has_table_privilege($1, '{o}', '{right}')"))
+            }))
+            .collect();
+        let granted: bool = sqlx::query_scalar(&format!("SELECT {}", checks.join(" AND ")))
+            .bind(&p.app_role)
+            .fetch_one(&mut *conn)
+            .await?;
+        if granted {
+            return Ok(applied);
+        }
+        // Under the pool's lock: two GRANTs on one object at once fail with
+        // "tuple concurrently updated" (two tenants provisioned at once).
+        let mut tx = conn.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(POOL_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::Executor::execute(&mut *tx, grants.as_str()).await?;
+        tx.commit().await?;
         Ok(applied)
     }
 
@@ -343,17 +493,32 @@ impl Placements {
                 let mut conn = p.owner.acquire().await?;
                 migrate::apply(
                     &mut conn,
-                    &Target::Postgres { schema: sql_name(t.id), lock: lock_key(t.id) },
+                    &Target::Postgres {
+                        schema: sql_name(t.id),
+                        lock: lock_key(t.id),
+                    },
                     set.postgres,
                 )
                 .await
             }
-            Isolation::Pool => self.migrate_pool(p, set.pool).await,
+            Isolation::Pool => {
+                // The shared tables may have been migrated for another tenant
+                // (or at start-up) already: this tenant moves from the version
+                // recorded for it.
+                let applied = self.migrate_pool(p, set.pool).await?;
+                Ok(Applied {
+                    from: applied.from.min(t.schema_version),
+                    to: applied.to,
+                })
+            }
             Isolation::Database => {
                 let mut conn = self.owner_database_conn(p, t.id).await?;
                 let applied = migrate::apply(
                     &mut conn,
-                    &Target::Postgres { schema: "public".into(), lock: lock_key(t.id) },
+                    &Target::Postgres {
+                        schema: "public".into(),
+                        lock: lock_key(t.id),
+                    },
                     set.postgres,
                 )
                 .await;
@@ -369,8 +534,12 @@ impl Placements {
         match t.isolation {
             Isolation::Schema => {
                 let mut tx = p.owner.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(t.id)).execute(&mut *tx).await?;
-                let ddl = format!("DROP SCHEMA IF EXISTS {name} CASCADE; DROP ROLE IF EXISTS {name};");
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(lock_key(t.id))
+                    .execute(&mut *tx)
+                    .await?;
+                let ddl =
+                    format!("DROP SCHEMA IF EXISTS {name} CASCADE; DROP ROLE IF EXISTS {name};");
                 sqlx::Executor::execute(&mut *tx, ddl.as_str()).await?;
                 tx.commit().await?;
             }
@@ -383,18 +552,50 @@ impl Placements {
                     .execute(&mut *tx)
                     .await?;
                 for table in POOL_TABLES {
-                    sqlx::query(&format!("DELETE FROM {POOL_SCHEMA}.{table} WHERE tenant_id = $1"))
-                        .bind(t.id.to_string())
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(&format!(
+                        "DELETE FROM {POOL_SCHEMA}.{table} WHERE tenant_id = $1"
+                    ))
+                    .bind(t.id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 tx.commit().await?;
             }
             Isolation::Database => {
-                self.evict(t.id).await;
+                // `WITH (FORCE)` ends the owner's own sessions only: ending
+                // the serving role's needs membership in it. So no new
+                // serving connection, this node's pool closed, and a short
+                // wait for the sessions to end — also those of other nodes,
+                // which close their pools as they see the tenant deleted.
                 let mut conn = p.owner.acquire().await?;
-                sqlx::Executor::execute(&mut *conn, format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                let exists: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+                        .bind(sql_name(t.id))
+                        .fetch_one(&mut *conn)
+                        .await?;
+                if exists > 0 {
+                    let app = quote(&p.app_role);
+                    let revoke = format!("REVOKE CONNECT, TEMPORARY ON DATABASE {name} FROM {app}");
+                    sqlx::Executor::execute(&mut *conn, revoke.as_str()).await?;
+                }
+                self.evict(t.id).await;
+                for _ in 0..50 {
+                    let others: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND usename <> current_user",
+                    )
+                    .bind(sql_name(t.id))
+                    .fetch_one(&mut *conn)
                     .await?;
+                    if others == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                sqlx::Executor::execute(
+                    &mut *conn,
+                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+                )
+                .await?;
             }
         }
         Ok(())
@@ -402,7 +603,11 @@ impl Placements {
 
     pub(crate) async fn evict(&self, id: TenantId) {
         for p in self.by_name.values() {
-            let pool = p.databases.lock().unwrap_or_else(|e| e.into_inner()).pop(&id);
+            let pool = p
+                .databases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop(&id);
             if let Some(pool) = pool {
                 pool.close().await;
             }
@@ -413,10 +618,11 @@ impl Placements {
         let p = self.placement(&t.placement)?;
         match t.isolation {
             Isolation::Schema => {
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
-                    .bind(sql_name(t.id))
-                    .fetch_one(&p.owner)
-                    .await?;
+                let n: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
+                        .bind(sql_name(t.id))
+                        .fetch_one(&p.owner)
+                        .await?;
                 Ok(n > 0)
             }
             Isolation::Pool => Ok(true),
@@ -427,7 +633,10 @@ impl Placements {
     /// What a connection of a placement's serving pool carries outside any
     /// tenant transaction — `(current_user, search_path, app.tenant_id)` — as
     /// the next tenant to borrow it would find it. For checks and tests.
-    pub async fn idle_session_state(&self, placement: &str) -> Result<(String, String, Option<String>)> {
+    pub async fn idle_session_state(
+        &self,
+        placement: &str,
+    ) -> Result<(String, String, Option<String>)> {
         let p = self.placement(placement)?;
         let mut conn = p.app.acquire().await?;
         Ok(sqlx::query_as(
