@@ -1,7 +1,8 @@
 //! Many tenants on few pooled connections: requests and transactions of
 //! different tenants interleave on a tiny LRU of pools (two tenants open at
-//! once, one connection each) and never see each other's rows. And the one
-//! rule for a tenant's directory, as a property.
+//! once, one connection each) or, on PostgreSQL, on a small serving pool
+//! shared by all, and never see each other's rows. Each tenant's own store,
+//! and the one rule for a tenant's directory, as a property.
 
 use std::num::NonZeroUsize;
 use std::path::Component;
@@ -14,9 +15,38 @@ use tenancy::{Kernel, KernelConfig, Slug, Tenant, TenantId, TenantTx};
 
 use crate::helpers::*;
 
-fn few_connections(k: &mut KernelConfig, _: &mut ServerConfig) {
+/// Few connections: on SQLite two tenants' pools open at once, one connection
+/// each; on PostgreSQL a serving pool of `serving` connections shared by every
+/// `schema` and `pool` tenant, and two `database` tenants' pools of one.
+fn few(k: &mut KernelConfig, serving: u32) {
     k.max_open_tenants = NonZeroUsize::new(2).expect("non-zero");
     k.tenant_pool_size = 1;
+    if let Some(pg) = &mut k.postgres {
+        pg.placements[0].pool_size = serving;
+        pg.max_open_databases = NonZeroUsize::new(2).expect("non-zero");
+        pg.database_pool_size = 1;
+    }
+}
+
+fn few_connections(k: &mut KernelConfig, _: &mut ServerConfig) {
+    few(k, 2);
+}
+
+/// The pools and connections open stay within what [`few`] allows, however
+/// many tenants were served.
+fn assert_few_open(kernel: &Kernel, serving: u32) {
+    let (pools, conns) = kernel.data_plane().open_stats();
+    let (max_pools, max_conns) = match backend() {
+        Backend::Sqlite => (2, 2),
+        // The placement's serving pool, and nothing per tenant.
+        Backend::Schema | Backend::Pool => (1, serving),
+        // The serving pool, and two tenants' databases of one connection.
+        Backend::Database => (1 + 2, serving + 2),
+    };
+    assert!(
+        pools <= max_pools && conns <= max_conns,
+        "{pools} pools, {conns} connections open; at most {max_pools} and {max_conns}"
+    );
 }
 
 struct Seeded {
@@ -188,11 +218,7 @@ async fn interleaved_requests_on_few_pooled_connections_never_cross() {
         assert_eq!(got, want, "{}", t.slug);
     }
 
-    let (pools, conns) = app.kernel.data_plane().open_stats();
-    assert!(
-        pools <= 2 && conns <= 2,
-        "{pools} pools, {conns} connections open"
-    );
+    assert_few_open(&app.kernel, 2);
 }
 
 async fn titles(tx: &mut TenantTx) -> Vec<String> {
@@ -205,10 +231,11 @@ async fn titles(tx: &mut TenantTx) -> Vec<String> {
 async fn add_course(tx: &mut TenantTx, title: &str) {
     let now = tenancy::clock::now();
     sqlx::query(
-        "INSERT INTO courses (id, title, description, published, created_at, updated_at) VALUES ($1, $2, '', 1, $3, $3)",
+        "INSERT INTO courses (id, title, description, published, created_at, updated_at) VALUES ($1, $2, '', $3, $4, $4)",
     )
     .bind(uuid::Uuid::now_v7().to_string())
     .bind(title)
+    .bind(true)
     .bind(now)
     .execute(tx.conn())
     .await
@@ -241,12 +268,15 @@ async fn kernel_tenants(kernel: &Kernel, n: usize) -> Vec<Tenant> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kernel_transactions_interleaved_on_a_tiny_lru_see_only_their_tenant() {
+    // On PostgreSQL, a serving pool as large as the number of tenants: the
+    // test holds one transaction per tenant at once below.
+    const TENANTS: usize = 6;
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = KernelConfig::new(dir.path(), lms::TENANT_MIGRATIONS);
-    cfg.max_open_tenants = NonZeroUsize::new(2).unwrap();
-    cfg.tenant_pool_size = 1;
+    let mut cfg = kernel_config(dir.path());
+    few(&mut cfg, TENANTS as u32);
+    let database = pg_database_of(&cfg);
     let kernel = Kernel::open(cfg).await.expect("kernel");
-    let tenants = kernel_tenants(&kernel, 6).await;
+    let tenants = kernel_tenants(&kernel, TENANTS).await;
     let first = |t: &Tenant| vec![format!("{} 0", t.slug)];
 
     // Hold a transaction on tenant 0 while every other tenant is opened
@@ -264,11 +294,7 @@ async fn kernel_transactions_interleaved_on_a_tiny_lru_see_only_their_tenant() {
     }
     add_course(&mut held, &format!("{} 1", tenants[0].slug)).await;
     held.commit().await.expect("commit held");
-    let (pools, conns) = kernel.data_plane().open_stats();
-    assert!(
-        pools <= 2 && conns <= 2,
-        "{pools} pools, {conns} connections"
-    );
+    assert_few_open(&kernel, TENANTS as u32);
 
     // One open transaction per tenant at once: three times the LRU's size.
     let mut txs = Vec::new();
@@ -310,31 +336,52 @@ async fn kernel_transactions_interleaved_on_a_tiny_lru_see_only_their_tenant() {
         want.sort();
         assert_eq!(titles(&mut tx).await, want);
     }
-    let (pools, conns) = kernel.data_plane().open_stats();
-    assert!(
-        pools <= 2 && conns <= 2,
-        "{pools} pools, {conns} connections"
-    );
+    assert_few_open(&kernel, TENANTS as u32);
+    if let Some(db) = database {
+        drop(kernel);
+        drop_pg_database(&db);
+    }
 }
 
 #[tokio::test]
 async fn serving_never_creates_a_tenant_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let kernel = Kernel::open(KernelConfig::new(dir.path(), lms::TENANT_MIGRATIONS))
-        .await
-        .expect("kernel");
+    let app = spawn_app().await;
     let id = TenantId::new();
-    let err = kernel
-        .data_plane()
-        .begin(id)
-        .await
-        .err()
-        .expect("no database");
-    assert!(matches!(err, tenancy::Error::NotFound), "{err:?}");
-    assert!(!kernel.data_plane().tenant_dir(id).exists());
-    assert!(!kernel.data_plane().exists(id));
+    let now = tenancy::clock::now();
+    let ghost = tenancy::Tenant {
+        id,
+        slug: tenancy::Slug::parse("ghost").unwrap(),
+        name: "Ghost".into(),
+        status: tenancy::TenantStatus::Active,
+        isolation: tenancy::Isolation::parse(backend().isolation()).unwrap(),
+        placement: "default".into(),
+        plan: tenancy::Plan::Standard,
+        schema_version: 1,
+        created_at: now.clone(),
+        updated_at: now,
+        deleted_at: None,
+    };
+    let begun = app.kernel.data_plane().begin(&ghost).await;
+    if backend() == Backend::Pool {
+        // A pool tenant has nothing of its own to be missing: its
+        // transaction opens, and sees no rows (nor makes any).
+        let mut tx = begun.expect("begin");
+        let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+            .fetch_one(tx.conn())
+            .await
+            .unwrap();
+        assert_eq!(users, 0);
+    } else {
+        let err = begun.err().expect("no database");
+        assert!(matches!(err, tenancy::Error::NotFound), "{err:?}");
+        assert!(!app.kernel.data_plane().exists(&ghost).await.unwrap());
+    }
+    assert!(!app.kernel.data_plane().tenant_dir(id).exists());
+    assert_eq!(app.footprint(&id.to_string()).await, Footprint::default());
 }
 
+/// The embedded backend's rule for a tenant's directory (a property of the
+/// path alone: it runs on SQLite whatever the suite's backend).
 #[test]
 fn a_tenant_dir_is_exactly_one_normal_component_under_the_tenants_root() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -380,24 +427,56 @@ fn a_tenant_dir_is_exactly_one_normal_component_under_the_tenants_root() {
     }
 }
 
+/// Each tenant gets a store of its own — its directory and SQLite file, its
+/// schema and role, or its database — or, in a pool, rows of its own only.
 #[tokio::test]
-async fn provisioned_tenants_live_in_their_own_directory() {
+async fn provisioned_tenants_live_in_their_own_store() {
     let app = spawn_app().await;
     let root = app.dir.path().join("tenants");
     let mut seen = Vec::new();
+    let mut ids = Vec::new();
     for _ in 0..3 {
         let t = app.tenant("dirs").await;
+        app.assert_stored(&t.id).await;
         let id = TenantId::parse(&t.id).unwrap();
         let d = app.kernel.data_plane().tenant_dir(id);
-        assert_eq!(d.parent(), Some(root.as_path()));
-        assert!(d.join("tenant.db").is_file());
-        seen.push(d);
+        if backend() == Backend::Sqlite {
+            assert_eq!(d.parent(), Some(root.as_path()));
+            assert!(d.join("tenant.db").is_file());
+            seen.push(d);
+        }
+        ids.push(t.id);
     }
+    // Nothing else: no other directory (on PostgreSQL, none at all).
     let mut on_disk: Vec<_> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
     on_disk.sort();
     seen.sort();
     assert_eq!(on_disk, seen);
+    if backend().is_postgres() {
+        // No other tenant schema in the app's database, and no pool row
+        // that is not one of these tenants'.
+        let names: Vec<String> = ids
+            .iter()
+            .map(|id| tenancy::dataplane::sql_name(TenantId::parse(id).unwrap()))
+            .collect();
+        let schemas = app
+            .pg_count(
+                "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 't\\_%' AND nspname NOT IN ($1, $2, $3)",
+                &[&names[0], &names[1], &names[2]],
+            )
+            .await;
+        assert_eq!(schemas, 0);
+        for table in tenancy::dataplane::postgres::POOL_TABLES {
+            let sql = format!(
+                "SELECT count(*) FROM campus_pool.{table} WHERE tenant_id NOT IN ($1, $2, $3)"
+            );
+            assert_eq!(
+                app.pg_count(&sql, &[&ids[0], &ids[1], &ids[2]]).await,
+                0,
+                "{table}"
+            );
+        }
+    }
 }

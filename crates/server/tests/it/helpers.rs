@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -15,6 +16,8 @@ pub const PASSWORD: &str = "correct horse battery";
 pub struct TestApp {
     pub base: String,
     pub kernel: Kernel,
+    /// What the kernel was opened with: to open another one over the same store.
+    pub config: KernelConfig,
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
     _shutdown: tokio::sync::oneshot::Sender<()>,
@@ -51,16 +54,190 @@ fn rand_u32() -> u32 {
     u32::from_le_bytes([b[12], b[13], b[14], b[15]])
 }
 
+/// The backend the suite runs against: `CAMPUS_TEST_BACKEND` = `sqlite`
+/// (default), `schema`, `pool` or `database` (the last three on PostgreSQL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Schema,
+    Pool,
+    Database,
+}
+
+pub fn backend() -> Backend {
+    match std::env::var("CAMPUS_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
+        Ok("schema") => Backend::Schema,
+        Ok("pool") => Backend::Pool,
+        Ok("database") => Backend::Database,
+        Ok(other) => {
+            panic!("CAMPUS_TEST_BACKEND={other}: expected sqlite, schema, pool or database")
+        }
+    }
+}
+
+impl Backend {
+    pub fn is_postgres(self) -> bool {
+        self != Backend::Sqlite
+    }
+
+    /// The isolation mode tenants get on this backend.
+    pub fn isolation(self) -> &'static str {
+        match self {
+            Backend::Sqlite | Backend::Database => "database",
+            Backend::Schema => "schema",
+            Backend::Pool => "pool",
+        }
+    }
+}
+
+/// The PostgreSQL server the suite uses, as a superuser (to make roles and
+/// fresh databases): `CAMPUS_TEST_PG`, default the machine's local server.
+pub fn pg_admin_url() -> String {
+    std::env::var("CAMPUS_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn psql(url: &str, sql: &str) {
+    let out = std::process::Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Drops a test database made by [`fresh_pg_database`], and what its tenants
+/// made outside it: their databases and roles are cluster-wide. Best effort.
+pub fn drop_pg_database(database: &str) {
+    let mut url = url::Url::parse(&pg_admin_url()).expect("CAMPUS_TEST_PG");
+    url.set_path(&format!("/{database}"));
+    let listed = std::process::Command::new("psql")
+        .args([url.as_str(), "-Atq", "-c"])
+        .arg("SELECT 't_' || replace(id, '-', '') FROM campus_control.tenants")
+        .output()
+        .expect("psql");
+    let names: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|n| n.len() == 34 && n[2..].bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .collect();
+    // One statement per line, each its own transaction (DROP DATABASE must be).
+    let mut script = format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE);\n");
+    for n in &names {
+        script.push_str(&format!("DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE);\n"));
+    }
+    for n in &names {
+        script.push_str(&format!("DROP ROLE IF EXISTS \"{n}\";\n"));
+    }
+    let mut child = std::process::Command::new("psql")
+        .args([&pg_admin_url(), "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        let _ = stdin.write_all(script.as_bytes());
+    }
+    let _ = child.wait();
+}
+
+/// The owner and serving roles of the suite (cluster-wide, made once).
+pub const PG_OWNER: &str = "campus_owner";
+pub const PG_APP: &str = "campus_app";
+
+fn ensure_pg_roles() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        psql(
+            &pg_admin_url(),
+            "DO $$ BEGIN
+                CREATE ROLE campus_owner LOGIN CREATEROLE CREATEDB;
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+             DO $$ BEGIN
+                CREATE ROLE campus_app LOGIN NOINHERIT;
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;",
+        );
+    });
+}
+
+/// A fresh PostgreSQL database owned by the owner role; returns its name.
+pub fn fresh_pg_database() -> String {
+    ensure_pg_roles();
+    let name = format!("campus_test_{}", uuid::Uuid::now_v7().simple());
+    psql(
+        &pg_admin_url(),
+        &format!("CREATE DATABASE {name} OWNER {PG_OWNER}"),
+    );
+    name
+}
+
+/// `url` with another user and database.
+pub fn pg_url(user: &str, database: &str) -> String {
+    let mut u = url::Url::parse(&pg_admin_url()).expect("CAMPUS_TEST_PG");
+    u.set_username(user).expect("user");
+    u.set_password(None).expect("password");
+    u.set_path(&format!("/{database}"));
+    u.to_string()
+}
+
+/// A PostgreSQL configuration over `database`, the default placement.
+pub fn pg_config(database: &str, pool_size: u32) -> tenancy::dataplane::postgres::PgConfig {
+    use tenancy::dataplane::postgres::{PgConfig, PlacementConfig};
+    PgConfig {
+        placements: vec![PlacementConfig {
+            name: "default".into(),
+            url: pg_url(PG_APP, database),
+            owner_url: pg_url(PG_OWNER, database),
+            pool_size,
+        }],
+        max_open_databases: std::num::NonZeroUsize::new(8).expect("8"),
+        database_pool_size: 2,
+    }
+}
+
+/// A kernel configuration over a fresh store of the chosen backend: a
+/// temporary directory for SQLite, a fresh database for PostgreSQL.
+pub fn kernel_config(dir: &Path) -> KernelConfig {
+    let mut k = KernelConfig::new(dir, lms::TENANT_MIGRATIONS);
+    let b = backend();
+    if b.is_postgres() {
+        k.postgres = Some(pg_config(&fresh_pg_database(), 8));
+        k.default_isolation = tenancy::Isolation::parse(b.isolation());
+    }
+    k
+}
+
+/// The PostgreSQL database a kernel configuration uses (`None` on SQLite).
+pub fn pg_database_of(config: &KernelConfig) -> Option<String> {
+    let pg = config.postgres.as_ref()?;
+    let url = url::Url::parse(&pg.placements[0].url).expect("placement URL");
+    Some(url.path().trim_start_matches('/').to_owned())
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_, _| {}).await
 }
 
 pub async fn spawn_app_with(tune: impl FnOnce(&mut KernelConfig, &mut ServerConfig)) -> TestApp {
+    // Server logs, shown for failing tests (`CAMPUS_LOG=debug` for more).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAMPUS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut kcfg = KernelConfig::new(dir.path(), lms::TENANT_MIGRATIONS);
+    let mut kcfg = kernel_config(dir.path());
     let mut scfg = ServerConfig::new(OPERATOR_TOKEN);
     tune(&mut kcfg, &mut scfg);
-    let kernel = Kernel::open(kcfg).await.expect("kernel");
+    let kernel = Kernel::open(kcfg.clone()).await.expect("kernel");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -77,13 +254,188 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut KernelConfig, &mut ServerConf
     TestApp {
         base,
         kernel,
+        config: kcfg,
         client: reqwest::Client::new(),
         dir,
         _shutdown: tx,
     }
 }
 
+impl Drop for TestApp {
+    /// Drops the app's PostgreSQL database and its tenants' databases and
+    /// roles — unless the test failed: then they stay, to be looked at.
+    fn drop(&mut self) {
+        if let Some(db) = self.pg_database()
+            && !std::thread::panicking()
+        {
+            drop_pg_database(&db);
+        }
+    }
+}
+
+/// What one tenant has on the store itself — the files on disk, the
+/// PostgreSQL catalogs and pool tables — rather than as the data plane says.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// SQLite: `tenants/<uuid>/tenant.db` under the data directory.
+    pub file: bool,
+    /// PostgreSQL: the schema `t_<uuid hex>` in the app's database.
+    pub schema: bool,
+    /// PostgreSQL: the role `t_<uuid hex>`.
+    pub role: bool,
+    /// PostgreSQL: the database `t_<uuid hex>`.
+    pub database: bool,
+    /// PostgreSQL: the tenant's rows in the shared tables of `pool` isolation.
+    pub pool_rows: i64,
+}
+
 impl TestApp {
+    /// The app's PostgreSQL database (`None` on SQLite).
+    pub fn pg_database(&self) -> Option<String> {
+        pg_database_of(&self.config)
+    }
+
+    /// One count, `sql` with `$1`, `$2`… bound to `args`, run on the app's PostgreSQL
+    /// database as the suite's superuser: it sees every catalog and every row
+    /// (forced row-level security binds even the owner role, so the owner
+    /// would see no pool rows at all).
+    pub async fn pg_count(&self, sql: &str, args: &[&str]) -> i64 {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let db = self.pg_database().expect("a PostgreSQL backend");
+        let mut url = url::Url::parse(&pg_admin_url()).expect("CAMPUS_TEST_PG");
+        url.set_path(&format!("/{db}"));
+        let mut conn = sqlx::AnyConnection::connect(url.as_str())
+            .await
+            .expect("connect");
+        let mut q = sqlx::query_scalar(sql);
+        for a in args {
+            q = q.bind(*a);
+        }
+        let n = q.fetch_one(&mut conn).await.expect(sql);
+        conn.close().await.expect("close");
+        n
+    }
+
+    /// What tenant `id` has on the store.
+    pub async fn footprint(&self, id: &str) -> Footprint {
+        let file = self
+            .dir
+            .path()
+            .join("tenants")
+            .join(id)
+            .join("tenant.db")
+            .is_file();
+        if self.pg_database().is_none() {
+            return Footprint {
+                file,
+                ..Default::default()
+            };
+        }
+        let name = tenancy::dataplane::sql_name(tenancy::TenantId::parse(id).expect("tenant id"));
+        let pool_rows = tenancy::dataplane::postgres::POOL_TABLES
+            .iter()
+            .map(|t| format!("(SELECT count(*) FROM campus_pool.{t} WHERE tenant_id = $1)"))
+            .collect::<Vec<_>>()
+            .join(" + ");
+        let named = |catalog: &str, column: &str| {
+            format!("SELECT count(*) FROM {catalog} WHERE {column} = $1")
+        };
+        Footprint {
+            file,
+            schema: self
+                .pg_count(&named("pg_namespace", "nspname"), &[&name])
+                .await
+                > 0,
+            role: self.pg_count(&named("pg_roles", "rolname"), &[&name]).await > 0,
+            database: self
+                .pg_count(&named("pg_database", "datname"), &[&name])
+                .await
+                > 0,
+            pool_rows: self.pg_count(&format!("SELECT {pool_rows}"), &[id]).await,
+        }
+    }
+
+    /// The registry's row of tenant `id`, whatever its status.
+    pub async fn tenant_row(&self, id: &str) -> tenancy::Tenant {
+        let id = tenancy::TenantId::parse(id).expect("tenant id");
+        self.kernel
+            .registry()
+            .by_id(id)
+            .await
+            .expect("registry")
+            .expect("row")
+    }
+
+    /// The number of rows of `table` tenant `id` sees, read on a transaction
+    /// of its own (whatever its status: the kernel does not gate).
+    pub async fn count_rows(&self, id: &str, table: &str) -> i64 {
+        let t = self.tenant_row(id).await;
+        let mut tx = self.kernel.begin(&t).await.expect("begin");
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(tx.conn())
+            .await
+            .expect("count")
+    }
+
+    /// Asserts the tenant's data is where its backend keeps it, and only
+    /// there: its own SQLite file, its own schema and role, its own database,
+    /// or (pool) rows of its own in the shared tables — it has at least its admin.
+    pub async fn assert_stored(&self, id: &str) {
+        let f = self.footprint(id).await;
+        let own = match backend() {
+            Backend::Sqlite => Footprint {
+                file: true,
+                ..Default::default()
+            },
+            Backend::Schema => Footprint {
+                schema: true,
+                role: true,
+                ..Default::default()
+            },
+            Backend::Database => Footprint {
+                database: true,
+                ..Default::default()
+            },
+            Backend::Pool => Footprint {
+                pool_rows: f.pool_rows,
+                ..Default::default()
+            },
+        };
+        assert_eq!(f, own, "tenant {id}");
+        assert!(
+            backend() != Backend::Pool || f.pool_rows > 0,
+            "tenant {id}: no pool rows"
+        );
+        let t = self.tenant_row(id).await;
+        assert!(
+            self.kernel.data_plane().exists(&t).await.expect("exists"),
+            "tenant {id}"
+        );
+    }
+
+    /// Asserts nothing of the tenant's data is left anywhere.
+    pub async fn assert_destroyed(&self, id: &str) {
+        assert_eq!(
+            self.footprint(id).await,
+            Footprint::default(),
+            "tenant {id}"
+        );
+        assert!(
+            !self.dir.path().join("tenants").join(id).exists(),
+            "tenant {id}: directory left"
+        );
+        // A pool tenant has no object of its own: the data plane cannot tell
+        // it from one not yet seeded; its rows (none, above) are what counts.
+        if backend() != Backend::Pool {
+            let t = self.tenant_row(id).await;
+            assert!(
+                !self.kernel.data_plane().exists(&t).await.expect("exists"),
+                "tenant {id}"
+            );
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

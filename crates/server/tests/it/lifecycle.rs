@@ -4,7 +4,7 @@
 
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
-use tenancy::{Isolation, Plan, ProvisionSpec, Slug};
+use tenancy::{Plan, ProvisionSpec, Slug};
 
 use crate::helpers::*;
 
@@ -154,14 +154,9 @@ async fn a_deleted_tenants_tokens_and_keys_stop_working_at_once() {
     assert_served(&app, &other.admin).await;
 
     // Its data is kept (until purged), and the operator still sees it.
-    let id = tenancy::TenantId::parse(&t.id).unwrap();
-    assert!(
-        app.kernel
-            .data_plane()
-            .tenant_dir(id)
-            .join("tenant.db")
-            .is_file()
-    );
+    app.assert_stored(&t.id).await;
+    assert_eq!(app.count_rows(&t.id, "users").await, 2);
+    assert_eq!(app.count_rows(&t.id, "api_keys").await, 1);
     let v = json_ok(
         app.operator(Method::GET, &format!("/admin/api/v1/tenants/{}", t.slug))
             .send()
@@ -257,7 +252,7 @@ async fn a_tenant_still_provisioning_cannot_be_suspended_or_resumed_but_can_be_a
         .reserve(&ProvisionSpec {
             slug: Slug::parse(&slug).unwrap(),
             name: "Half made".into(),
-            isolation: Isolation::Database,
+            isolation: None,
             placement: None,
             plan: Plan::Free,
         })
@@ -281,5 +276,5 @@ async fn a_tenant_still_provisioning_cannot_be_suspended_or_resumed_but_can_be_a
         .unwrap();
     assert_problem(res, 409, "conflict").await;
     assert_eq!(status_of(purge(&app, &slug).await).await, "purged");
-    assert!(!app.kernel.data_plane().tenant_dir(r.tenant.id).exists());
+    app.assert_destroyed(&r.tenant.id.to_string()).await;
 }

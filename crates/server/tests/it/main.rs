@@ -12,6 +12,7 @@ mod concurrency;
 mod isolation;
 mod learning;
 mod lifecycle;
+mod mechanism;
 mod openapi;
 mod provisioning;
 mod resolution;

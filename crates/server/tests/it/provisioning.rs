@@ -7,9 +7,7 @@ use std::collections::HashSet;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 use server::{AppState, ServerConfig};
-use tenancy::{
-    Isolation, Kernel, KernelConfig, Migration, Plan, ProvisionSpec, Slug, TenantStatus,
-};
+use tenancy::{Kernel, KernelConfig, Migration, Plan, ProvisionSpec, Slug, TenantStatus};
 
 use crate::helpers::*;
 
@@ -27,7 +25,7 @@ fn spec(slug: &str) -> ProvisionSpec {
     ProvisionSpec {
         slug: Slug::parse(slug).expect("slug"),
         name: format!("Interrupted {slug}"),
-        isolation: Isolation::Database,
+        isolation: None,
         placement: None,
         plan: Plan::Standard,
     }
@@ -127,7 +125,7 @@ async fn assert_not_served(app: &TestApp, slug: &str, email: &str) {
 enum Crash {
     /// The registry row exists, nothing else.
     AfterReserve,
-    /// ... and the database file, empty (killed inside `build`).
+    /// ... and the tenant's database, empty (killed inside `build`).
     AfterEmptyDatabase,
     /// ... and the database, migrated.
     AfterBuild,
@@ -150,12 +148,39 @@ async fn crash_then_rerun(crash: Crash, rerun_via_ops: bool) {
     assert_eq!(r.tenant.status, TenantStatus::Provisioning);
     match crash {
         Crash::AfterReserve => {}
-        Crash::AfterEmptyDatabase => app
-            .kernel
-            .data_plane()
-            .create(r.tenant.id)
-            .await
-            .expect("create"),
+        Crash::AfterEmptyDatabase if backend() == Backend::Sqlite => {
+            // An empty database file, as a crash right after creating it leaves.
+            let dir = app.kernel.data_plane().tenant_dir(r.tenant.id);
+            std::fs::create_dir_all(&dir).expect("dir");
+            std::fs::File::create(dir.join("tenant.db")).expect("file");
+        }
+        Crash::AfterEmptyDatabase if backend() == Backend::Pool => {
+            // A pool tenant has nothing of its own for `build` to make: the
+            // shared tables are made and migrated at start-up, for every
+            // tenant. A crash inside its build leaves the state a crash after
+            // reserve leaves.
+        }
+        Crash::AfterEmptyDatabase => {
+            // The tenant's schema and role (or its database) made, and no
+            // migration: what a crash during the first migration leaves (each
+            // migration commits on its own).
+            let no_migrations = tenancy::MigrationSet {
+                sqlite: &[],
+                postgres: &[],
+                pool: &[],
+            };
+            app.kernel
+                .data_plane()
+                .build(&r.tenant, &no_migrations)
+                .await
+                .expect("empty build");
+            let f = app.footprint(&r.tenant.id.to_string()).await;
+            match backend() {
+                Backend::Schema => assert!(f.schema && f.role, "{f:?}"),
+                Backend::Database => assert!(f.database, "{f:?}"),
+                _ => unreachable!("handled above"),
+            }
+        }
         Crash::AfterBuild => app.kernel.build(&r).await.expect("build"),
         Crash::AfterPartialSeed | Crash::DuringSeed => {
             app.kernel.build(&r).await.expect("build");
@@ -238,7 +263,7 @@ async fn crash_then_rerun(crash: Crash, rerun_via_ops: bool) {
     }
 
     assert_eq!(rows_with_slug(&app, &slug).await.len(), 1);
-    assert!(app.kernel.data_plane().tenant_dir(r.tenant.id).is_dir());
+    app.assert_stored(&r.tenant.id.to_string()).await;
 
     // Now it is done, another run is a conflict, and changes nothing.
     let res = provision(&app, &body(&slug, "other@x.test", PASSWORD)).await;
@@ -293,9 +318,7 @@ async fn a_deleted_slug_stays_taken_until_purged_then_is_fresh() {
     let app = spawn_app().await;
     let old = app.tenant("reuse").await;
     let course = app.course(&old.admin, "Old course", true).await;
-    let old_id = tenancy::TenantId::parse(&old.id).expect("id");
-    let old_dir = app.kernel.data_plane().tenant_dir(old_id);
-    assert!(old_dir.is_dir());
+    app.assert_stored(&old.id).await;
 
     let res = app
         .operator(
@@ -309,10 +332,9 @@ async fn a_deleted_slug_stays_taken_until_purged_then_is_fresh() {
     let new_admin = format!("second@{}.test", old.slug);
     let res = provision(&app, &body(&old.slug, &new_admin, PASSWORD)).await;
     assert_problem(res, 409, "conflict").await;
-    assert!(
-        old_dir.is_dir(),
-        "a deleted tenant's data is kept until purged"
-    );
+    // A deleted tenant's data is kept until purged.
+    app.assert_stored(&old.id).await;
+    assert_eq!(app.count_rows(&old.id, "courses").await, 1);
 
     let res = app
         .operator(
@@ -323,7 +345,7 @@ async fn a_deleted_slug_stays_taken_until_purged_then_is_fresh() {
         .await
         .unwrap();
     assert_eq!(json_ok(res, 200).await["status"], "purged");
-    assert!(!old_dir.exists());
+    app.assert_destroyed(&old.id).await;
 
     let fresh = json_ok(
         provision(&app, &body(&old.slug, &new_admin, PASSWORD)).await,
@@ -336,6 +358,7 @@ async fn a_deleted_slug_stays_taken_until_purged_then_is_fresh() {
         "a fresh tenant, not the old one revived"
     );
     assert_eq!(fresh["status"], "active");
+    app.assert_stored(fresh["id"].as_str().expect("id")).await;
     assert_eq!(fresh["usage"]["users"], 1);
     assert_eq!(fresh["usage"]["courses"], 0);
     assert_eq!(rows_with_slug(&app, &old.slug).await.len(), 1);
@@ -488,6 +511,34 @@ async fn concurrent_duplicates_with_one_idempotency_key_make_one_tenant() {
     assert_eq!(again[0].1["id"], id);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_provisioning_of_different_tenants_makes_each() {
+    let app = spawn_app().await;
+    let slugs: Vec<String> = (0..8).map(|_| unique_slug("many")).collect();
+    let mut set = tokio::task::JoinSet::new();
+    for slug in &slugs {
+        let req = app
+            .operator(Method::POST, "/admin/api/v1/tenants")
+            .json(&body(slug, &format!("admin@{slug}.test"), PASSWORD));
+        set.spawn(async move { json_ok(req.send().await.expect("send"), 201).await });
+    }
+    let made = set.join_all().await;
+    for slug in &slugs {
+        let v = made
+            .iter()
+            .find(|v| v["slug"] == slug.as_str())
+            .expect("made");
+        assert_eq!(v["status"], "active", "{v}");
+        app.assert_stored(v["id"].as_str().expect("id")).await;
+        let s = app
+            .login(slug, &format!("admin@{slug}.test"), PASSWORD)
+            .await;
+        let users = users_of(&app, &s).await;
+        assert_eq!(users.len(), 1, "{slug}: {users:?}");
+    }
+    assert_eq!(registry_rows(&app).await.len(), slugs.len());
+}
+
 #[tokio::test]
 async fn bad_input_is_refused_and_changes_nothing() {
     let app = spawn_app().await;
@@ -554,8 +605,12 @@ async fn bad_input_is_refused_and_changes_nothing() {
             "validation_failed",
         ));
     }
-    for iso in ["bogus", "DATABASE", "schema", "pool"] {
-        // `schema` and `pool` are real modes this embedded build does not offer.
+    let mut isolations = vec!["bogus", "DATABASE", "Schema", ""];
+    if !backend().is_postgres() {
+        // Real modes that the embedded data plane does not offer.
+        isolations.extend(["schema", "pool"]);
+    }
+    for iso in isolations {
         cases.push((
             format!("isolation {iso:?}"),
             with(&["isolation"], json!(iso)),
@@ -644,6 +699,23 @@ async fn bad_input_is_refused_and_changes_nothing() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(made, 0, "no tenant directory was made");
+    if backend().is_postgres() {
+        // No tenant schema in the app's database, and no row in the pool
+        // tables. (Roles and databases are cluster-wide, shared with other
+        // tests running at once: a tenant's would need its id, and none was
+        // reserved, as the empty registry shows.)
+        let schemas = app
+            .pg_count(
+                "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 't\\_%'",
+                &[],
+            )
+            .await;
+        assert_eq!(schemas, 0, "no tenant schema was made");
+        for table in tenancy::dataplane::postgres::POOL_TABLES {
+            let sql = format!("SELECT count(*) FROM campus_pool.{table}");
+            assert_eq!(app.pg_count(&sql, &[]).await, 0, "a row in {table}");
+        }
+    }
 
     // The good request still works afterwards.
     json_ok(provision(&app, &good).await, 201).await;
@@ -761,7 +833,7 @@ async fn the_operator_sees_status_placement_versions_and_usage() {
         assert_eq!(r["id"], t.id.as_str());
         assert_eq!(r["name"], format!("Org {}", t.slug));
         assert_eq!(r["status"], "active");
-        assert_eq!(r["isolation"], "database");
+        assert_eq!(r["isolation"], backend().isolation());
         assert_eq!(r["placement"], "default");
         assert_eq!(r["plan"], "standard");
         assert_eq!(r["schema_version"], latest);
@@ -945,14 +1017,22 @@ impl OtherServer {
 }
 
 /// The tenant schema plus one more migration, as a newer build would have.
-fn newer_migrations() -> &'static [Migration] {
-    let mut set = lms::TENANT_MIGRATIONS.to_vec();
-    set.push(Migration {
-        version: tenancy::migrate::latest(lms::TENANT_MIGRATIONS) + 1,
-        name: "course_subtitle",
-        sql: "ALTER TABLE courses ADD COLUMN subtitle TEXT NOT NULL DEFAULT '';",
-    });
-    Box::leak(set.into_boxed_slice())
+fn newer_migrations() -> tenancy::MigrationSet {
+    let extend = |set: &'static [Migration], sql: &'static str| -> &'static [Migration] {
+        let mut set = set.to_vec();
+        set.push(Migration {
+            version: lms::TENANT_MIGRATIONS.latest() + 1,
+            name: "course_subtitle",
+            sql,
+        });
+        Box::leak(set.into_boxed_slice())
+    };
+    let add = "ALTER TABLE courses ADD COLUMN subtitle TEXT NOT NULL DEFAULT '';";
+    tenancy::MigrationSet {
+        sqlite: extend(lms::TENANT_MIGRATIONS.sqlite, add),
+        postgres: extend(lms::TENANT_MIGRATIONS.postgres, add),
+        pool: extend(lms::TENANT_MIGRATIONS.pool, add),
+    }
 }
 
 #[tokio::test]
@@ -964,9 +1044,12 @@ async fn a_tenant_behind_the_schema_is_not_served_until_migrated() {
         .await;
     let old = app.kernel.latest_version();
 
-    let newer = Kernel::open(KernelConfig::new(app.dir.path(), newer_migrations()))
-        .await
-        .expect("newer kernel");
+    let newer = Kernel::open(KernelConfig {
+        tenant_migrations: newer_migrations(),
+        ..app.config.clone()
+    })
+    .await
+    .expect("newer kernel");
     assert_eq!(newer.latest_version(), old + 1);
     let srv = OtherServer::start(newer.clone()).await;
 
@@ -1081,15 +1164,13 @@ async fn a_tenant_behind_the_schema_is_not_served_until_migrated() {
 }
 
 #[tokio::test]
-async fn purge_destroys_the_tenants_directory_and_its_api() {
+async fn purge_destroys_the_tenants_data_and_its_api() {
     let app = spawn_app().await;
     let t = app.tenant("purge").await;
     let keep = app.tenant("keep").await;
     app.course(&t.admin, "Doomed", true).await;
-    let id = tenancy::TenantId::parse(&t.id).unwrap();
-    let dir = app.kernel.data_plane().tenant_dir(id);
-    assert!(dir.join("tenant.db").is_file(), "{}", dir.display());
-    assert!(dir.starts_with(app.dir.path()));
+    app.assert_stored(&t.id).await;
+    app.assert_stored(&keep.id).await;
 
     let v = json_ok(
         app.operator(
@@ -1105,8 +1186,7 @@ async fn purge_destroys_the_tenants_directory_and_its_api() {
     assert_eq!(v["status"], "purged");
     assert!(v["usage"].is_null());
     assert!(v["deleted_at"].is_string());
-    assert!(!dir.exists(), "{} still exists", dir.display());
-    assert!(!app.kernel.data_plane().exists(id));
+    app.assert_destroyed(&t.id).await;
 
     let res = app.get(&t.admin, "/api/v1/me").send().await.unwrap();
     assert_problem(res, 401, "invalid_tenant").await;
@@ -1132,6 +1212,5 @@ async fn purge_destroys_the_tenants_directory_and_its_api() {
     // The other tenant is untouched.
     let res = app.get(&keep.admin, "/api/v1/me").send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    let keep_id = tenancy::TenantId::parse(&keep.id).unwrap();
-    assert!(app.kernel.data_plane().tenant_dir(keep_id).is_dir());
+    app.assert_stored(&keep.id).await;
 }
