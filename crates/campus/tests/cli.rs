@@ -607,15 +607,22 @@ async fn migrate_brings_every_tenant_up_and_names_failures() {
     // Two tenants left at schema version 0 (made by a build with no tenant
     // migrations), one of them with its database gone.
     let (behind, broken) = {
-        let kernel = tenancy::Kernel::open(tenancy::KernelConfig::new(&env.data, &[]))
-            .await
-            .expect("kernel");
+        let kernel = tenancy::Kernel::open(tenancy::KernelConfig::new(
+            &env.data,
+            tenancy::MigrationSet {
+                sqlite: &[],
+                postgres: &[],
+                pool: &[],
+            },
+        ))
+        .await
+        .expect("kernel");
         let mut made = Vec::new();
         for slug in ["behind", "broken"] {
             let spec = tenancy::ProvisionSpec {
                 slug: tenancy::Slug::parse(slug).unwrap(),
                 name: slug.into(),
-                isolation: tenancy::Isolation::Database,
+                isolation: None,
                 placement: None,
                 plan: tenancy::Plan::Standard,
             };
