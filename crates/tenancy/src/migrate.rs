@@ -70,13 +70,12 @@ const LEDGER: &str = "CREATE TABLE IF NOT EXISTS _campus_migrations (
     applied_at TEXT NOT NULL
 )";
 
-async fn enter(conn: &mut DbConn, target: &Target) -> Result<()> {
+/// Takes the target's lock and points `search_path` at it, for the rest of
+/// the transaction: one round trip.
+pub(crate) async fn enter(conn: &mut DbConn, target: &Target) -> Result<()> {
     if let Target::Postgres { schema, lock } = target {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        sqlx::query("SELECT pg_advisory_xact_lock($1), set_config('search_path', $2, true)")
             .bind(*lock)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("SELECT set_config('search_path', $1, true)")
             .bind(crate::dataplane::quote(schema))
             .execute(&mut *conn)
             .await?;
@@ -91,22 +90,24 @@ fn begin_statement(target: &Target) -> &'static str {
     }
 }
 
-/// The ledger of a target: every applied version with its checksum.
-async fn ledger(conn: &mut DbConn, target: &Target) -> Result<Vec<(i64, String)>> {
-    let mut tx = conn.begin_with(begin_statement(target)).await?;
-    enter(&mut tx, target).await?;
+/// The ledger of a target, read inside the caller's transaction (after
+/// [`enter`]): every applied version with its checksum.
+async fn read_ledger(tx: &mut DbConn) -> Result<Vec<(i64, String)>> {
     sqlx::query(LEDGER).execute(&mut *tx).await?;
-    let rows: Vec<(i64, String)> =
+    Ok(
         sqlx::query_as("SELECT version, checksum FROM _campus_migrations ORDER BY version")
             .fetch_all(&mut *tx)
-            .await?;
-    tx.commit().await?;
-    Ok(rows)
+            .await?,
+    )
 }
 
 /// The version a target is at, per its ledger (0 when it has none).
 pub async fn current_version(conn: &mut DbConn, target: &Target) -> Result<i64> {
-    Ok(ledger(conn, target).await?.last().map_or(0, |(v, _)| *v))
+    let mut tx = conn.begin_with(begin_statement(target)).await?;
+    enter(&mut tx, target).await?;
+    let applied = read_ledger(&mut tx).await?;
+    tx.commit().await?;
+    Ok(applied.last().map_or(0, |(v, _)| *v))
 }
 
 /// What one call to [`apply`] did.
@@ -116,17 +117,17 @@ pub struct Applied {
     pub to: i64,
 }
 
-/// Brings `target` (on `conn`) to the latest version of `set`.
-pub async fn apply(conn: &mut DbConn, target: &Target, set: &[Migration]) -> Result<Applied> {
+/// Checks a ledger against the set this build knows: the version it is at,
+/// or why it must not be touched.
+fn check_ledger(applied: &[(i64, String)], set: &[Migration]) -> Result<i64> {
     debug_assert!(set.windows(2).all(|w| w[0].version < w[1].version));
-    let applied = ledger(conn, target).await?;
     let from = applied.last().map_or(0, |(v, _)| *v);
     let known = latest(set);
     if from > known {
         return Err(Error::SchemaTooNew { found: from, known });
     }
     // A migration edited after it was applied is refused, not silently skipped.
-    for (version, sum) in &applied {
+    for (version, sum) in applied {
         if let Some(m) = set.iter().find(|m| m.version == *version)
             && m.checksum() != *sum
         {
@@ -136,15 +137,53 @@ pub async fn apply(conn: &mut DbConn, target: &Target, set: &[Migration]) -> Res
             });
         }
     }
-    for m in set.iter().filter(|m| m.version > from) {
+    Ok(from)
+}
+
+/// Brings `target` (on `conn`) to the latest version of `set`, each
+/// migration in a transaction of its own together with its ledger row.
+///
+/// The ledger is read under the target's lock in the first migration's
+/// transaction, so a target already at the latest version costs one short
+/// transaction, and the first pending migration needs no second look.
+pub async fn apply(conn: &mut DbConn, target: &Target, set: &[Migration]) -> Result<Applied> {
+    let mut tx = conn.begin_with(begin_statement(target)).await?;
+    enter(&mut tx, target).await?;
+    let from = check_ledger(&read_ledger(&mut tx).await?, set)?;
+    let mut pending = set.iter().filter(|m| m.version > from);
+    if let Some(first) = pending.next() {
+        // Under the lock we took before reading the ledger: nobody else
+        // can have applied it since.
+        record(&mut tx, first).await?;
+    }
+    tx.commit().await?;
+    for m in pending {
         // The lock first, then the ledger: a concurrent run that got there
-        // before us has already recorded this version.
+        // between our transactions has already recorded this version.
         let mut tx = conn.begin_with(begin_statement(target)).await?;
         enter(&mut tx, target).await?;
         apply_one(&mut tx, m).await?;
         tx.commit().await?;
     }
-    Ok(Applied { from, to: known })
+    Ok(Applied {
+        from,
+        to: latest(set),
+    })
+}
+
+/// Brings a target to the latest version of `set` inside the caller's open
+/// transaction `tx`, which has already [`enter`]ed it: all or nothing. For a
+/// target created in that same transaction (a new tenant's schema), where
+/// there is no partial progress worth keeping and every round trip counts.
+pub(crate) async fn apply_in(tx: &mut DbConn, set: &[Migration]) -> Result<Applied> {
+    let from = check_ledger(&read_ledger(tx).await?, set)?;
+    for m in set.iter().filter(|m| m.version > from) {
+        record(tx, m).await?;
+    }
+    Ok(Applied {
+        from,
+        to: latest(set),
+    })
 }
 
 async fn apply_one(conn: &mut DbConn, m: &Migration) -> Result<()> {
@@ -159,20 +198,23 @@ async fn apply_one(conn: &mut DbConn, m: &Migration) -> Result<()> {
             version: m.version,
             name: m.name,
         }),
-        None => {
-            // A whole file of statements, sent as one simple query.
-            sqlx::Executor::execute(&mut *conn, m.sql).await?;
-            sqlx::query(
-                "INSERT INTO _campus_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(m.version)
-            .bind(m.name)
-            .bind(m.checksum())
-            .bind(crate::clock::now())
-            .execute(&mut *conn)
-            .await?;
-            tracing::debug!(version = m.version, name = m.name, "migration applied");
-            Ok(())
-        }
+        None => record(conn, m).await,
     }
+}
+
+/// Runs a migration and writes its ledger row (the caller holds the lock).
+async fn record(conn: &mut DbConn, m: &Migration) -> Result<()> {
+    // A whole file of statements, sent as one simple query.
+    sqlx::Executor::execute(&mut *conn, m.sql).await?;
+    sqlx::query(
+        "INSERT INTO _campus_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(m.version)
+    .bind(m.name)
+    .bind(m.checksum())
+    .bind(crate::clock::now())
+    .execute(&mut *conn)
+    .await?;
+    tracing::debug!(version = m.version, name = m.name, "migration applied");
+    Ok(())
 }

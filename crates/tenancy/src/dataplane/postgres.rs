@@ -306,34 +306,35 @@ impl Placements {
         let app = quote(&p.app_role);
         match t.isolation {
             Isolation::Schema => {
+                // One transaction: the role, the schema, its grants and every
+                // migration, so a build cut short leaves nothing half made
+                // and a re-run starts clean. Names come from the tenant's
+                // UUID only (`sql_name`), quoted.
+                let role = sql_name(t.id);
                 let mut tx = p.owner.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(lock_key(t.id))
-                    .execute(&mut *tx)
-                    .await?;
-                let role_exists: i64 =
-                    sqlx::query_scalar("SELECT count(*) FROM pg_roles WHERE rolname = $1")
-                        .bind(sql_name(t.id))
-                        .fetch_one(&mut *tx)
-                        .await?;
-                if role_exists == 0 {
-                    sqlx::Executor::execute(
-                        &mut *tx,
-                        format!("CREATE ROLE {name} NOLOGIN").as_str(),
-                    )
-                    .await?;
-                }
-                // Names come from the tenant's UUID only (`sql_name`), quoted.
+                let target = Target::Postgres {
+                    schema: role.clone(),
+                    lock: lock_key(t.id),
+                };
+                // The lock before the role: concurrent builds of one tenant
+                // (a retried request, another node) take turns.
+                migrate::enter(&mut tx, &target).await?;
                 let ddl = format!(
-                    "CREATE SCHEMA IF NOT EXISTS {name};
+                    "DO $$ BEGIN
+                        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                            CREATE ROLE {name} NOLOGIN;
+                        END IF;
+                     END $$;
+                     CREATE SCHEMA IF NOT EXISTS {name};
                      REVOKE ALL ON SCHEMA {name} FROM PUBLIC;
                      GRANT USAGE ON SCHEMA {name} TO {name};
                      ALTER DEFAULT PRIVILEGES IN SCHEMA {name} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {name};
                      GRANT {name} TO {app};"
                 );
                 sqlx::Executor::execute(&mut *tx, ddl.as_str()).await?;
+                let applied = migrate::apply_in(&mut tx, set.postgres).await?;
                 tx.commit().await?;
-                self.migrate(t, set).await
+                Ok(applied)
             }
             Isolation::Pool => self.migrate(t, set).await,
             Isolation::Database => {
