@@ -29,8 +29,9 @@ use crate::id::TenantId;
 pub struct ObjectKey(String);
 
 impl ObjectKey {
-    /// A lesson's content file.
-    pub fn lesson_content(tenant: TenantId, lesson: Uuid) -> Self {
+    /// A lesson's content file. Only the kernel builds keys: outside it, a key
+    /// comes from a [`TenantStorage`](super::TenantStorage), for its own tenant.
+    pub(crate) fn lesson_content(tenant: TenantId, lesson: Uuid) -> Self {
         Self(format!(
             "{}lessons/{}/content",
             tenant_prefix(tenant),
@@ -39,7 +40,7 @@ impl ObjectKey {
     }
 
     /// A user's avatar.
-    pub fn avatar(tenant: TenantId, user: Uuid) -> Self {
+    pub(crate) fn avatar(tenant: TenantId, user: Uuid) -> Self {
         Self(format!(
             "{}avatars/{}",
             tenant_prefix(tenant),
@@ -49,6 +50,11 @@ impl ObjectKey {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether the key lies under `tenant`'s prefix.
+    pub(crate) fn belongs_to(&self, tenant: TenantId) -> bool {
+        self.0.starts_with(&tenant_prefix(tenant))
     }
 
     pub(crate) fn path(&self) -> object_store::path::Path {

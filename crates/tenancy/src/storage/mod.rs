@@ -314,8 +314,20 @@ impl TenantStorage {
         ObjectKey::avatar(self.tenant, user)
     }
 
+    /// A key of this tenant's, or nothing: a handle never touches another
+    /// tenant's prefix, whatever key it is handed.
+    fn own(&self, key: &ObjectKey) -> Result<()> {
+        if key.belongs_to(self.tenant) {
+            Ok(())
+        } else {
+            tracing::error!(key = %key.as_str(), "a key of another tenant reached a tenant's storage");
+            Err(Error::NotFound)
+        }
+    }
+
     /// Opens an object; [`Error::NotFound`] when there is none.
     pub async fn open(&self, key: &ObjectKey) -> Result<Object> {
+        self.own(key)?;
         let got = self
             .store()
             .get_opts(
@@ -406,6 +418,7 @@ impl TenantStorage {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        self.own(key)?;
         // What is left of the quota (replacing an object frees its bytes),
         // for an early refusal; the exact check is made at commit.
         let (used, old) = self.usage_and_size(key).await?;
@@ -551,6 +564,7 @@ impl TenantStorage {
 
     /// Removes `key` (nothing if absent), and its bytes from the usage.
     pub async fn delete(&self, key: &ObjectKey) -> Result<()> {
+        self.own(key)?;
         let registry = self.kernel.registry();
         let mut tx = registry.begin_write().await?;
         let used: Option<i64> = sqlx::query_scalar(&format!(
@@ -710,5 +724,27 @@ impl Drop for Guard {
                 let _ = u.abort().await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_belongs_to_its_tenant_only() {
+        let (a, b) = (TenantId::new(), TenantId::new());
+        let l = uuid::Uuid::now_v7();
+        assert!(ObjectKey::lesson_content(a, l).belongs_to(a));
+        assert!(!ObjectKey::lesson_content(b, l).belongs_to(a));
+        assert!(!ObjectKey::avatar(b, l).belongs_to(a));
+    }
+
+    #[test]
+    fn hex_has_one_spelling() {
+        assert_eq!(decode_hex("00ff"), Some(vec![0, 255]));
+        assert_eq!(decode_hex("00FF"), None);
+        assert_eq!(decode_hex("0"), None);
+        assert_eq!(decode_hex("zz"), None);
     }
 }
