@@ -35,6 +35,16 @@ pub struct Cli {
     /// `schema` and `pool` tenants, whatever their number).
     #[arg(long, env = "CAMPUS_POOL_SIZE", global = true)]
     pub pool_size: Option<u32>,
+    /// Where tenants' files go: `file:///path` or `s3://bucket/prefix`
+    /// (endpoint, region and credentials from the AWS_* variables). Default:
+    /// `<data dir>/objects`.
+    #[arg(long, env = "CAMPUS_STORAGE_URL", global = true)]
+    pub storage_url: Option<String>,
+    /// A file holding the master key (32 bytes, base64) that wraps tenants'
+    /// data keys; `CAMPUS_MASTER_KEY` may hold it instead. Default:
+    /// `<data dir>/master.key`, made on first start.
+    #[arg(long, env = "CAMPUS_MASTER_KEY_FILE", global = true)]
+    pub master_key_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "CAMPUS_LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -73,9 +83,6 @@ pub struct ServeArgs {
     /// Redis for shared cache and limits (not in this build yet).
     #[arg(long, env = "CAMPUS_REDIS_URL")]
     pub redis_url: Option<String>,
-    /// Object storage for files (not in this build yet).
-    #[arg(long, env = "CAMPUS_STORAGE_URL")]
-    pub storage_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,6 +172,7 @@ pub struct FileConfig {
     pub base_domain: Option<String>,
     pub redis_url: Option<String>,
     pub storage_url: Option<String>,
+    pub master_key_file: Option<PathBuf>,
     pub operator_token: Option<String>,
 }
 

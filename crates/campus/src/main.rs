@@ -71,6 +71,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| PathBuf::from("./data"));
     let mut config = KernelConfig::new(&data_dir, lms::TENANT_MIGRATIONS);
     config.postgres = postgres_config(&cli, &file)?;
+    config.storage.url = cli.storage_url.clone().or(file.storage_url.clone());
+    config.storage.master_key = master_key(&cli, &file)?;
     let what = match &config.postgres {
         Some(_) => "PostgreSQL".to_owned(),
         None => format!("the data directory {}", data_dir.display()),
@@ -85,6 +87,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate(args) => migrate(kernel, args).await,
         Command::Doctor => doctor(kernel).await,
     }
+}
+
+/// The master key: `CAMPUS_MASTER_KEY` (base64), else `--master-key-file`;
+/// `None` lets the kernel use (or make) `<data dir>/master.key`. Never logged.
+fn master_key(cli: &Cli, file: &FileConfig) -> anyhow::Result<Option<tenancy::MasterKey>> {
+    if let Ok(b64) = std::env::var("CAMPUS_MASTER_KEY")
+        && !b64.trim().is_empty()
+    {
+        return Ok(Some(
+            tenancy::MasterKey::from_base64(&b64).context("CAMPUS_MASTER_KEY")?,
+        ));
+    }
+    let Some(path) = cli.master_key_file.clone().or(file.master_key_file.clone()) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the master key file {}", path.display()))?;
+    Ok(Some(tenancy::MasterKey::from_base64(&text).with_context(
+        || format!("the master key file {}", path.display()),
+    )?))
 }
 
 /// The PostgreSQL placements: `default` from the flags (or the file's
@@ -230,11 +252,6 @@ async fn serve(
             "--redis-url: Redis is not supported by this build yet; run without it for the in-process cache"
         );
     }
-    if let Some(url) = args.storage_url.as_ref().or(file.storage_url.as_ref())
-        && !url.starts_with("file://")
-    {
-        bail!("--storage-url: only file:// storage is supported by this build");
-    }
     let mut config = server::ServerConfig::new("");
     config.operator_token_sha256 = operator_token_hash(data_dir, file.operator_token)?;
     config.base_domain = args.base_domain.or(file.base_domain);
@@ -275,16 +292,23 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
 
 fn print_table(tenants: &[lms::ops::TenantView]) {
     println!(
-        "{:<24} {:<12} {:<9} {:<10} {:>7} {:>6} {:>8}  NAME",
-        "SLUG", "STATUS", "ISOLATION", "PLAN", "VERSION", "USERS", "COURSES"
+        "{:<24} {:<12} {:<9} {:<10} {:>7} {:>6} {:>8} {:>12}  NAME",
+        "SLUG", "STATUS", "ISOLATION", "PLAN", "VERSION", "USERS", "COURSES", "STORED"
     );
     for t in tenants {
-        let (users, courses) = t.usage.as_ref().map_or(("-".into(), "-".into()), |u| {
-            (u.users.to_string(), u.courses.to_string())
-        });
+        let (users, courses, stored) =
+            t.usage
+                .as_ref()
+                .map_or(("-".into(), "-".into(), "-".into()), |u| {
+                    (
+                        u.users.to_string(),
+                        u.courses.to_string(),
+                        u.stored_bytes.to_string(),
+                    )
+                });
         println!(
-            "{:<24} {:<12} {:<9} {:<10} {:>7} {:>6} {:>8}  {}",
-            t.slug, t.status, t.isolation, t.plan, t.schema_version, users, courses, t.name
+            "{:<24} {:<12} {:<9} {:<10} {:>7} {:>6} {:>8} {:>12}  {}",
+            t.slug, t.status, t.isolation, t.plan, t.schema_version, users, courses, stored, t.name
         );
     }
 }

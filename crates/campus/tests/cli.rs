@@ -48,6 +48,8 @@ impl Env {
             "CAMPUS_BASE_DOMAIN",
             "CAMPUS_REDIS_URL",
             "CAMPUS_STORAGE_URL",
+            "CAMPUS_MASTER_KEY",
+            "CAMPUS_MASTER_KEY_FILE",
             "CAMPUS_ADMIN_PASSWORD",
             "CAMPUS_OPERATOR_TOKEN",
         ] {
@@ -385,6 +387,58 @@ fn tenant_commands_create_list_show_update_and_lifecycle() {
     assert_ne!(again["id"], id.as_str());
     assert_eq!(again["usage"]["users"], 1);
     assert_eq!(again["usage"]["courses"], 0);
+}
+
+#[test]
+fn the_master_key_is_made_once_and_private_and_purge_removes_the_tenants_files() {
+    let env = Env::new();
+    let t = env.create("files", &["--admin-password", PASSWORD]);
+    let other = env.create("keeps", &["--admin-password", PASSWORD]);
+    assert_eq!(t["usage"]["stored_bytes"], 0);
+    let key_path = env.data.join("master.key");
+    let key = std::fs::read_to_string(&key_path).expect("master.key made");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let listed = env.ok(&["tenant", "list"]);
+    assert!(listed.contains("STORED"), "{listed}");
+    assert_eq!(std::fs::read_to_string(&key_path).unwrap(), key, "kept");
+    assert!(!listed.contains(key.trim()));
+
+    // Objects under each tenant's prefix (as the server leaves them).
+    let object = |id: &Value| {
+        env.data
+            .join("objects/tenants")
+            .join(id.as_str().unwrap())
+            .join("avatars/0190a000-0000-7000-8000-000000000000")
+    };
+    for id in [&t["id"], &other["id"]] {
+        std::fs::create_dir_all(object(id).parent().unwrap()).unwrap();
+        std::fs::write(object(id), b"sealed bytes").unwrap();
+    }
+    env.json(&["tenant", "delete", "files", "--purge"]);
+    assert!(!object(&t["id"]).exists());
+    assert!(
+        object(&other["id"]).exists(),
+        "another tenant's file went too"
+    );
+
+    // A storage URL or a master key that cannot be used: refused, clearly.
+    let err = env.fails(&["--storage-url", "ftp://files.example/x", "tenant", "list"]);
+    assert!(err.contains("storage-url"), "{err}");
+    let out = env
+        .campus()
+        .env("CAMPUS_MASTER_KEY", "bm90IDMyIGJ5dGVz")
+        .args(["tenant", "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CAMPUS_MASTER_KEY"), "{err}");
+    assert!(!err.contains("bm90IDMyIGJ5dGVz"), "{err}");
 }
 
 #[test]

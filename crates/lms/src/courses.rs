@@ -225,6 +225,11 @@ pub async fn update(cx: &Cx, id: &str, patch: CoursePatch) -> Result<Course> {
 pub async fn delete(cx: &Cx, id: &str) -> Result<()> {
     cx.require(STAFF)?;
     let mut tx = cx.write().await?;
+    // Its lessons go with it (ON DELETE CASCADE), and so do their files.
+    let lessons: Vec<String> = sqlx::query_scalar("SELECT id FROM lessons WHERE course_id = $1")
+        .bind(id)
+        .fetch_all(tx.conn())
+        .await?;
     let done = sqlx::query("DELETE FROM courses WHERE id = $1")
         .bind(id)
         .execute(tx.conn())
@@ -235,6 +240,7 @@ pub async fn delete(cx: &Cx, id: &str) -> Result<()> {
     cx.audit(&mut tx, "course.deleted", Some(("course", id)), None)
         .await?;
     tx.commit().await?;
+    crate::files::forget_lessons(cx, &lessons).await;
     Ok(())
 }
 
@@ -378,5 +384,6 @@ pub async fn delete_lesson(cx: &Cx, course_id: &str, lesson_id: &str) -> Result<
     cx.audit(&mut tx, "lesson.deleted", Some(("lesson", lesson_id)), None)
         .await?;
     tx.commit().await?;
+    crate::files::forget_lessons(cx, &[lesson_id.to_owned()]).await;
     Ok(())
 }

@@ -18,6 +18,11 @@ pub enum Error {
     InvalidCredentials,
     #[error("too many attempts; retry in {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    /// A signed link altered, expired, or signed for another tenant.
+    #[error("invalid signature")]
+    InvalidSignature,
     #[error(transparent)]
     Kernel(#[from] tenancy::Error),
     #[error("internal error: {0}")]

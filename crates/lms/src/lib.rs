@@ -11,6 +11,7 @@ pub mod courses;
 pub mod cx;
 pub mod enrollments;
 pub mod error;
+pub mod files;
 pub mod ops;
 pub mod page;
 pub mod progress;

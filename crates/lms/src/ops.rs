@@ -232,10 +232,11 @@ async fn usage(kernel: &Kernel, t: &Tenant) -> Option<Usage> {
         let courses: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM courses")
             .fetch_one(tx.conn())
             .await?;
+        drop(tx);
         Ok::<_, Error>(Usage {
             users,
             courses,
-            stored_bytes: 0,
+            stored_bytes: kernel.stored_bytes(t).await?,
         })
     };
     match count.await {

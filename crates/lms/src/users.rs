@@ -314,5 +314,6 @@ pub async fn delete(cx: &Cx, id: &str) -> Result<()> {
     cx.audit(&mut tx, "user.deleted", Some(("user", id)), None)
         .await?;
     tx.commit().await?;
+    crate::files::forget_avatar(cx, id).await;
     Ok(())
 }

@@ -142,7 +142,36 @@ impl From<lms::Error> for ApiError {
                 "too many attempts; try again later",
             )
             .retry_after(retry_after_s),
+            E::UnsupportedMediaType(why) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                why,
+            ),
+            E::InvalidSignature => Self::new(
+                StatusCode::FORBIDDEN,
+                "invalid_signature",
+                "the link is not valid here, or has expired",
+            ),
             E::Kernel(tenancy::Error::NotFound) => Self::not_found(),
+            E::Kernel(tenancy::Error::QuotaExceeded) => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "quota_exceeded",
+                "the tenant's storage quota would be exceeded",
+            ),
+            E::Kernel(tenancy::Error::TooLarge) => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the file is larger than this server accepts",
+            ),
+            E::Kernel(tenancy::Error::MediaMismatch) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the file's bytes are not of its declared type",
+            ),
+            E::Kernel(tenancy::Error::Interrupted(why)) => {
+                tracing::info!(reason = %why, "upload interrupted");
+                Self::invalid_body("the body could not be read to its end")
+            }
             other => Self::internal(other),
         }
     }

@@ -20,6 +20,8 @@ pub struct ServerConfig {
     pub json_limit: usize,
     /// How long a session token lives.
     pub session_ttl: Duration,
+    /// Largest accepted lesson content file, in bytes.
+    pub upload_limit: u64,
 }
 
 impl ServerConfig {
@@ -29,6 +31,7 @@ impl ServerConfig {
             operator_token_sha256: Sha256::digest(operator_token.as_bytes()).into(),
             json_limit: 1024 * 1024,
             session_ttl: lms::auth::SESSION_TTL,
+            upload_limit: 2 * 1024 * 1024 * 1024,
         }
     }
 }

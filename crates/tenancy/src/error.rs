@@ -24,10 +24,31 @@ pub enum Error {
     MigrationDrift { version: i64, name: &'static str },
     #[error("tenant database is at version {found}, newer than this build knows ({known})")]
     SchemaTooNew { found: i64, known: i64 },
+    #[error("the tenant's storage quota would be exceeded")]
+    QuotaExceeded,
+    #[error("the file is larger than this server accepts")]
+    TooLarge,
+    #[error("the file is not of its declared type")]
+    MediaMismatch,
+    #[error("the upload was interrupted: {0}")]
+    Interrupted(String),
+    #[error("stored data failed a check: {0}")]
+    Crypto(&'static str),
+    #[error("object store error: {0}")]
+    Store(object_store::Error),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<object_store::Error> for Error {
+    fn from(e: object_store::Error) -> Self {
+        match e {
+            object_store::Error::NotFound { .. } => Error::NotFound,
+            other => Error::Store(other),
+        }
+    }
 }
 
 impl Error {

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::id::Slug;
 use crate::migrate::{Applied, MigrationSet};
 use crate::registry::{Change, Registry};
+use crate::storage::{MasterKey, Storage, StorageConfig};
 use crate::tenant::{Isolation, Tenant};
 
 /// How to open the kernel.
@@ -32,6 +33,8 @@ pub struct KernelConfig {
     pub postgres: Option<PgConfig>,
     /// The isolation mode of a tenant provisioned without one.
     pub default_isolation: Option<Isolation>,
+    /// Where tenants' files go and the key that protects them.
+    pub storage: StorageConfig,
 }
 
 impl KernelConfig {
@@ -43,6 +46,7 @@ impl KernelConfig {
             tenant_pool_size: 4,
             postgres: None,
             default_isolation: None,
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -56,6 +60,7 @@ pub(crate) struct Inner {
     pub(crate) data: DataPlane,
     pub(crate) tenant_migrations: MigrationSet,
     pub(crate) default_isolation: Isolation,
+    pub(crate) storage: Storage,
     directory: Mutex<Directory>,
 }
 
@@ -95,7 +100,9 @@ impl Kernel {
             }
         };
         let seen = registry.generation().await?;
+        let storage = open_storage(&cfg).await?;
         Ok(Self(Arc::new(Inner {
+            storage,
             registry,
             data,
             tenant_migrations: cfg.tenant_migrations,
@@ -174,6 +181,7 @@ impl Kernel {
             dir.seen = dir.seen.max(now);
         }
         for (id, _) in changed {
+            self.0.storage.forget(id);
             // A deleted or moved tenant's pool must not outlive the change.
             self.0.data.evict(id).await;
         }
@@ -232,4 +240,32 @@ impl Kernel {
     pub async fn list(&self) -> Result<Vec<Tenant>> {
         self.0.registry.list().await
     }
+}
+
+/// The object store and the master key the configuration names; the
+/// embedded defaults live in the data directory.
+async fn open_storage(cfg: &KernelConfig) -> Result<Storage> {
+    let url = match &cfg.storage.url {
+        Some(u) => u.clone(),
+        None => {
+            let dir = cfg.data_dir.join("objects");
+            tokio::fs::create_dir_all(&dir).await?;
+            let dir = tokio::fs::canonicalize(&dir).await?;
+            url::Url::from_directory_path(&dir)
+                .map_err(|_| Error::Invalid(format!("{} is not an absolute path", dir.display())))?
+                .to_string()
+        }
+    };
+    let store = crate::storage::open_store(&url)?;
+    let master = match &cfg.storage.master_key {
+        Some(k) => k.clone(),
+        None => {
+            tokio::fs::create_dir_all(&cfg.data_dir).await?;
+            let path = cfg.data_dir.join("master.key");
+            tokio::task::spawn_blocking(move || MasterKey::load_or_create(&path))
+                .await
+                .map_err(|e| Error::Invalid(format!("reading the master key: {e}")))??
+        }
+    };
+    Ok(Storage::new(store, master, cfg.storage.quotas))
 }

@@ -10,6 +10,8 @@
 //!   to run a statement against a tenant's data, and only this crate opens one.
 //! * [`lifecycle`] — provisioning and the rest of the state machine.
 //! * [`migrate`] — per-tenant (and control-plane) migrations with a ledger.
+//! * [`storage`] — where files meet the tenant: [`TenantStorage`], keys under
+//!   `tenants/<uuid>/`, every object sealed with the tenant's data key.
 
 pub mod audit;
 pub mod clock;
@@ -20,6 +22,7 @@ pub mod kernel;
 pub mod lifecycle;
 pub mod migrate;
 pub mod registry;
+pub mod storage;
 pub mod tenant;
 
 pub use dataplane::{Db, DbConn, TenantTx};
@@ -28,4 +31,5 @@ pub use id::{Slug, SlugError, TenantId};
 pub use kernel::{Kernel, KernelConfig};
 pub use lifecycle::{ProvisionSpec, Reservation};
 pub use migrate::{Migration, MigrationSet};
+pub use storage::{MasterKey, MediaKind, ObjectKey, PlanQuotas, StorageConfig, TenantStorage};
 pub use tenant::{Isolation, Plan, Tenant, TenantStatus};

@@ -209,6 +209,12 @@ impl Kernel {
             return Ok(t);
         }
         self.inner().data.destroy(&t).await?;
+        // Its files, then its data key: whatever copy of a file survives
+        // (a backup, a lagging replica) is unreadable without it.
+        self.inner()
+            .storage
+            .purge(&self.inner().registry, t.id)
+            .await?;
         self.set_status(&t, TenantStatus::Purged).await
     }
 

@@ -15,17 +15,31 @@ use crate::tenant::{Isolation, Plan, Tenant, TenantStatus};
 
 type Pool = sqlx::Pool<crate::dataplane::Db>;
 
-pub const CONTROL_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "registry",
-    sql: include_str!("../../../migrations/control/sqlite/0001_registry.sql"),
-}];
+pub const CONTROL_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "registry",
+        sql: include_str!("../../../migrations/control/sqlite/0001_registry.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "tenant_storage",
+        sql: include_str!("../../../migrations/control/sqlite/0002_tenant_storage.sql"),
+    },
+];
 
-pub const CONTROL_MIGRATIONS_PG: &[Migration] = &[Migration {
-    version: 1,
-    name: "registry",
-    sql: include_str!("../../../migrations/control/postgres/0001_registry.sql"),
-}];
+pub const CONTROL_MIGRATIONS_PG: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "registry",
+        sql: include_str!("../../../migrations/control/postgres/0001_registry.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "tenant_storage",
+        sql: include_str!("../../../migrations/control/postgres/0002_tenant_storage.sql"),
+    },
+];
 
 /// The schema of the registry on PostgreSQL.
 pub const CONTROL_SCHEMA: &str = "campus_control";
@@ -109,8 +123,20 @@ impl Registry {
         })
     }
 
+    /// The registry's pool, for the kernel's own bookkeeping (storage keys and usage).
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Opens a transaction that writes (`BEGIN IMMEDIATE` on SQLite).
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, crate::dataplane::Db>> {
+        Ok(self.pool.begin_with(self.begin_write).await?)
+    }
+
     /// A registry table's name, qualified for the backend.
-    fn t(&self, table: &str) -> String {
+    pub(crate) fn t(&self, table: &str) -> String {
         format!("{}{table}", self.prefix)
     }
 

@@ -8,6 +8,7 @@ use crate::state::AppState;
 pub mod audit;
 pub mod auth;
 pub mod courses;
+pub mod files;
 pub mod learning;
 pub mod users;
 
@@ -18,6 +19,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(users::routes())
         .merge(courses::routes())
         .merge(learning::routes())
+        .merge(files::routes())
         .merge(audit::routes())
 }
 

@@ -201,14 +201,61 @@ pub fn pg_config(database: &str, pool_size: u32) -> tenancy::dataplane::postgres
     }
 }
 
+/// Where the suite keeps files: `CAMPUS_TEST_STORAGE` = `file` (default: the
+/// app's data directory) or `s3` (a bucket on the S3 server the `AWS_*`
+/// variables name, e.g. a local moto server; required when chosen).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    File,
+    S3,
+}
+
+pub fn storage() -> Storage {
+    match std::env::var("CAMPUS_TEST_STORAGE").as_deref() {
+        Err(_) | Ok("") | Ok("file") => Storage::File,
+        Ok("s3") => Storage::S3,
+        Ok(other) => panic!("CAMPUS_TEST_STORAGE={other}: expected file or s3"),
+    }
+}
+
+/// The bucket the suite uses on S3.
+pub const S3_BUCKET: &str = "campus-test";
+
+/// Makes the suite's bucket (idempotent). Fails the test if the S3 server
+/// does not answer: asking for S3 and not getting it is an error, not a skip.
+pub async fn ensure_bucket() {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .or_else(|_| std::env::var("AWS_ENDPOINT"))
+        .expect("CAMPUS_TEST_STORAGE=s3 needs AWS_ENDPOINT_URL (and AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP)");
+    let url = format!("{}/{S3_BUCKET}", endpoint.trim_end_matches('/'));
+    let res = reqwest::Client::new()
+        .put(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("the S3 server at {endpoint} does not answer: {e}"));
+    // 200 made, 409 already there (ours).
+    assert!(
+        res.status().is_success() || res.status() == StatusCode::CONFLICT,
+        "creating bucket {url}: {}",
+        res.status()
+    );
+}
+
 /// A kernel configuration over a fresh store of the chosen backend: a
-/// temporary directory for SQLite, a fresh database for PostgreSQL.
+/// temporary directory for SQLite, a fresh database for PostgreSQL; files
+/// in the directory, or under a fresh prefix of the S3 bucket.
 pub fn kernel_config(dir: &Path) -> KernelConfig {
     let mut k = KernelConfig::new(dir, lms::TENANT_MIGRATIONS);
     let b = backend();
     if b.is_postgres() {
         k.postgres = Some(pg_config(&fresh_pg_database(), 8));
         k.default_isolation = tenancy::Isolation::parse(b.isolation());
+    }
+    if storage() == Storage::S3 {
+        k.storage.url = Some(format!(
+            "s3://{S3_BUCKET}/run-{}",
+            uuid::Uuid::now_v7().simple()
+        ));
     }
     k
 }
@@ -234,6 +281,9 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut KernelConfig, &mut ServerConf
         .with_test_writer()
         .try_init();
     let dir = tempfile::tempdir().expect("temp dir");
+    if storage() == Storage::S3 {
+        ensure_bucket().await;
+    }
     let mut kcfg = kernel_config(dir.path());
     let mut scfg = ServerConfig::new(OPERATOR_TOKEN);
     tune(&mut kcfg, &mut scfg);

@@ -9,6 +9,7 @@ mod helpers;
 mod api_errors;
 mod auth;
 mod concurrency;
+mod content;
 mod isolation;
 mod learning;
 mod lifecycle;
