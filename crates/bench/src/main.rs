@@ -260,6 +260,7 @@ impl Bench {
             max_open_databases: std::num::NonZeroUsize::new(64)
                 .unwrap_or(std::num::NonZeroUsize::MIN),
             database_pool_size: 2,
+            owner_pool_size: 4,
         });
         k
     }
@@ -684,7 +685,15 @@ async fn run_migrate(
     n: usize,
     what: &str,
 ) -> Result<Duration> {
-    let kernel = Kernel::open(bench.kernel_config(set, 4)).await?;
+    // As `campus migrate` sizes it: one owner connection per migrating
+    // tenant and one for the registry.
+    let mut config = bench.kernel_config(set, 4);
+    if let Some(pg) = config.postgres.as_mut() {
+        pg.owner_pool_size = u32::try_from(args.concurrency)
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+    }
+    let kernel = Kernel::open(config).await?;
     let tenants = lms::ops::migratable(&kernel, None).await?;
     let done = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();

@@ -75,6 +75,9 @@ pub struct PgConfig {
     pub max_open_databases: NonZeroUsize,
     /// Connections per open `database` tenant.
     pub database_pool_size: u32,
+    /// Connections of the owner role, per placement: builds, migrations and
+    /// registry writes. `campus migrate --concurrency N` needs more than N.
+    pub owner_pool_size: u32,
 }
 
 pub(crate) struct Placement {
@@ -156,7 +159,7 @@ impl Placements {
             let app_url = parse_url(&pc.url)?;
             let owner_url = parse_url(&pc.owner_url)?;
             let app = pool(&app_url, pc.pool_size.max(1)).await?;
-            let owner = pool(&owner_url, 4).await?;
+            let owner = pool(&owner_url, cfg.owner_pool_size.max(1)).await?;
             let app_role = current_user(&app).await?;
             by_name.insert(
                 pc.name.clone(),
