@@ -260,6 +260,7 @@ impl Bench {
             max_open_databases: std::num::NonZeroUsize::new(64)
                 .unwrap_or(std::num::NonZeroUsize::MIN),
             database_pool_size: 2,
+            database_transactions: 8,
             owner_pool_size: 4,
         });
         k

@@ -156,6 +156,7 @@ fn postgres_config(
         placements,
         max_open_databases: std::num::NonZeroUsize::new(64).unwrap_or(std::num::NonZeroUsize::MIN),
         database_pool_size: 2,
+        database_transactions: 32,
         // Builds and registry writes; `campus migrate` asks for more below.
         owner_pool_size: match &cli.command {
             // Each migrating tenant holds one connection, and the registry

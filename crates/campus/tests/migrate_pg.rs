@@ -161,6 +161,7 @@ impl Fixture {
                     }],
                     max_open_databases: std::num::NonZeroUsize::new(4).expect("4"),
                     database_pool_size: 1,
+                    database_transactions: 8,
                     owner_pool_size: 4,
                 });
                 k

@@ -17,7 +17,8 @@ use crate::helpers::*;
 
 /// Few connections: on SQLite two tenants' pools open at once, one connection
 /// each; on PostgreSQL a serving pool of `serving` connections shared by every
-/// `schema` and `pool` tenant, and two `database` tenants' pools of one.
+/// `schema` and `pool` tenant, and two `database` tenants' pools of one, with
+/// `serving` transactions at once on `database` tenants.
 fn few(k: &mut KernelConfig, serving: u32) {
     k.max_open_tenants = NonZeroUsize::new(2).expect("non-zero");
     k.tenant_pool_size = 1;
@@ -25,6 +26,7 @@ fn few(k: &mut KernelConfig, serving: u32) {
         pg.placements[0].pool_size = serving;
         pg.max_open_databases = NonZeroUsize::new(2).expect("non-zero");
         pg.database_pool_size = 1;
+        pg.database_transactions = serving as usize;
     }
 }
 

@@ -198,6 +198,7 @@ pub fn pg_config(database: &str, pool_size: u32) -> tenancy::dataplane::postgres
         }],
         max_open_databases: std::num::NonZeroUsize::new(8).expect("8"),
         database_pool_size: 2,
+        database_transactions: 16,
         owner_pool_size: 4,
     }
 }

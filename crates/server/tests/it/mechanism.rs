@@ -506,19 +506,15 @@ async fn fifty_tenants_on_a_serving_pool_of_two_never_see_each_other() {
     const TENANTS: usize = 50;
     const REQUESTS: usize = 400;
     const SERVING: u32 = 2;
-    // `database` tenants: at most 4 pools of one connection open at once,
-    // and fewer requests in flight than tenants (see the bound below).
+    // `database` tenants: at most 4 pools of one connection open at once.
     const OPEN_DATABASES: usize = 4;
-    let in_flight = if backend() == Backend::Database {
-        8
-    } else {
-        32
-    };
+    let in_flight = 32;
     let app = spawn_app_with(|k, _| {
         let pg = k.postgres.as_mut().expect("a PostgreSQL configuration");
         pg.placements[0].pool_size = SERVING;
         pg.max_open_databases = std::num::NonZeroUsize::new(OPEN_DATABASES).expect("non-zero");
         pg.database_pool_size = 1;
+        pg.database_transactions = OPEN_DATABASES;
         k.default_isolation = Some(isolation());
     })
     .await;
@@ -623,12 +619,13 @@ async fn fifty_tenants_on_a_serving_pool_of_two_never_see_each_other() {
             peaks.pools,
             peaks.conns
         );
-        // The tenants' own databases: not one connection per tenant, but
-        // the pools the LRU keeps plus, for each request in flight, the
-        // connection it holds on a pool the LRU has let go of (two for a
-        // moment: the one it just released closes asynchronously). The LRU
-        // alone does not cap them, and `open_stats` counts only its pools.
-        let most = (OPEN_DATABASES + 2 * in_flight) as u32;
+        // The tenants' own databases: not one connection per tenant, nor
+        // one per request in flight, but a budget of the placement's: the
+        // pools the LRU keeps (4 × 1), the transactions allowed at once
+        // (`database_transactions`, 4) on pools it has let go of, and as many
+        // again for a moment, closing asynchronously after their
+        // transactions ended.
+        let most = (3 * OPEN_DATABASES) as u32;
         assert!(
             peaks.tenant_databases <= most && most < TENANTS as u32,
             "PostgreSQL saw {} connections of {PG_APP} to tenant databases; at most {most}",

@@ -42,11 +42,23 @@ pub type DbRow = sqlx::any::AnyRow;
 pub struct TenantTx {
     tenant: TenantId,
     tx: Transaction<'static, Db>,
+    /// A `database` tenant's share of its placement's connection budget,
+    /// given back when the transaction ends (after its connection is).
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl TenantTx {
     pub(crate) fn new(tenant: TenantId, tx: Transaction<'static, Db>) -> Self {
-        Self { tenant, tx }
+        Self {
+            tenant,
+            tx,
+            _slot: None,
+        }
+    }
+
+    pub(crate) fn holding(mut self, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
+        self._slot = Some(slot);
+        self
     }
 
     /// The tenant this transaction belongs to.

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lru::LruCache;
@@ -75,6 +75,11 @@ pub struct PgConfig {
     pub max_open_databases: NonZeroUsize,
     /// Connections per open `database` tenant.
     pub database_pool_size: u32,
+    /// How many transactions may hold connections to `database` tenants'
+    /// databases at once, per placement; more wait their turn. With the
+    /// LRU's idle connections, this bounds the connections to tenant
+    /// databases whatever the number of tenants served.
+    pub database_transactions: usize,
     /// Connections of the owner role, per placement: builds, migrations and
     /// registry writes. `campus migrate --concurrency N` needs more than N.
     pub owner_pool_size: u32,
@@ -89,6 +94,11 @@ pub(crate) struct Placement {
     owner_url: url::Url,
     databases: Mutex<LruCache<TenantId, Pool>>,
     database_pool_size: u32,
+    /// Transactions open on `database` tenants' pools
+    /// ([`PgConfig::database_transactions`]): with evicted pools closed,
+    /// the connections to tenant databases stay within this plus the LRU's
+    /// idle ones, however many tenants are served at once.
+    database_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Every placement of this deployment.
@@ -112,11 +122,14 @@ fn lock_key(id: TenantId) -> i64 {
     i64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]])
 }
 
+/// How long a transaction waits for a connection before giving up.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn pool(url: &url::Url, size: u32) -> Result<Pool> {
     Ok(AnyPoolOptions::new()
         .max_connections(size)
         .min_connections(0)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .idle_timeout(Duration::from_secs(300))
         .connect(url.as_str())
         .await?)
@@ -172,6 +185,9 @@ impl Placements {
                     owner_url,
                     databases: Mutex::new(LruCache::new(cfg.max_open_databases)),
                     database_pool_size: cfg.database_pool_size.max(1),
+                    database_slots: Arc::new(tokio::sync::Semaphore::new(
+                        cfg.database_transactions.max(1),
+                    )),
                 },
             );
         }
@@ -217,12 +233,17 @@ impl Placements {
         let pool = AnyPoolOptions::new()
             .max_connections(p.database_pool_size)
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .idle_timeout(Duration::from_secs(60))
             .connect_lazy(url.as_str())?;
-        // An evicted pool is dropped, not closed: a caller may be about to use
-        // it; its connections close when the last user lets go.
-        let _evicted = pools.push(id, pool.clone());
+        // An evicted pool is closed: its idle connections at once, those in
+        // use when their transactions end. A caller about to begin on it
+        // gets `PoolClosed` and opens a fresh one (`begin_database`).
+        if let Some((_, evicted)) = pools.push(id, pool.clone())
+            && !evicted.is_closed()
+        {
+            tokio::spawn(async move { evicted.close().await });
+        }
         Ok(pool)
     }
 
@@ -264,7 +285,18 @@ impl Placements {
                 .await?;
                 tx
             }
-            Isolation::Database => self.begin_database(p, t.id).await?,
+            Isolation::Database => {
+                // A slot first, so that however many tenants are busy, no
+                // more transactions hold tenant-database connections than
+                // the budget allows; the others wait their turn.
+                let slot =
+                    tokio::time::timeout(ACQUIRE_TIMEOUT, p.database_slots.clone().acquire_owned())
+                        .await
+                        .map_err(|_| Error::Db(sqlx::Error::PoolTimedOut))?
+                        .map_err(|_| Error::Db(sqlx::Error::PoolClosed))?;
+                let tx = self.begin_database(p, t.id).await?;
+                return Ok(TenantTx::new(t.id, tx).holding(slot));
+            }
         };
         Ok(TenantTx::new(t.id, tx))
     }
