@@ -164,6 +164,22 @@ async fn current_user(pool: &Pool) -> Result<String> {
         .await?)
 }
 
+/// Migrates a `database` tenant's database on `conn` (the owner, on it), then
+/// closes the connection.
+async fn migrate_database(
+    mut conn: sqlx::AnyConnection,
+    id: TenantId,
+    set: &MigrationSet,
+) -> Result<Applied> {
+    let target = Target::Postgres {
+        schema: "public".into(),
+        lock: lock_key(id),
+    };
+    let applied = migrate::apply(&mut conn, &target, set.postgres).await;
+    conn.close().await?;
+    applied
+}
+
 impl Placements {
     /// Connects to every placement (failing fast if one does not answer).
     pub async fn connect(cfg: &PgConfig) -> Result<Self> {
@@ -421,17 +437,7 @@ impl Placements {
              ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {app};"
         );
         sqlx::Executor::execute(&mut conn, grants.as_str()).await?;
-        let applied = migrate::apply(
-            &mut conn,
-            &Target::Postgres {
-                schema: "public".into(),
-                lock: lock_key(t.id),
-            },
-            set.postgres,
-        )
-        .await;
-        conn.close().await?;
-        applied
+        migrate_database(conn, t.id, set).await
     }
 
     async fn owner_database_conn(
@@ -548,18 +554,8 @@ impl Placements {
                 })
             }
             Isolation::Database => {
-                let mut conn = self.owner_database_conn(p, t.id).await?;
-                let applied = migrate::apply(
-                    &mut conn,
-                    &Target::Postgres {
-                        schema: "public".into(),
-                        lock: lock_key(t.id),
-                    },
-                    set.postgres,
-                )
-                .await;
-                conn.close().await?;
-                applied
+                let conn = self.owner_database_conn(p, t.id).await?;
+                migrate_database(conn, t.id, set).await
             }
         }
     }

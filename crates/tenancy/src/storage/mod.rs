@@ -489,18 +489,30 @@ impl TenantStorage {
         })
     }
 
-    /// The tenant's usage and the stored size of `key`, read together under
-    /// the usage row's lock (so no commit lands between the two reads).
-    async fn usage_and_size(&self, key: &ObjectKey) -> Result<(u64, u64)> {
+    /// Opens a registry transaction holding the lock of the tenant's usage
+    /// row; returns it with the usage (`None`: the tenant's key is gone).
+    async fn lock_usage(
+        &self,
+    ) -> Result<(
+        sqlx::Transaction<'static, crate::dataplane::Db>,
+        Option<i64>,
+    )> {
         let registry = self.kernel.registry();
         let mut tx = registry.begin_write().await?;
-        let used: Option<i64> = sqlx::query_scalar(&format!(
+        let used = sqlx::query_scalar(&format!(
             "UPDATE {} SET stored_bytes = stored_bytes WHERE tenant_id = $1 RETURNING stored_bytes",
             registry.t("tenant_storage")
         ))
         .bind(self.tenant.to_string())
         .fetch_optional(&mut *tx)
         .await?;
+        Ok((tx, used))
+    }
+
+    /// The tenant's usage and the stored size of `key`, read together under
+    /// the usage row's lock (so no commit lands between the two reads).
+    async fn usage_and_size(&self, key: &ObjectKey) -> Result<(u64, u64)> {
+        let (tx, used) = self.lock_usage().await?;
         let old = self.stored_size(key).await?;
         tx.commit().await?;
         Ok((used.map_or(0, |u| u64::try_from(u).unwrap_or(0)), old))
@@ -509,15 +521,7 @@ impl TenantStorage {
     /// Commits an upload under the lock of the tenant's usage row: quota
     /// checked against exact usage, the object completed, usage moved.
     async fn commit(&self, key: &ObjectKey, size: u64, mut w: Guard) -> Result<()> {
-        let registry = self.kernel.registry();
-        let mut tx = registry.begin_write().await?;
-        let used: Option<i64> = sqlx::query_scalar(&format!(
-            "UPDATE {} SET stored_bytes = stored_bytes WHERE tenant_id = $1 RETURNING stored_bytes",
-            registry.t("tenant_storage")
-        ))
-        .bind(self.tenant.to_string())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let (mut tx, used) = self.lock_usage().await?;
         let Some(used) = used else {
             // The tenant's key is gone (purged meanwhile): store nothing.
             w.abort().await;
@@ -565,15 +569,7 @@ impl TenantStorage {
     /// Removes `key` (nothing if absent), and its bytes from the usage.
     pub async fn delete(&self, key: &ObjectKey) -> Result<()> {
         self.own(key)?;
-        let registry = self.kernel.registry();
-        let mut tx = registry.begin_write().await?;
-        let used: Option<i64> = sqlx::query_scalar(&format!(
-            "UPDATE {} SET stored_bytes = stored_bytes WHERE tenant_id = $1 RETURNING stored_bytes",
-            registry.t("tenant_storage")
-        ))
-        .bind(self.tenant.to_string())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let (mut tx, used) = self.lock_usage().await?;
         let size = self.stored_size(key).await?;
         if size == 0 {
             return Ok(());
