@@ -7,7 +7,7 @@
 //! cargo run --release -p campus-bench -- connections --tenants 10000 [--pool-size 16]
 //!     [--clients 64] [--duration 20] [--isolation pool|schema]
 //! cargo build --release -p campus -p campus-bench &&
-//!     target/release/campus-bench upload [--mb 500] [--campus target/release/campus]
+//!     target/release/campus-bench upload [--mb 500] [--rounds 1] [--campus target/release/campus]
 //! ```
 //!
 //! `upload` needs no PostgreSQL: it runs the real `campus serve` on the
@@ -80,11 +80,11 @@ const USAGE: &str = "usage: campus-bench <provision|migrate|connections|upload> 
   connections  [--tenants 10000] [--pool-size 16] [--clients 64] [--duration 20]
                [--isolation pool|schema] serve requests spread over N tenants and watch
                                          the server's connections to PostgreSQL
-  upload       [--mb 500] [--campus PATH]
+  upload       [--mb 500] [--rounds 1] [--campus PATH]
                                          the resident memory of a real `campus serve`
                                          (embedded, no PostgreSQL) while a --mb/10 and a
-                                         --mb MiB video stream in; PATH defaults to the
-                                         `campus` next to this binary
+                                         --mb MiB video stream in, --rounds times; PATH
+                                         defaults to the `campus` next to this binary
 
   --setup-concurrency 8   tenants provisioned at once while setting up
   --keep                  leave the database, roles and tenant databases in place
@@ -105,6 +105,7 @@ struct Args {
     isolation: Isolation,
     keep: bool,
     mb: u64,
+    rounds: usize,
     campus: Option<PathBuf>,
 }
 
@@ -131,6 +132,7 @@ fn parse_args() -> Result<Args> {
         isolation: Isolation::Pool,
         keep: false,
         mb: 500,
+        rounds: 1,
         campus: None,
     };
     while let Some(flag) = it.next() {
@@ -151,6 +153,7 @@ fn parse_args() -> Result<Args> {
         match flag.as_str() {
             "--n" => a.n = num()?,
             "--mb" => a.mb = u64::try_from(num()?)?,
+            "--rounds" => a.rounds = num()?,
             "--campus" => a.campus = Some(PathBuf::from(&value)),
             "--tenants" => a.tenants = Some(num()?),
             "--concurrency" => a.concurrency = num()?,
@@ -182,7 +185,7 @@ async fn main() -> ExitCode {
     };
     if args.scenario == "upload" {
         println!("load average at start: {}", load_average());
-        let result = upload::run(args.mb, args.campus.as_ref()).await;
+        let result = upload::run(args.mb, args.rounds, args.campus.as_ref()).await;
         println!("load average at end: {}", load_average());
         return match result {
             Ok(()) => ExitCode::SUCCESS,

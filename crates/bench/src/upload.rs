@@ -4,7 +4,9 @@
 //! small and a large generated MP4 (an `ftyp` box, then pseudo-random bytes,
 //! made on the fly as the body streams: never held whole) while sampling the
 //! server's resident set (`VmRSS` of `/proc/<pid>/status`) every 50 ms.
-//! Streaming holds: the peak does not grow with the file.
+//! Streaming holds: the peak does not grow with the file. With `--rounds N`
+//! the pair of uploads is repeated N times (to tell memory kept by the
+//! allocator from memory that keeps growing).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -157,7 +159,7 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / MB as f64)
 }
 
-pub async fn run(mb: u64, campus: Option<&PathBuf>) -> Result<()> {
+pub async fn run(mb: u64, rounds: usize, campus: Option<&PathBuf>) -> Result<()> {
     let binary = campus_binary(campus)?;
     let http = reqwest::Client::new();
     let server = start_server(&binary, &http).await?;
@@ -220,7 +222,12 @@ pub async fn run(mb: u64, campus: Option<&PathBuf>) -> Result<()> {
     // A warm-up upload of 1 MB, so the baseline includes what the first
     // upload allocates once (the tenant's storage handle, TLS-free HTTP buffers…).
     let mut all = Vec::new();
-    for size in [1, mb.div_ceil(10).max(1), mb] {
+    let sizes = std::iter::once(1).chain(
+        (0..rounds)
+            .flat_map(|_| [mb.div_ceil(10).max(1), mb])
+            .collect::<Vec<_>>(),
+    );
+    for size in sizes {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = rss(pid).context("the server's VmRSS")?;
         let running = Arc::new(AtomicBool::new(true));
