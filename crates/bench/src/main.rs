@@ -6,7 +6,12 @@
 //! cargo run --release -p campus-bench -- migrate --tenants 1000 [--concurrency 4]
 //! cargo run --release -p campus-bench -- connections --tenants 10000 [--pool-size 16]
 //!     [--clients 64] [--duration 20] [--isolation pool|schema]
+//! cargo build --release -p campus -p campus-bench &&
+//!     target/release/campus-bench upload [--mb 500] [--rounds 1] [--campus target/release/campus]
 //! ```
+//!
+//! `upload` needs no PostgreSQL: it runs the real `campus serve` on the
+//! embedded default (see `upload.rs`).
 //!
 //! Each run makes a fresh database `campus_bench_<hex>` (owned by the owner
 //! role `campus_owner`, served by `campus_app`; both made if missing), and at
@@ -15,6 +20,9 @@
 //! as a superuser (default `postgres://postgres@127.0.0.1:5432/postgres`,
 //! trust authentication).
 
+mod upload;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -62,7 +70,7 @@ const WITH_SMALL: MigrationSet = MigrationSet {
     pool: lms::TENANT_MIGRATIONS.pool,
 };
 
-const USAGE: &str = "usage: campus-bench <provision|migrate|connections> [options]
+const USAGE: &str = "usage: campus-bench <provision|migrate|connections|upload> [options]
 
   provision    [--n 50]                  median/p90 time to provision one tenant in each
                                          mode (schema, pool, database), kernel-level and
@@ -72,6 +80,11 @@ const USAGE: &str = "usage: campus-bench <provision|migrate|connections> [option
   connections  [--tenants 10000] [--pool-size 16] [--clients 64] [--duration 20]
                [--isolation pool|schema] serve requests spread over N tenants and watch
                                          the server's connections to PostgreSQL
+  upload       [--mb 500] [--rounds 1] [--campus PATH]
+                                         the resident memory of a real `campus serve`
+                                         (embedded, no PostgreSQL) while a --mb/10 and a
+                                         --mb MiB video stream in, --rounds times; PATH
+                                         defaults to the `campus` next to this binary
 
   --setup-concurrency 8   tenants provisioned at once while setting up
   --keep                  leave the database, roles and tenant databases in place
@@ -91,6 +104,9 @@ struct Args {
     duration: Duration,
     isolation: Isolation,
     keep: bool,
+    mb: u64,
+    rounds: usize,
+    campus: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -98,7 +114,10 @@ fn parse_args() -> Result<Args> {
     let Some(scenario) = it.next() else {
         bail!("{USAGE}");
     };
-    if !matches!(scenario.as_str(), "provision" | "migrate" | "connections") {
+    if !matches!(
+        scenario.as_str(),
+        "provision" | "migrate" | "connections" | "upload"
+    ) {
         bail!("unknown scenario `{scenario}`\n\n{USAGE}");
     }
     let mut a = Args {
@@ -112,6 +131,9 @@ fn parse_args() -> Result<Args> {
         duration: Duration::from_secs(20),
         isolation: Isolation::Pool,
         keep: false,
+        mb: 500,
+        rounds: 1,
+        campus: None,
     };
     while let Some(flag) = it.next() {
         if flag == "--keep" {
@@ -130,6 +152,9 @@ fn parse_args() -> Result<Args> {
         };
         match flag.as_str() {
             "--n" => a.n = num()?,
+            "--mb" => a.mb = u64::try_from(num()?)?,
+            "--rounds" => a.rounds = num()?,
+            "--campus" => a.campus = Some(PathBuf::from(&value)),
             "--tenants" => a.tenants = Some(num()?),
             "--concurrency" => a.concurrency = num()?,
             "--setup-concurrency" => a.setup_concurrency = num()?,
@@ -158,6 +183,18 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.scenario == "upload" {
+        println!("load average at start: {}", load_average());
+        let result = upload::run(args.mb, args.rounds, args.campus.as_ref()).await;
+        println!("load average at end: {}", load_average());
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     sqlx::any::install_default_drivers();
     let bench = match Bench::create().await {
         Ok(b) => b,

@@ -8,6 +8,7 @@ mod helpers;
 
 mod api_errors;
 mod auth;
+mod browser;
 mod concurrency;
 mod content;
 mod isolation;
