@@ -174,6 +174,17 @@ pub struct FileConfig {
     pub storage_url: Option<String>,
     pub master_key_file: Option<PathBuf>,
     pub operator_token: Option<String>,
+    /// `[rate_limits.<plan>]`: each tenant's allowance on that plan.
+    #[serde(default)]
+    pub rate_limits: std::collections::BTreeMap<String, RateFile>,
+}
+
+/// `[rate_limits.<plan>]` in `campus.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateFile {
+    pub requests_per_second: std::num::NonZeroU32,
+    pub burst: std::num::NonZeroU32,
 }
 
 /// `[placements.<name>]` in `campus.toml`.

@@ -265,6 +265,15 @@ async fn serve(
     let mut config = server::ServerConfig::new("");
     config.operator_token_sha256 = operator_token_hash(data_dir, file.operator_token)?;
     config.base_domain = args.base_domain.or(file.base_domain);
+    for (plan, r) in &file.rate_limits {
+        let Some(plan) = tenancy::Plan::parse(plan) else {
+            bail!("[rate_limits.{plan}]: no such plan (free, standard, enterprise)");
+        };
+        config.rates.set(
+            plan,
+            server::edge::limits::Rate::new(r.requests_per_second, r.burst),
+        );
+    }
     let listen = args
         .listen
         .or(file.listen)

@@ -86,6 +86,11 @@ pub fn add_edge_errors(doc: &mut OpenApi) {
                 r.entry("503".into()).or_insert_with(|| {
                     problem("`tenant_maintenance` (writes, with `Retry-After`)")
                 });
+                r.entry("429".into()).or_insert_with(|| {
+                    problem(
+                        "`rate_limited`: the tenant's plan allows no more now (`Retry-After`, `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`)",
+                    )
+                });
             }
             if op.request_body.is_some() {
                 r.entry("413".into())

@@ -22,6 +22,8 @@ pub struct ServerConfig {
     pub session_ttl: Duration,
     /// Largest accepted lesson content file, in bytes.
     pub upload_limit: u64,
+    /// Requests per second (and burst) each tenant may send, by plan.
+    pub rates: crate::edge::limits::PlanRates,
 }
 
 impl ServerConfig {
@@ -32,6 +34,7 @@ impl ServerConfig {
             json_limit: 1024 * 1024,
             session_ttl: lms::auth::SESSION_TTL,
             upload_limit: 2 * 1024 * 1024 * 1024,
+            rates: crate::edge::limits::PlanRates::default(),
         }
     }
 }
@@ -44,6 +47,7 @@ pub struct Inner {
     pub config: ServerConfig,
     pub sessions: Sessions,
     pub metrics: PrometheusHandle,
+    pub limits: crate::edge::limits::TenantLimits,
 }
 
 impl AppState {
@@ -52,12 +56,30 @@ impl AppState {
             ttl: config.session_ttl,
             ..Sessions::default()
         };
-        Self(Arc::new(Inner {
+        let limits = crate::edge::limits::TenantLimits::new(config.rates);
+        let state = Self(Arc::new(Inner {
             kernel,
             config,
             sessions,
             metrics: crate::edge::metrics::handle(),
-        }))
+            limits,
+        }));
+        // Idle tenants' limiter states are dropped once a minute; the task
+        // ends with the last handle on the state.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&state.0);
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    match weak.upgrade() {
+                        Some(inner) => inner.limits.forget_idle(),
+                        None => break,
+                    }
+                }
+            });
+        }
+        state
     }
 }
 

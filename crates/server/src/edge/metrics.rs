@@ -48,6 +48,11 @@ pub fn tenant_request(tenant: &tenancy::TenantId) {
     metrics::counter!("campus_tenant_requests_total", "tenant" => tenant.to_string()).increment(1);
 }
 
+/// A request refused by its tenant's rate limit.
+pub fn rate_limited(tenant: &tenancy::TenantId) {
+    metrics::counter!("campus_rate_limited_total", "tenant" => tenant.to_string()).increment(1);
+}
+
 pub fn security_event(kind: &'static str) {
     metrics::counter!("campus_security_events_total", "kind" => kind).increment(1);
 }

@@ -1,10 +1,12 @@
 //! The edge: everything a request passes before a handler.
 //!
 //! request id → trace span → metrics → [`tenant`] (resolve and gate) →
-//! [`auth`] (the `Caller` extractor) → handler.
+//! [`limits`] (the tenant's rate limit) → [`auth`] (the `Caller` extractor)
+//! → handler.
 
 pub mod auth;
 pub mod extract;
+pub mod limits;
 pub mod metrics;
 pub mod request;
 pub mod tenant;

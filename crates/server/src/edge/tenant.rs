@@ -110,8 +110,16 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     };
     tracing::Span::current().record("tenant", tenant.slug.as_str());
     super::metrics::tenant_request(&tenant.id);
+    // The tenant's own allowance: a flood here spends nobody else's.
+    let verdict = state.limits.check(&tenant);
+    if !verdict.allowed() {
+        super::metrics::rate_limited(&tenant.id);
+        return verdict.refusal();
+    }
     req.extensions_mut().insert(ResolvedTenant(tenant));
-    next.run(req).await
+    let mut res = next.run(req).await;
+    verdict.apply(res.headers_mut());
+    res
 }
 
 async fn resolve(

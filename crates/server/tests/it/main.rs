@@ -14,6 +14,7 @@ mod content;
 mod isolation;
 mod learning;
 mod lifecycle;
+mod limits;
 mod mechanism;
 mod openapi;
 mod provisioning;

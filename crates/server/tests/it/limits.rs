@@ -1,0 +1,140 @@
+//! Per-tenant rate limits: a tenant flooding the server gets 429s and spends
+//! only its own allowance; its neighbours are not slowed into refusals.
+
+use std::num::NonZeroU32;
+use std::time::Instant;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use server::edge::limits::Rate;
+
+use crate::helpers::*;
+
+fn rate(per_second: u32, burst: u32) -> Rate {
+    Rate::new(
+        NonZeroU32::new(per_second).expect("non-zero"),
+        NonZeroU32::new(burst).expect("non-zero"),
+    )
+}
+
+fn header(res: &reqwest::Response, name: &str) -> Option<u64> {
+    res.headers().get(name)?.to_str().ok()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooding_tenant_gets_429s_while_its_neighbour_gets_none() {
+    const PER_SECOND: u32 = 5;
+    const BURST: u32 = 10;
+    const FLOOD: usize = 80;
+    let app = spawn_app_with(|_, s| s.rates.standard = rate(PER_SECOND, BURST)).await;
+    let a = app.tenant("flood-a").await;
+    let b = app.tenant("flood-b").await;
+
+    // A sends many times its allowance at once…
+    let started = Instant::now();
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..FLOOD {
+        let req = app.get(&a.admin, "/api/v1/courses");
+        flood.spawn(async move { req.send().await.expect("send") });
+    }
+    // …while B, at a normal pace, stays well inside its own.
+    let mut b_statuses = Vec::new();
+    for _ in 0..4 {
+        let res = app
+            .get(&b.admin, "/api/v1/courses")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(header(&res, "ratelimit-limit"), Some(u64::from(BURST)));
+        assert!(header(&res, "ratelimit-remaining").is_some());
+        b_statuses.push(res.status());
+    }
+    let (mut ok, mut refused) = (0u64, 0u64);
+    while let Some(res) = flood.join_next().await {
+        let res = res.expect("task");
+        match res.status() {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                let retry: u64 = res
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .expect("Retry-After in seconds");
+                assert!(retry >= 1, "Retry-After {retry}");
+                assert_eq!(header(&res, "ratelimit-remaining"), Some(0));
+                assert_eq!(header(&res, "ratelimit-limit"), Some(u64::from(BURST)));
+                let body: Value = res.json().await.expect("problem");
+                assert_eq!(body["code"], "rate_limited");
+            }
+            other => panic!("tenant A got {other}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(
+        b_statuses.iter().all(|s| *s == StatusCode::OK),
+        "tenant B was refused while A flooded: {b_statuses:?}"
+    );
+    assert!(
+        refused > 0,
+        "A sent {FLOOD} requests at once and none was refused"
+    );
+    // What passed stays within the burst plus what the rate refilled
+    // meanwhile (the login of the setup spent one more).
+    let most = f64::from(BURST) + f64::from(PER_SECOND) * elapsed.ceil();
+    assert!(
+        (ok as f64) <= most,
+        "{ok} of A's requests passed in {elapsed:.2} s; at most {most}"
+    );
+}
+
+#[tokio::test]
+async fn a_plan_change_through_the_control_plane_changes_the_limit_at_once() {
+    let app = spawn_app_with(|_, s| {
+        s.rates.free = rate(1, 2);
+        s.rates.enterprise = rate(1000, 1000);
+    })
+    .await;
+    let t = app.tenant("plan-limit").await;
+    let patch = |plan: &str| {
+        app.operator(Method::PATCH, &format!("/admin/api/v1/tenants/{}", t.slug))
+            .json(&json!({ "plan": plan }))
+    };
+    let res = patch("free").send().await.expect("patch");
+    assert_eq!(res.status(), StatusCode::OK);
+
+    // Two at once pass, then the free plan's allowance is spent.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let res = app.get(&t.admin, "/api/v1/me").send().await.expect("send");
+        statuses.push(res.status());
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "the free plan allows 2 at once: {statuses:?}"
+    );
+
+    let res = patch("enterprise").send().await.expect("patch");
+    assert_eq!(res.status(), StatusCode::OK);
+    for _ in 0..20 {
+        let res = app.get(&t.admin, "/api/v1/me").send().await.expect("send");
+        assert_eq!(res.status(), StatusCode::OK, "on the enterprise plan");
+        assert_eq!(header(&res, "ratelimit-limit"), Some(1000));
+    }
+}
+
+#[tokio::test]
+async fn the_control_plane_and_health_are_not_counted_against_tenants() {
+    let app = spawn_app_with(|_, s| s.rates.standard = rate(1, 1)).await;
+    let t = app.tenant("cp-limit").await;
+    for _ in 0..10 {
+        let res = app
+            .operator(Method::GET, &format!("/admin/api/v1/tenants/{}", t.slug))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.headers().get("ratelimit-limit").is_none());
+    }
+}
