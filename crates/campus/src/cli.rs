@@ -174,6 +174,8 @@ pub struct FileConfig {
     pub storage_url: Option<String>,
     pub master_key_file: Option<PathBuf>,
     pub operator_token: Option<String>,
+    /// At most this many transactions of one tenant at once (its bulkhead).
+    pub tenant_transactions: Option<std::num::NonZeroUsize>,
     /// `[rate_limits.<plan>]`: each tenant's allowance on that plan.
     #[serde(default)]
     pub rate_limits: std::collections::BTreeMap<String, RateFile>,

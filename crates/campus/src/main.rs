@@ -71,6 +71,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| PathBuf::from("./data"));
     let mut config = KernelConfig::new(&data_dir, lms::TENANT_MIGRATIONS);
     config.postgres = postgres_config(&cli, &file)?;
+    if let Some(n) = file.tenant_transactions {
+        config.tenant_transactions = n;
+    }
     config.storage.url = cli.storage_url.clone().or(file.storage_url.clone());
     config.storage.master_key = master_key(&cli, &file)?;
     let what = match &config.postgres {

@@ -35,6 +35,11 @@ pub struct KernelConfig {
     pub default_isolation: Option<Isolation>,
     /// Where tenants' files go and the key that protects them.
     pub storage: StorageConfig,
+    /// At most this many transactions of one tenant at once (a bulkhead):
+    /// more wait for the tenant's own share, so that one tenant's burst
+    /// cannot take a whole shared pool. Keep it below the serving pool's
+    /// size (`--pool-size`, 16 by default).
+    pub tenant_transactions: NonZeroUsize,
 }
 
 impl KernelConfig {
@@ -47,6 +52,7 @@ impl KernelConfig {
             postgres: None,
             default_isolation: None,
             storage: StorageConfig::default(),
+            tenant_transactions: NonZeroUsize::new(8).unwrap_or(NonZeroUsize::MIN),
         }
     }
 }
@@ -61,6 +67,7 @@ pub(crate) struct Inner {
     pub(crate) tenant_migrations: MigrationSet,
     pub(crate) default_isolation: Isolation,
     pub(crate) storage: Storage,
+    bulkheads: crate::bulkhead::Bulkheads,
     directory: Mutex<Directory>,
 }
 
@@ -103,6 +110,7 @@ impl Kernel {
         let storage = open_storage(&cfg).await?;
         Ok(Self(Arc::new(Inner {
             storage,
+            bulkheads: crate::bulkhead::Bulkheads::new(cfg.tenant_transactions),
             registry,
             data,
             tenant_migrations: cfg.tenant_migrations,
@@ -206,12 +214,21 @@ impl Kernel {
 
     /// A transaction on `tenant`'s data.
     pub async fn begin(&self, tenant: &Tenant) -> Result<TenantTx> {
-        self.0.data.begin(tenant).await
+        // The tenant's share first: waiting for it holds no connection.
+        let share = self.0.bulkheads.enter(tenant.id).await?;
+        Ok(self.0.data.begin(tenant).await?.sharing(share))
     }
 
     /// A transaction on `tenant`'s data that holds its write lock from the start.
     pub async fn begin_write(&self, tenant: &Tenant) -> Result<TenantTx> {
-        self.0.data.begin_write(tenant).await
+        let share = self.0.bulkheads.enter(tenant.id).await?;
+        Ok(self.0.data.begin_write(tenant).await?.sharing(share))
+    }
+
+    /// How many tenants the bulkheads currently track (bounded: idle ones
+    /// are forgotten as the map grows).
+    pub fn bulkhead_tenants(&self) -> usize {
+        self.0.bulkheads.tracked()
     }
 
     /// Brings one tenant's database to the latest version, and records it.

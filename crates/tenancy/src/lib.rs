@@ -14,6 +14,7 @@
 //!   `tenants/<uuid>/`, every object sealed with the tenant's data key.
 
 pub mod audit;
+mod bulkhead;
 pub mod clock;
 pub mod dataplane;
 pub mod error;

@@ -482,3 +482,59 @@ async fn provisioned_tenants_live_in_their_own_store() {
         }
     }
 }
+
+/// The bulkhead: one tenant holding all of its shares waits for its own,
+/// while another tenant on the same (shared) pool goes straight through;
+/// the waiting one proceeds as soon as a share is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_at_its_share_waits_while_another_tenant_is_served() {
+    const SHARE: usize = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = kernel_config(dir.path());
+    // A pool with room for more than one tenant's share (four connections
+    // on PostgreSQL's serving pool; four per tenant database on SQLite).
+    few(&mut cfg, 4);
+    cfg.tenant_pool_size = 4;
+    if let Some(pg) = &mut cfg.postgres {
+        pg.database_pool_size = 4;
+        pg.database_transactions = 8;
+    }
+    cfg.tenant_transactions = NonZeroUsize::new(SHARE).expect("non-zero");
+    let database = pg_database_of(&cfg);
+    let kernel = Kernel::open(cfg).await.expect("kernel");
+    let tenants = kernel_tenants(&kernel, 2).await;
+    let (a, b) = (&tenants[0], &tenants[1]);
+
+    let mut held: Vec<TenantTx> = Vec::new();
+    for _ in 0..SHARE {
+        held.push(kernel.begin(a).await.expect("begin A"));
+    }
+    // A's next transaction waits: it cannot open while A holds its share.
+    let k = kernel.clone();
+    let a2 = a.clone();
+    let mut waiting = tokio::spawn(async move { k.begin(&a2).await.map(|tx| tx.tenant_id()) });
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "a third transaction of A opened beside the two it holds"
+    );
+    // B is not held up by A's burst: its transactions open and see its rows.
+    for _ in 0..SHARE {
+        let mut tx = kernel.begin(b).await.expect("begin B beside A's burst");
+        assert_eq!(titles(&mut tx).await, vec![format!("{} 0", b.slug)]);
+    }
+    // A share given back lets A's waiting transaction through.
+    drop(held.pop());
+    let opened = waiting
+        .await
+        .expect("task")
+        .expect("begin A after a share came back");
+    assert_eq!(opened, a.id);
+    drop(held);
+    assert!(kernel.bulkhead_tenants() <= 2);
+    if let Some(db) = database {
+        drop(kernel);
+        drop_pg_database(&db);
+    }
+}

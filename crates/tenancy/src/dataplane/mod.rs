@@ -45,6 +45,8 @@ pub struct TenantTx {
     /// A `database` tenant's share of its placement's connection budget,
     /// given back when the transaction ends (after its connection is).
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// One of the tenant's own shares (its bulkhead), given back likewise.
+    _share: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl TenantTx {
@@ -53,11 +55,17 @@ impl TenantTx {
             tenant,
             tx,
             _slot: None,
+            _share: None,
         }
     }
 
     pub(crate) fn holding(mut self, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
         self._slot = Some(slot);
+        self
+    }
+
+    pub(crate) fn sharing(mut self, share: tokio::sync::OwnedSemaphorePermit) -> Self {
+        self._share = Some(share);
         self
     }
 
