@@ -20,6 +20,7 @@
 //! as a superuser (default `postgres://postgres@127.0.0.1:5432/postgres`,
 //! trust authentication).
 
+mod noisy;
 mod upload;
 
 use std::path::PathBuf;
@@ -70,7 +71,7 @@ const WITH_SMALL: MigrationSet = MigrationSet {
     pool: lms::TENANT_MIGRATIONS.pool,
 };
 
-const USAGE: &str = "usage: campus-bench <provision|migrate|connections|upload> [options]
+const USAGE: &str = "usage: campus-bench <provision|migrate|connections|upload|noisy> [options]
 
   provision    [--n 50]                  median/p90 time to provision one tenant in each
                                          mode (schema, pool, database), kernel-level and
@@ -85,6 +86,9 @@ const USAGE: &str = "usage: campus-bench <provision|migrate|connections|upload> 
                                          (embedded, no PostgreSQL) while a --mb/10 and a
                                          --mb MiB video stream in, --rounds times; PATH
                                          defaults to the `campus` next to this binary
+  noisy        [--clients 64] [--duration 20] [--pool-size 16]
+                                         tenant B's latency alone, then while tenant A
+                                         floods with --clients clients (schema tenants)
 
   --setup-concurrency 8   tenants provisioned at once while setting up
   --keep                  leave the database, roles and tenant databases in place
@@ -116,7 +120,7 @@ fn parse_args() -> Result<Args> {
     };
     if !matches!(
         scenario.as_str(),
-        "provision" | "migrate" | "connections" | "upload"
+        "provision" | "migrate" | "connections" | "upload" | "noisy"
     ) {
         bail!("unknown scenario `{scenario}`\n\n{USAGE}");
     }
@@ -207,6 +211,7 @@ async fn main() -> ExitCode {
     let result = match args.scenario.as_str() {
         "provision" => provision(&bench, &args).await,
         "migrate" => migrate(&bench, &args).await,
+        "noisy" => noisy::run(&bench, &args).await,
         _ => connections(&bench, &args).await,
     };
     println!("load average at end: {}", load_average());

@@ -1,0 +1,153 @@
+//! The noisy-neighbour scenario: tenant B's request latency alone, then while
+//! tenant A floods the same server with many times its plan's allowance.
+//! Both tenants are `schema` tenants on one PostgreSQL serving pool; the
+//! server runs in this process with its default limits (rate limits by plan,
+//! bulkheads), as `campus serve` would.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use tenancy::Isolation;
+use tenancy::Kernel;
+
+use crate::{Args, Bench, ms, pct, provision_many, seed_sessions};
+
+/// B's steady pace: well inside its plan's allowance.
+const B_EVERY: Duration = Duration::from_millis(10);
+
+async fn b_latencies(
+    client: &reqwest::Client,
+    base: &str,
+    (slug, token): &(String, String),
+    duration: Duration,
+) -> Result<(Vec<Duration>, usize)> {
+    let mut lat = Vec::new();
+    let mut refused = 0;
+    let end = Instant::now() + duration;
+    let mut tick = tokio::time::interval(B_EVERY);
+    while Instant::now() < end {
+        tick.tick().await;
+        let t0 = Instant::now();
+        let res = client
+            .get(format!("{base}/api/v1/courses"))
+            .header("X-Tenant", slug)
+            .bearer_auth(token)
+            .send()
+            .await?;
+        let status = res.status();
+        res.bytes().await?;
+        lat.push(t0.elapsed());
+        if status.as_u16() == 429 {
+            refused += 1;
+        } else if !status.is_success() {
+            anyhow::bail!("tenant B got {status}");
+        }
+    }
+    lat.sort();
+    Ok((lat, refused))
+}
+
+pub(crate) async fn run(bench: &Bench, args: &Args) -> Result<()> {
+    let flooders = args.clients;
+    println!(
+        "\nnoisy: tenant B at one request per {} alone, then while tenant A floods with {flooders} clients, {} each",
+        ms(B_EVERY),
+        crate::secs(args.duration)
+    );
+    let kernel: Kernel =
+        Kernel::open(bench.kernel_config(lms::TENANT_MIGRATIONS, args.pool_size)).await?;
+    let tenants = provision_many(&kernel, "n", 2, Isolation::Schema, 2).await?;
+    let tokens = seed_sessions(&kernel, tenants, 2).await?;
+    let (a, b) = (tokens[0].clone(), tokens[1].clone());
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let config = server::ServerConfig::new("campus-bench-operator-token-0123456789");
+    let rate = config.rates.standard;
+    println!(
+        "  server: serving pool {}, tenant A's plan allows {}/s with a burst of {}; bulkhead {} transactions per tenant",
+        args.pool_size,
+        rate.requests_per_second,
+        rate.burst,
+        tenancy::KernelConfig::new("", lms::TENANT_MIGRATIONS).tenant_transactions
+    );
+    let state = server::AppState::new(kernel.clone(), config);
+    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(server::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(flooders + 4)
+        .build()?;
+
+    // Warm-up, then B alone.
+    b_latencies(&client, &base, &b, Duration::from_secs(2)).await?;
+    let (alone, _) = b_latencies(&client, &base, &b, args.duration).await?;
+
+    // A floods; B keeps its pace.
+    let flooding = Arc::new(AtomicBool::new(true));
+    let (a_ok, a_429) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..flooders {
+        let (client, base, a) = (client.clone(), base.clone(), a.clone());
+        let (flooding, a_ok, a_429) = (flooding.clone(), a_ok.clone(), a_429.clone());
+        flood.spawn(async move {
+            while flooding.load(Ordering::Relaxed) {
+                let Ok(res) = client
+                    .get(format!("{base}/api/v1/courses"))
+                    .header("X-Tenant", &a.0)
+                    .bearer_auth(&a.1)
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
+                match res.status().as_u16() {
+                    429 => a_429.fetch_add(1, Ordering::Relaxed),
+                    _ => a_ok.fetch_add(1, Ordering::Relaxed),
+                };
+                let _ = res.bytes().await;
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t0 = Instant::now();
+    let (a_ok0, a_4290) = (a_ok.load(Ordering::Relaxed), a_429.load(Ordering::Relaxed));
+    let (flooded, b_refused) = b_latencies(&client, &base, &b, args.duration).await?;
+    let window = t0.elapsed().as_secs_f64();
+    let (a_ok1, a_4291) = (a_ok.load(Ordering::Relaxed), a_429.load(Ordering::Relaxed));
+    flooding.store(false, Ordering::Relaxed);
+    while flood.join_next().await.is_some() {}
+    let _ = stop_server.send(());
+    let _ = served.await;
+
+    let row = |what: &str, l: &[Duration]| {
+        println!(
+            "  {what:<28} n={:<6} p50 {:>9}  p99 {:>9}  max {:>9}",
+            l.len(),
+            ms(pct(l, 50.0)),
+            ms(pct(l, 99.0)),
+            ms(*l.last().unwrap_or(&Duration::ZERO))
+        );
+    };
+    row("B alone", &alone);
+    row("B while A floods", &flooded);
+    let a_sent = (a_ok1 - a_ok0) + (a_4291 - a_4290);
+    println!(
+        "  A during B's measurement: {:.0} requests/s sent, {:.0}/s served, {:.0}/s refused with 429",
+        a_sent as f64 / window,
+        (a_ok1 - a_ok0) as f64 / window,
+        (a_4291 - a_4290) as f64 / window
+    );
+    println!("  B refused with 429 while A flooded: {b_refused}");
+    let ratio = |p: f64| pct(&flooded, p).as_secs_f64() / pct(&alone, p).as_secs_f64().max(1e-9);
+    let p99 = ratio(99.0);
+    println!(
+        "\ngoal: B's p99 under A's flood within 1.5x of B's p99 alone: {p99:.2}x (p50 {:.2}x) → {}",
+        ratio(50.0),
+        if p99 <= 1.5 { "met" } else { "MISSED" }
+    );
+    Ok(())
+}
