@@ -272,10 +272,8 @@ async fn serve(
         let Some(plan) = tenancy::Plan::parse(plan) else {
             bail!("[rate_limits.{plan}]: no such plan (free, standard, enterprise)");
         };
-        config.rates.set(
-            plan,
-            server::edge::limits::Rate::new(r.requests_per_second, r.burst),
-        );
+        *config.rates.get_mut(plan) =
+            server::edge::limits::Rate::new(r.requests_per_second, r.burst);
     }
     let listen = args
         .listen

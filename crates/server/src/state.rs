@@ -34,7 +34,7 @@ impl ServerConfig {
             json_limit: 1024 * 1024,
             session_ttl: lms::auth::SESSION_TTL,
             upload_limit: 2 * 1024 * 1024 * 1024,
-            rates: crate::edge::limits::PlanRates::default(),
+            rates: crate::edge::limits::default_rates(),
         }
     }
 }

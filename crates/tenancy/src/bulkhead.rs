@@ -12,8 +12,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::error::{Error, Result};
 use crate::id::TenantId;
 
-/// How long a transaction waits for its tenant's share before giving up.
-const WAIT: Duration = Duration::from_secs(10);
+/// How long a transaction waits for a share (or a connection) before giving
+/// up, as long as it would wait for a pooled connection.
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
+
+/// A permit of `sem`, waited for at most [`WAIT`]; failing as a pool would.
+pub(crate) async fn permit(sem: Arc<Semaphore>) -> Result<OwnedSemaphorePermit> {
+    match tokio::time::timeout(WAIT, sem.acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        Ok(Err(_)) => Err(Error::Db(sqlx::Error::PoolClosed)),
+        Err(_) => Err(Error::Db(sqlx::Error::PoolTimedOut)),
+    }
+}
 
 pub(crate) struct Bulkheads {
     per_tenant: usize,
@@ -58,11 +68,7 @@ impl Bulkheads {
                 .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant)))
                 .clone()
         };
-        match tokio::time::timeout(WAIT, share.acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_)) => Err(Error::Db(sqlx::Error::PoolClosed)),
-            Err(_) => Err(Error::Db(sqlx::Error::PoolTimedOut)),
-        }
+        permit(share).await
     }
 
     /// How many tenants the map holds (for tests and metrics).

@@ -33,4 +33,4 @@ pub use kernel::{Kernel, KernelConfig};
 pub use lifecycle::{ProvisionSpec, Reservation};
 pub use migrate::{Migration, MigrationSet};
 pub use storage::{MasterKey, MediaKind, ObjectKey, PlanQuotas, StorageConfig, TenantStorage};
-pub use tenant::{Isolation, Plan, Tenant, TenantStatus};
+pub use tenant::{Isolation, PerPlan, Plan, Tenant, TenantStatus};

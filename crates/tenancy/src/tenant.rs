@@ -103,6 +103,41 @@ impl Plan {
     }
 }
 
+/// One value per plan: what a tenant gets (a quota, a rate) by its plan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PerPlan<T> {
+    pub free: T,
+    pub standard: T,
+    pub enterprise: T,
+}
+
+impl<T> PerPlan<T> {
+    pub fn get(&self, plan: Plan) -> &T {
+        match plan {
+            Plan::Free => &self.free,
+            Plan::Standard => &self.standard,
+            Plan::Enterprise => &self.enterprise,
+        }
+    }
+
+    pub fn get_mut(&mut self, plan: Plan) -> &mut T {
+        match plan {
+            Plan::Free => &mut self.free,
+            Plan::Standard => &mut self.standard,
+            Plan::Enterprise => &mut self.enterprise,
+        }
+    }
+
+    /// The same for every plan, each value made from that plan's.
+    pub fn map<U>(&self, f: impl Fn(&T) -> U) -> PerPlan<U> {
+        PerPlan {
+            free: f(&self.free),
+            standard: f(&self.standard),
+            enterprise: f(&self.enterprise),
+        }
+    }
+}
+
 /// One tenant, as the registry knows it. A plain value: it is resolved once at
 /// the edge and passed along; there is no ambient "current tenant".
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
 use governor::{DefaultKeyedRateLimiter, Quota};
-use tenancy::{Plan, Tenant, TenantId};
+use tenancy::{PerPlan, Tenant, TenantId};
 
 use crate::problem::ApiError;
 
@@ -43,38 +43,14 @@ const fn nz(n: u32) -> NonZeroU32 {
 }
 
 /// The allowance of each plan, per tenant (the whole organisation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PlanRates {
-    pub free: Rate,
-    pub standard: Rate,
-    pub enterprise: Rate,
-}
+pub type PlanRates = PerPlan<Rate>;
 
-impl Default for PlanRates {
-    fn default() -> Self {
-        Self {
-            free: Rate::new(nz(20), nz(100)),
-            standard: Rate::new(nz(200), nz(400)),
-            enterprise: Rate::new(nz(1000), nz(2000)),
-        }
-    }
-}
-
-impl PlanRates {
-    pub fn of(&self, plan: Plan) -> Rate {
-        match plan {
-            Plan::Free => self.free,
-            Plan::Standard => self.standard,
-            Plan::Enterprise => self.enterprise,
-        }
-    }
-
-    pub fn set(&mut self, plan: Plan, rate: Rate) {
-        match plan {
-            Plan::Free => self.free = rate,
-            Plan::Standard => self.standard = rate,
-            Plan::Enterprise => self.enterprise = rate,
-        }
+/// The allowances a server has unless configured otherwise.
+pub fn default_rates() -> PlanRates {
+    PerPlan {
+        free: Rate::new(nz(20), nz(100)),
+        standard: Rate::new(nz(200), nz(400)),
+        enterprise: Rate::new(nz(1000), nz(2000)),
     }
 }
 
@@ -84,9 +60,7 @@ type Limiter = DefaultKeyedRateLimiter<TenantId, StateInformationMiddleware>;
 /// tenant moved to another plan is counted by that plan's limiter at once.
 pub struct TenantLimits {
     rates: PlanRates,
-    free: Limiter,
-    standard: Limiter,
-    enterprise: Limiter,
+    limiters: PerPlan<Limiter>,
 }
 
 fn limiter(rate: Rate) -> Limiter {
@@ -110,9 +84,7 @@ impl TenantLimits {
     pub fn new(rates: PlanRates) -> Self {
         Self {
             rates,
-            free: limiter(rates.free),
-            standard: limiter(rates.standard),
-            enterprise: limiter(rates.enterprise),
+            limiters: rates.map(|r| limiter(*r)),
         }
     }
 
@@ -120,18 +92,10 @@ impl TenantLimits {
         &self.rates
     }
 
-    fn limiter(&self, plan: Plan) -> &Limiter {
-        match plan {
-            Plan::Free => &self.free,
-            Plan::Standard => &self.standard,
-            Plan::Enterprise => &self.enterprise,
-        }
-    }
-
     /// Counts one request of `tenant`.
     pub fn check(&self, tenant: &Tenant) -> Verdict {
-        let rate = self.rates.of(tenant.plan);
-        let limiter = self.limiter(tenant.plan);
+        let rate = self.rates.get(tenant.plan);
+        let limiter = self.limiters.get(tenant.plan);
         let burst = rate.burst.get();
         match limiter.check_key(&tenant.id) {
             Ok(state) => {
@@ -161,7 +125,8 @@ impl TenantLimits {
     /// Forgets tenants whose allowance is whole again (bounded memory
     /// whatever the number of tenants seen).
     pub fn forget_idle(&self) {
-        for l in [&self.free, &self.standard, &self.enterprise] {
+        let l = &self.limiters;
+        for l in [&l.free, &l.standard, &l.enterprise] {
             l.retain_recent();
             l.shrink_to_fit();
         }

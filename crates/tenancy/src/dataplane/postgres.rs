@@ -123,7 +123,7 @@ fn lock_key(id: TenantId) -> i64 {
 }
 
 /// How long a transaction waits for a connection before giving up.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+const ACQUIRE_TIMEOUT: Duration = crate::bulkhead::WAIT;
 
 async fn pool(url: &url::Url, size: u32) -> Result<Pool> {
     Ok(AnyPoolOptions::new()
@@ -305,11 +305,7 @@ impl Placements {
                 // A slot first, so that however many tenants are busy, no
                 // more transactions hold tenant-database connections than
                 // the budget allows; the others wait their turn.
-                let slot =
-                    tokio::time::timeout(ACQUIRE_TIMEOUT, p.database_slots.clone().acquire_owned())
-                        .await
-                        .map_err(|_| Error::Db(sqlx::Error::PoolTimedOut))?
-                        .map_err(|_| Error::Db(sqlx::Error::PoolClosed))?;
+                let slot = crate::bulkhead::permit(p.database_slots.clone()).await?;
                 let tx = self.begin_database(p, t.id).await?;
                 return Ok(TenantTx::new(t.id, tx).holding(slot));
             }

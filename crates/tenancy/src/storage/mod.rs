@@ -31,47 +31,37 @@ pub use sealed::MediaKind;
 use crate::error::{Error, Result};
 use crate::id::TenantId;
 use crate::registry::Registry;
-use crate::tenant::{Plan, Tenant};
+use crate::tenant::{PerPlan, Tenant};
 use keys::Secret;
 use sealed::{CHUNK, HEADER, Header, Layout, Sealer};
 
 /// Storage quotas per plan, in stored bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PlanQuotas {
-    pub free: u64,
-    pub standard: u64,
-    pub enterprise: u64,
-}
+pub type PlanQuotas = PerPlan<u64>;
 
-impl Default for PlanQuotas {
-    fn default() -> Self {
-        const GIB: u64 = 1024 * 1024 * 1024;
-        Self {
-            free: GIB,
-            standard: 100 * GIB,
-            enterprise: 1024 * GIB,
-        }
-    }
-}
-
-impl PlanQuotas {
-    pub fn of(&self, plan: Plan) -> u64 {
-        match plan {
-            Plan::Free => self.free,
-            Plan::Standard => self.standard,
-            Plan::Enterprise => self.enterprise,
-        }
-    }
-}
+const GIB: u64 = 1024 * 1024 * 1024;
 
 /// How to open the object store.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct StorageConfig {
     /// `file:///path` or `s3://bucket/prefix`; `None`: `<data dir>/objects`.
     pub url: Option<String>,
     /// `None`: read or make `<data dir>/master.key`.
     pub master_key: Option<MasterKey>,
     pub quotas: PlanQuotas,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            master_key: None,
+            quotas: PerPlan {
+                free: GIB,
+                standard: 100 * GIB,
+                enterprise: 1024 * GIB,
+            },
+        }
+    }
 }
 
 /// Opens the store a URL names. S3 takes its endpoint, region and
@@ -251,7 +241,7 @@ impl crate::Kernel {
         Ok(TenantStorage {
             kernel: self.clone(),
             tenant: tenant.id,
-            quota: storage.quotas.of(tenant.plan),
+            quota: *storage.quotas.get(tenant.plan),
             data_key,
         })
     }
