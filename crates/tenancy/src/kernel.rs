@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::cache::{Cache, CacheConfig, TenantCache};
 use crate::dataplane::embedded::{Files, FilesConfig};
 use crate::dataplane::postgres::{PgConfig, Placements};
 use crate::dataplane::{DataPlane, TenantTx};
@@ -15,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::id::Slug;
 use crate::migrate::{Applied, MigrationSet};
 use crate::registry::{Change, Registry};
+use crate::shared::Redis;
 use crate::storage::{MasterKey, Storage, StorageConfig};
 use crate::tenant::{Isolation, Tenant};
 
@@ -40,6 +42,8 @@ pub struct KernelConfig {
     /// cannot take a whole shared pool. Keep it below the serving pool's
     /// size (`--pool-size`, 16 by default).
     pub tenant_transactions: NonZeroUsize,
+    /// The tenant cache: in process, or in Redis shared by every node.
+    pub cache: CacheConfig,
 }
 
 impl KernelConfig {
@@ -53,6 +57,7 @@ impl KernelConfig {
             default_isolation: None,
             storage: StorageConfig::default(),
             tenant_transactions: NonZeroUsize::new(8).unwrap_or(NonZeroUsize::MIN),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -68,6 +73,8 @@ pub(crate) struct Inner {
     pub(crate) default_isolation: Isolation,
     pub(crate) storage: Storage,
     bulkheads: crate::bulkhead::Bulkheads,
+    pub(crate) cache: Cache,
+    shared: Option<Arc<Redis>>,
     directory: Mutex<Directory>,
 }
 
@@ -108,7 +115,24 @@ impl Kernel {
         };
         let seen = registry.generation().await?;
         let storage = open_storage(&cfg).await?;
+        let (cache, shared) = match &cfg.cache.redis_url {
+            Some(url) => {
+                let redis = Arc::new(Redis::connect(url, &cfg.cache.environment).await?);
+                (Cache::redis(redis.clone()), Some(redis))
+            }
+            None => {
+                if !crate::shared::valid_environment(&cfg.cache.environment) {
+                    return Err(Error::Invalid(format!(
+                        "environment `{}`: use 1-32 of a-z, 0-9, - and _",
+                        cfg.cache.environment
+                    )));
+                }
+                (Cache::local(&cfg.cache), None)
+            }
+        };
         Ok(Self(Arc::new(Inner {
+            cache,
+            shared,
             storage,
             bulkheads: crate::bulkhead::Bulkheads::new(cfg.tenant_transactions),
             registry,
@@ -133,6 +157,21 @@ impl Kernel {
 
     pub fn data_plane(&self) -> &DataPlane {
         &self.0.data
+    }
+
+    /// `tenant`'s cache entries: the only way to reach the cache.
+    pub fn cache(&self, tenant: &Tenant) -> TenantCache<'_> {
+        self.0.cache.tenant(tenant.id)
+    }
+
+    /// `redis` or `local`.
+    pub fn cache_backend(&self) -> &'static str {
+        self.0.cache.backend()
+    }
+
+    /// Redis, when configured: state shared by every node (rate limits).
+    pub fn shared(&self) -> Option<&Redis> {
+        self.0.shared.as_deref()
     }
 
     /// The schema version this build serves.

@@ -10,11 +10,16 @@
 //!   to run a statement against a tenant's data, and only this crate opens one.
 //! * [`lifecycle`] — provisioning and the rest of the state machine.
 //! * [`migrate`] — per-tenant (and control-plane) migrations with a ledger.
+//! * [`cache`] — where the cache meets the tenant: [`TenantCache`], keys
+//!   `<environment>:<uuid>:<generation>:<key>`, in process or in Redis.
+//! * [`shared`] — Redis, shared by every node: cache generations and the
+//!   GCRA state of limits, with a fallback when Redis fails.
 //! * [`storage`] — where files meet the tenant: [`TenantStorage`], keys under
 //!   `tenants/<uuid>/`, every object sealed with the tenant's data key.
 
 pub mod audit;
 mod bulkhead;
+pub mod cache;
 pub mod clock;
 pub mod dataplane;
 pub mod error;
@@ -23,14 +28,17 @@ pub mod kernel;
 pub mod lifecycle;
 pub mod migrate;
 pub mod registry;
+pub mod shared;
 pub mod storage;
 pub mod tenant;
 
+pub use cache::{CacheConfig, Lookup, TenantCache};
 pub use dataplane::{Db, DbConn, TenantTx};
 pub use error::{Error, Result};
 pub use id::{Slug, SlugError, TenantId};
 pub use kernel::{Kernel, KernelConfig};
 pub use lifecycle::{ProvisionSpec, Reservation};
 pub use migrate::{Migration, MigrationSet};
+pub use shared::{Rate, Redis};
 pub use storage::{MasterKey, MediaKind, ObjectKey, PlanQuotas, StorageConfig, TenantStorage};
 pub use tenant::{Isolation, PerPlan, Plan, Tenant, TenantStatus};

@@ -215,6 +215,7 @@ impl Kernel {
             .storage
             .purge(&self.inner().registry, t.id)
             .await?;
+        self.inner().cache.purge(t.id).await;
         self.set_status(&t, TenantStatus::Purged).await
     }
 

@@ -123,6 +123,11 @@ impl Registry {
         })
     }
 
+    /// Whether the registry is in PostgreSQL (shared by several nodes).
+    pub fn is_postgres(&self) -> bool {
+        !self.prefix.is_empty()
+    }
+
     /// The registry's pool, for the kernel's own bookkeeping (storage keys and usage).
     pub(crate) fn pool(&self) -> &Pool {
         &self.pool

@@ -1,0 +1,453 @@
+//! Where the cache meets the tenant: [`TenantCache`], a handle scoped to one
+//! tenant, is the only way to read or write a cache entry.
+//!
+//! One key rule, whatever the backend: `<environment>:<tenant uuid>:<generation>:<key>`.
+//! The tenant's uuid comes from its [`TenantId`], never from input, so two
+//! tenants' entries cannot collide whatever `<key>` is. Flushing a tenant
+//! bumps its generation — one write, O(1), never a scan and never a
+//! `FLUSHDB` — and entries of older generations are never read again (they
+//! expire, or are evicted).
+//!
+//! Two backends, chosen at start-up: in process (the embedded default, see
+//! [`local`]) and Redis (`--redis-url`), where generations live in Redis so
+//! that a flush on one node is seen by every node's next read.
+//!
+//! A read returns a [`Ticket`]: the generation it saw. An entry is written
+//! under that generation, so a value loaded from the database before a
+//! concurrent flush lands in a dead generation and is never served. Writers
+//! flush *after* their transaction commits.
+//!
+//! If Redis fails, reads bypass the cache (straight to the database) and a
+//! flush that could not be written is kept and replayed before this node
+//! reads the cache again — nothing is served stale past its invalidation.
+
+mod local;
+
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::id::TenantId;
+use crate::shared::Redis;
+
+/// How the cache is set up.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// The first part of every key (`prod`, `staging`…): several deployments
+    /// can share one Redis. 1-32 of a-z, 0-9, `-` and `_`.
+    pub environment: String,
+    /// Redis for a cache (and limits) shared by every node; `None` keeps the
+    /// cache in this process.
+    pub redis_url: Option<String>,
+    /// The in-process cache's size in bytes; one tenant may use at most an
+    /// eighth of it, so that no tenant can evict all the others' entries.
+    pub local_bytes: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            environment: "campus".into(),
+            redis_url: None,
+            local_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The full key of `key` in `tenant`'s generation `generation`.
+pub fn entry_key(environment: &str, tenant: TenantId, generation: &str, key: &str) -> String {
+    format!("{environment}:{tenant}:{generation}:{key}")
+}
+
+/// A key part the code names: printable ASCII, no spaces, at most 200 bytes.
+fn valid_key(key: &str) -> bool {
+    (1..=200).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The generation a read saw; an entry is written under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket(String);
+
+/// What a read found.
+#[derive(Debug)]
+pub enum Lookup<T> {
+    Hit(T),
+    /// Not cached: load it, and [`TenantCache::put`] it with this ticket.
+    Miss(Ticket),
+    /// The cache cannot be used now (Redis unavailable, or a flush not yet
+    /// written): load it and do not cache it.
+    Bypass,
+}
+
+enum Backend {
+    Local(local::Local),
+    Redis(Arc<Redis>),
+}
+
+/// The cache of every tenant. Reach it through [`crate::Kernel::cache`].
+pub struct Cache {
+    env: String,
+    backend: Backend,
+    /// Tenants whose flush could not be written to Redis yet.
+    pending: Arc<Mutex<HashSet<TenantId>>>,
+}
+
+/// How often flushes Redis missed are retried in the background, so that
+/// other nodes see them soon after Redis returns (not only when this node
+/// next reads the cache).
+const REPLAY_EVERY: Duration = Duration::from_millis(100);
+
+static FLUSH: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local g = tonumber(redis.call('GET', KEYS[1]) or '0')
+local n = math.max(g + 1, now)
+redis.call('SET', KEYS[1], string.format('%d', n), 'EX', 86400)
+return string.format('%d', n)
+",
+    )
+});
+
+/// The generation is made from Redis's clock when missing (first use, Redis
+/// restarted empty, evicted, or expired: it lives a day, so that a purged
+/// tenant leaves nothing behind), so that it never goes back to a value
+/// whose entries could still exist.
+static GET: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local g = redis.call('GET', KEYS[1])
+if not g then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])), 'NX', 'EX', 86400)
+  g = redis.call('GET', KEYS[1])
+end
+return {g, redis.call('GET', ARGV[1] .. g .. ':' .. ARGV[2])}
+",
+    )
+});
+
+impl Cache {
+    pub(crate) fn local(cfg: &CacheConfig) -> Self {
+        Self {
+            env: cfg.environment.clone(),
+            backend: Backend::Local(local::Local::new(cfg.local_bytes)),
+            pending: Arc::default(),
+        }
+    }
+
+    /// The cache in Redis. Flushes Redis missed are retried in the
+    /// background for as long as the cache lives.
+    pub(crate) fn redis(redis: Arc<Redis>) -> Self {
+        let pending: Arc<Mutex<HashSet<TenantId>>> = Arc::default();
+        let (weak, link) = (Arc::downgrade(&pending), redis.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REPLAY_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pending) = weak.upgrade() else { break };
+                replay(&pending, &link).await;
+            }
+        });
+        Self {
+            env: redis.environment().to_owned(),
+            backend: Backend::Redis(redis),
+            pending,
+        }
+    }
+
+    /// The handle on `tenant`'s entries.
+    pub fn tenant(&self, tenant: TenantId) -> TenantCache<'_> {
+        TenantCache {
+            cache: self,
+            tenant,
+        }
+    }
+
+    /// `redis` or `local`.
+    pub fn backend(&self) -> &'static str {
+        match self.backend {
+            Backend::Local(_) => "local",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashSet<TenantId>> {
+        lock(&self.pending)
+    }
+
+    /// Destroys every entry of a purged tenant. With Redis, its generation
+    /// is bumped first (so nothing of it is served even if the removal is
+    /// cut short), then its keys are removed.
+    pub(crate) async fn purge(&self, tenant: TenantId) {
+        match &self.backend {
+            Backend::Local(l) => l.forget(tenant),
+            Backend::Redis(r) => {
+                self.tenant(tenant).flush().await;
+                if !r.forget_tenant(tenant).await {
+                    tracing::warn!(target: "campus::redis", %tenant,
+                        "a purged tenant's cache entries are left to expire: Redis is unavailable");
+                }
+            }
+        }
+    }
+}
+
+fn lock(pending: &Mutex<HashSet<TenantId>>) -> std::sync::MutexGuard<'_, HashSet<TenantId>> {
+    pending.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes the flushes Redis missed; `true` when none is left.
+async fn replay(pending: &Mutex<HashSet<TenantId>>, redis: &Redis) -> bool {
+    let waiting: Vec<TenantId> = lock(pending).iter().copied().collect();
+    if waiting.is_empty() {
+        return true;
+    }
+    for tenant in waiting {
+        if redis_flush(redis, tenant).await.is_some() {
+            lock(pending).remove(&tenant);
+        } else {
+            return false;
+        }
+    }
+    tracing::info!(target: "campus::redis", "flushes made while Redis was unavailable are written");
+    lock(pending).is_empty()
+}
+
+async fn redis_flush(redis: &Redis, tenant: TenantId) -> Option<String> {
+    let gen_key = format!("{}gen", redis.prefix(tenant));
+    redis
+        .call("cache_flush", |mut c| async move {
+            FLUSH.key(&gen_key).invoke_async(&mut c).await
+        })
+        .await
+}
+
+fn count(tenant: TenantId, result: &'static str) {
+    metrics::counter!("campus_cache_lookups_total", "tenant" => tenant.to_string(), "result" => result)
+        .increment(1);
+}
+
+/// One tenant's cache entries.
+pub struct TenantCache<'a> {
+    cache: &'a Cache,
+    tenant: TenantId,
+}
+
+impl TenantCache<'_> {
+    /// The entry `key`, if cached in the tenant's current generation.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Lookup<T> {
+        if !valid_key(key) {
+            tracing::warn!(key, "cache key refused");
+            return Lookup::Bypass;
+        }
+        let found = match &self.cache.backend {
+            Backend::Local(l) => Some(l.get(&self.cache.env, self.tenant, key)),
+            Backend::Redis(r) => {
+                if replay(&self.cache.pending, r).await {
+                    let prefix = r.prefix(self.tenant);
+                    let gen_key = format!("{prefix}gen");
+                    r.call("cache_get", |mut c| async move {
+                        let (g, v): (String, Option<Vec<u8>>) = GET
+                            .key(&gen_key)
+                            .arg(&prefix)
+                            .arg(key)
+                            .invoke_async(&mut c)
+                            .await?;
+                        Ok((Ticket(g), v))
+                    })
+                    .await
+                } else {
+                    None
+                }
+            }
+        };
+        let Some((ticket, bytes)) = found else {
+            count(self.tenant, "bypass");
+            return Lookup::Bypass;
+        };
+        match bytes.map(|b| serde_json::from_slice(&b)) {
+            Some(Ok(v)) => {
+                count(self.tenant, "hit");
+                Lookup::Hit(v)
+            }
+            Some(Err(e)) => {
+                // Written by another build, say: load it again.
+                tracing::warn!(key, error = %e, "cache entry unreadable");
+                count(self.tenant, "miss");
+                Lookup::Miss(ticket)
+            }
+            None => {
+                count(self.tenant, "miss");
+                Lookup::Miss(ticket)
+            }
+        }
+    }
+
+    /// Caches `value` as `key` for `ttl`, in the generation `ticket` saw.
+    pub async fn put<T: Serialize>(&self, ticket: Ticket, key: &str, value: &T, ttl: Duration) {
+        let Ok(bytes) = serde_json::to_vec(value) else {
+            return;
+        };
+        if ttl.is_zero() {
+            return;
+        }
+        match &self.cache.backend {
+            Backend::Local(l) => l.put(&self.cache.env, self.tenant, &ticket.0, key, bytes, ttl),
+            Backend::Redis(r) => {
+                let full = entry_key(&self.cache.env, self.tenant, &ticket.0, key);
+                let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                let _: Option<()> = r
+                    .call("cache_put", |mut c| async move {
+                        redis::cmd("SET")
+                            .arg(&full)
+                            .arg(bytes)
+                            .arg("PX")
+                            .arg(ms)
+                            .query_async(&mut c)
+                            .await
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// The entry `key`, or `load`ed and cached for `ttl`.
+    pub async fn get_or_load<T, E>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        load: impl AsyncFnOnce() -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        match self.get(key).await {
+            Lookup::Hit(v) => Ok(v),
+            Lookup::Miss(ticket) => {
+                let v = load().await?;
+                self.put(ticket, key, &v, ttl).await;
+                Ok(v)
+            }
+            Lookup::Bypass => load().await,
+        }
+    }
+
+    /// Drops every entry of this tenant, on every node: bumps its generation.
+    /// Call it after the write that made entries stale has committed.
+    pub async fn flush(&self) {
+        match &self.cache.backend {
+            Backend::Local(l) => l.flush(self.tenant),
+            Backend::Redis(r) => {
+                if redis_flush(r, self.tenant).await.is_none() {
+                    // Kept, and written before this node reads the cache again.
+                    self.cache.pending().insert(self.tenant);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(n: u128) -> TenantId {
+        TenantId::from(uuid::Uuid::from_u128(n))
+    }
+
+    proptest! {
+        /// Two tenants' keys never collide, whatever the keys and
+        /// generations: the tenant's part is a fixed-length uuid between
+        /// separators that neither the environment nor the uuid contain.
+        #[test]
+        fn keys_of_two_tenants_never_collide(
+            a in any::<u128>(), b in any::<u128>(),
+            ga in "[0-9]{1,20}", gb in "[0-9]{1,20}",
+            ka in "\\PC{0,64}", kb in "\\PC{0,64}",
+            env in "[a-z0-9_-]{1,32}",
+        ) {
+            prop_assume!(a != b);
+            prop_assert_ne!(
+                entry_key(&env, id(a), &ga, &ka),
+                entry_key(&env, id(b), &gb, &kb)
+            );
+        }
+
+        /// Within one tenant, a new generation never meets an old one's keys.
+        #[test]
+        fn generations_never_collide(
+            a in any::<u128>(), ga in 0u64.., gb in 0u64.., ka in "\\PC{0,64}", kb in "\\PC{0,64}",
+        ) {
+            prop_assume!(ga != gb);
+            prop_assert_ne!(
+                entry_key("campus", id(a), &ga.to_string(), &ka),
+                entry_key("campus", id(a), &gb.to_string(), &kb)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flush_leaves_every_other_tenant_alone() {
+        let cache = Cache::local(&CacheConfig::default());
+        let (a, b) = (cache.tenant(id(1)), cache.tenant(id(2)));
+        for t in [&a, &b] {
+            let Lookup::Miss(ticket) = t.get::<String>("k").await else {
+                panic!("empty cache hit")
+            };
+            t.put(
+                ticket,
+                "k",
+                &format!("{}", t.tenant),
+                Duration::from_secs(60),
+            )
+            .await;
+        }
+        a.flush().await;
+        assert!(matches!(a.get::<String>("k").await, Lookup::Miss(_)));
+        match b.get::<String>("k").await {
+            Lookup::Hit(v) => assert_eq!(v, id(2).to_string()),
+            other => panic!("tenant b lost its entry: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_value_loaded_before_a_flush_is_never_served() {
+        let cache = Cache::local(&CacheConfig::default());
+        let t = cache.tenant(id(7));
+        let Lookup::Miss(ticket) = t.get::<u32>("n").await else {
+            panic!("empty cache hit")
+        };
+        // The value is loaded, a writer commits and flushes, then the
+        // (now stale) value is put with the ticket of before the flush.
+        t.flush().await;
+        t.put(ticket, "n", &1u32, Duration::from_secs(60)).await;
+        assert!(matches!(t.get::<u32>("n").await, Lookup::Miss(_)));
+    }
+
+    #[tokio::test]
+    async fn the_same_key_in_two_tenants_is_two_entries() {
+        let cache = Cache::local(&CacheConfig::default());
+        let a = cache.tenant(id(1));
+        let Lookup::Miss(ticket) = a.get::<String>("courses").await else {
+            panic!("empty cache hit")
+        };
+        a.put(
+            ticket,
+            "courses",
+            &"a's".to_owned(),
+            Duration::from_secs(60),
+        )
+        .await;
+        assert!(matches!(
+            cache.tenant(id(2)).get::<String>("courses").await,
+            Lookup::Miss(_)
+        ));
+    }
+}
