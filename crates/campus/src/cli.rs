@@ -80,9 +80,15 @@ pub struct ServeArgs {
     /// With `example.com`, requests to `acme.example.com` are for the tenant `acme`.
     #[arg(long, env = "CAMPUS_BASE_DOMAIN")]
     pub base_domain: Option<String>,
-    /// Redis for shared cache and limits (not in this build yet).
+    /// Redis (`redis://host:6379/0`) for the tenant cache, rate limits and
+    /// invalidations shared by every node. Required to run more than one
+    /// node; without it, cache and limits are in this process.
     #[arg(long, env = "CAMPUS_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// The first part of every cache and limit key (`prod`, `staging`…), so
+    /// that deployments can share one Redis. Default `campus`.
+    #[arg(long, env = "CAMPUS_ENVIRONMENT")]
+    pub environment: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,6 +177,7 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub base_domain: Option<String>,
     pub redis_url: Option<String>,
+    pub environment: Option<String>,
     pub storage_url: Option<String>,
     pub master_key_file: Option<PathBuf>,
     pub operator_token: Option<String>,
@@ -185,8 +192,11 @@ pub struct FileConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateFile {
-    pub requests_per_second: std::num::NonZeroU32,
-    pub burst: std::num::NonZeroU32,
+    pub requests_per_second: Option<std::num::NonZeroU32>,
+    pub burst: Option<std::num::NonZeroU32>,
+    /// Each user's (or API key's) share inside the tenant's allowance.
+    pub user_requests_per_second: Option<std::num::NonZeroU32>,
+    pub user_burst: Option<std::num::NonZeroU32>,
 }
 
 /// `[placements.<name>]` in `campus.toml`.

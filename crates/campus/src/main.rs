@@ -75,6 +75,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         config.tenant_transactions = n;
     }
     config.storage.url = cli.storage_url.clone().or(file.storage_url.clone());
+    // The cache and shared limits serve requests: only `serve` opens Redis.
+    if let Command::Serve(args) = &cli.command {
+        config.cache.redis_url = args.redis_url.clone().or(file.redis_url.clone());
+        if let Some(env) = args.environment.clone().or(file.environment.clone()) {
+            config.cache.environment = env;
+        }
+    }
     config.storage.master_key = master_key(&cli, &file)?;
     let what = match &config.postgres {
         Some(_) => "PostgreSQL".to_owned(),
@@ -260,9 +267,10 @@ async fn serve(
              (see the audit above; `campus doctor` checks again)"
         );
     }
-    if args.redis_url.is_some() || file.redis_url.is_some() {
-        bail!(
-            "--redis-url: Redis is not supported by this build yet; run without it for the in-process cache"
+    if kernel.cache_backend() == "local" && kernel.registry().is_postgres() {
+        tracing::warn!(
+            "no --redis-url: cache and rate limits are in this process; run one node only, \
+             or give every node the same --redis-url"
         );
     }
     let mut config = server::ServerConfig::new("");
@@ -272,8 +280,17 @@ async fn serve(
         let Some(plan) = tenancy::Plan::parse(plan) else {
             bail!("[rate_limits.{plan}]: no such plan (free, standard, enterprise)");
         };
-        *config.rates.get_mut(plan) =
-            server::edge::limits::Rate::new(r.requests_per_second, r.burst);
+        let tenant = config.rates.get_mut(plan);
+        *tenant = server::edge::limits::Rate::new(
+            r.requests_per_second.unwrap_or(tenant.requests_per_second),
+            r.burst.unwrap_or(tenant.burst),
+        );
+        let user = config.user_rates.get_mut(plan);
+        *user = server::edge::limits::Rate::new(
+            r.user_requests_per_second
+                .unwrap_or(user.requests_per_second),
+            r.user_burst.unwrap_or(user.burst),
+        );
     }
     let listen = args
         .listen

@@ -2,11 +2,12 @@
 //! `migrate`, and `serve` — a server that sees the CLI's changes within one
 //! second, and the operator token it generates when none is configured.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+mod support;
+use support::Server;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -121,70 +122,13 @@ impl Env {
     }
 }
 
-/// `campus serve`, killed when dropped.
-struct Server {
-    child: Child,
-    base: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// `campus serve` on `env`'s data directory.
+fn serve(env: &Env, token: Option<&str>) -> Server {
+    let mut cmd = env.campus();
+    if let Some(t) = token {
+        cmd.env("CAMPUS_OPERATOR_TOKEN", t);
     }
-}
-
-impl Server {
-    /// Starts `campus serve` on a port of the system's choosing, and waits
-    /// for it to say where it listens.
-    fn start(env: &Env, token: Option<&str>) -> Self {
-        let mut cmd = env.campus();
-        cmd.args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(t) = token {
-            cmd.env("CAMPUS_OPERATOR_TOKEN", t);
-        }
-        let mut child = cmd.spawn().expect("spawn campus serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut server = Self {
-            child,
-            base: String::new(),
-            log: log.clone(),
-        };
-        let (tx, rx) = mpsc::channel();
-        // Drains stderr for the server's whole life, so that it never blocks on it.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["message"] == "campus is serving"
-                    && let Some(addr) = v["addr"].as_str()
-                {
-                    let _ = tx.send(addr.to_owned());
-                }
-                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => server.base = format!("http://{addr}"),
-            Err(_) => panic!("campus serve did not start:\n{}", server.log()),
-        }
-        server
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
+    Server::start(cmd, &[])
 }
 
 async fn login(
@@ -554,7 +498,7 @@ async fn a_generated_admin_password_is_printed_once_and_works() {
     assert!(shown.get("admin_password").is_none());
     assert!(!env.ok(&["tenant", "list", "--json"]).contains(&pw));
 
-    let srv = Server::start(&env, Some(TOKEN));
+    let srv = serve(&env, Some(TOKEN));
     let client = reqwest::Client::new();
     let res = login(&client, &srv, "gen", "boss@gen.test", &pw).await;
     assert_eq!(res.status(), StatusCode::OK);
@@ -571,7 +515,7 @@ async fn a_generated_admin_password_is_printed_once_and_works() {
 #[tokio::test]
 async fn a_running_server_sees_cli_changes_within_one_second() {
     let env = Env::new();
-    let srv = Server::start(&env, Some(TOKEN));
+    let srv = serve(&env, Some(TOKEN));
     let client = reqwest::Client::new();
 
     let res = client
@@ -733,7 +677,7 @@ async fn serve_generates_an_operator_token_once_and_it_works() {
     };
 
     let generated = {
-        let srv = Server::start(&env, None);
+        let srv = serve(&env, None);
         let log = srv.log();
         assert!(log.contains("Generated an operator token"), "{log}");
         let tokens: Vec<&str> = log
@@ -770,7 +714,7 @@ async fn serve_generates_an_operator_token_once_and_it_works() {
 
     // A second start does not print it again, and the same token works.
     {
-        let srv = Server::start(&env, None);
+        let srv = serve(&env, None);
         let log = srv.log();
         assert!(!log.contains("Generated an operator token"), "{log}");
         assert!(!log.contains(&generated), "{log}");
@@ -782,7 +726,7 @@ async fn serve_generates_an_operator_token_once_and_it_works() {
 
     // A configured token takes precedence over the generated one.
     {
-        let srv = Server::start(&env, Some(TOKEN));
+        let srv = serve(&env, Some(TOKEN));
         assert!(!srv.log().contains("Generated an operator token"));
         assert_eq!(
             list(TOKEN.into(), &srv).await.unwrap().status(),

@@ -11,7 +11,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+mod support;
 use std::time::{Duration, Instant};
+use support::{fresh_pg_database, pg_admin_url, pg_url, psql, psql_ok};
 
 use futures_util::StreamExt;
 use sqlx::Connection;
@@ -34,49 +37,6 @@ const VERSION_0: MigrationSet = MigrationSet {
 
 fn latest() -> i64 {
     lms::TENANT_MIGRATIONS.latest()
-}
-
-fn pg_admin_url() -> String {
-    std::env::var("CAMPUS_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// `postgres://<user>@<host:port of the admin URL>/<database>` (trust auth).
-fn pg_url(user: &str, database: &str) -> String {
-    let admin = pg_admin_url();
-    let rest = admin.split_once("://").map_or(admin.as_str(), |(_, r)| r);
-    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    let host = host.split(['/', '?']).next().unwrap_or(host);
-    format!("postgres://{user}@{host}/{database}")
-}
-
-/// Runs SQL statements through `psql`, one transaction each.
-fn psql(url: &str, script: &str) -> Output {
-    use std::io::Write;
-    let mut child = Command::new("psql")
-        .args([url, "-X", "-q", "-At", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("write to psql");
-    child.wait_with_output().expect("psql")
-}
-
-fn psql_ok(url: &str, script: &str) -> String {
-    let out = psql(url, &format!("\\set ON_ERROR_STOP 1\n{script}"));
-    assert!(
-        out.status.success(),
-        "psql {script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Where the test's registry and tenants live.
@@ -113,22 +73,11 @@ impl Fixture {
                 None,
             ),
             "schema" | "pool" | "database" => {
-                psql_ok(
-                    &pg_admin_url(),
-                    "DO $$ BEGIN CREATE ROLE campus_owner LOGIN CREATEROLE CREATEDB;
-                     EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
-                     DO $$ BEGIN CREATE ROLE campus_app LOGIN NOINHERIT;
-                     EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;",
-                );
-                let database = format!("campus_test_{}", tenancy::TenantId::new().simple());
-                psql_ok(
-                    &pg_admin_url(),
-                    &format!("CREATE DATABASE {database} OWNER campus_owner;"),
-                );
+                let (database, owner, app) = fresh_pg_database();
                 (
                     Store::Postgres {
-                        owner: pg_url("campus_owner", &database),
-                        app: pg_url("campus_app", &database),
+                        owner,
+                        app,
                         database,
                     },
                     (backend == "database").then_some(Isolation::Database),

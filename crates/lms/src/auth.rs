@@ -17,7 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tenancy::{Kernel, Tenant, TenantId, TenantTx};
+use tenancy::{Kernel, Lookup, Tenant, TenantId, TenantTx};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -53,7 +53,8 @@ impl Role {
 }
 
 /// Who is calling: a user (by session token) or an API key.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Principal {
     User {
         user_id: String,
@@ -201,7 +202,21 @@ fn classify<'a>(tenant: &Tenant, bearer: &'a str) -> std::result::Result<Credent
     }
 }
 
-/// Authenticates a bearer credential for `tenant`.
+/// How long a credential's answer may be cached. A logout, a revocation, a
+/// role or password change or a deleted user flushes the tenant's cache at
+/// once, on every node.
+const TOKEN_TTL: Duration = Duration::from_secs(60);
+
+/// A credential's answer, as cached.
+#[derive(Serialize, Deserialize)]
+struct Known {
+    principal: Principal,
+    /// When the session ends; API keys do not.
+    expires_at: Option<String>,
+}
+
+/// Authenticates a bearer credential for `tenant`: from the tenant's cache,
+/// else from its database (and then cached).
 pub async fn authenticate(
     kernel: &Kernel,
     tenant: &Tenant,
@@ -211,44 +226,72 @@ pub async fn authenticate(
         Ok(c) => c,
         Err(r) => return Ok(Err(r)),
     };
-    let mut tx = kernel.begin(tenant).await?;
     let now = tenancy::clock::now();
-    let principal = match cred {
-        Credential::Session(secret) => {
-            let row: Option<(String, String, String)> = sqlx::query_as(
-                "SELECT s.id, s.user_id, u.role FROM sessions s JOIN users u ON u.id = s.user_id
+    let hash = match cred {
+        Credential::Session(s) | Credential::ApiKey(s) => digest(s),
+    };
+    let cache = kernel.cache(tenant);
+    let key = format!("token:{hash}");
+    let ticket = match cache.get::<Known>(&key).await {
+        Lookup::Hit(known) => {
+            return Ok(match known.expires_at {
+                Some(end) if end <= now => Err(Refused::Invalid),
+                _ => Ok(known.principal),
+            });
+        }
+        Lookup::Miss(ticket) => Some(ticket),
+        Lookup::Bypass => None,
+    };
+    let mut tx = kernel.begin(tenant).await?;
+    let known = match cred {
+        Credential::Session(_) => {
+            let row: Option<(String, String, String, String)> = sqlx::query_as(
+                "SELECT s.id, s.user_id, u.role, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id
                  WHERE s.token_hash = $1 AND s.expires_at > $2",
             )
-            .bind(digest(secret))
+            .bind(&hash)
             .bind(&now)
             .fetch_optional(tx.conn())
             .await?;
             match row {
-                Some((session_id, user_id, role)) => Some(Principal::User {
-                    user_id,
-                    session_id,
-                    role: Role::parse(&role)?,
+                Some((session_id, user_id, role, expires_at)) => Some(Known {
+                    principal: Principal::User {
+                        user_id,
+                        session_id,
+                        role: Role::parse(&role)?,
+                    },
+                    expires_at: Some(expires_at),
                 }),
                 None => None,
             }
         }
-        Credential::ApiKey(secret) => {
+        Credential::ApiKey(_) => {
             let row: Option<(String, String)> = sqlx::query_as(
                 "SELECT id, role FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
             )
-            .bind(digest(secret))
+            .bind(&hash)
             .fetch_optional(tx.conn())
             .await?;
             match row {
-                Some((key_id, role)) => Some(Principal::ApiKey {
-                    key_id,
-                    role: Role::parse(&role)?,
+                Some((key_id, role)) => Some(Known {
+                    principal: Principal::ApiKey {
+                        key_id,
+                        role: Role::parse(&role)?,
+                    },
+                    expires_at: None,
                 }),
                 None => None,
             }
         }
     };
-    Ok(principal.ok_or(Refused::Invalid))
+    drop(tx);
+    let Some(known) = known else {
+        return Ok(Err(Refused::Invalid));
+    };
+    if let Some(ticket) = ticket {
+        cache.put(ticket, &key, &known, TOKEN_TTL).await;
+    }
+    Ok(Ok(known.principal))
 }
 
 // ---------------------------------------------------------------------------
@@ -271,12 +314,18 @@ pub struct LoginResponse {
     pub user: User,
 }
 
-/// Counts failed logins per (tenant, email) and refuses more than
-/// `max_failures` within `window`. In process; per node.
+/// Counts failed logins per (tenant, email): `max_failures` at once, then one
+/// more per `window / max_failures` (GCRA). With Redis the count is shared
+/// by every node (one atomic script); without it, or while Redis is
+/// unavailable, each node counts on its own.
 pub struct LoginThrottle {
     max_failures: u32,
     window: Duration,
-    failures: Mutex<HashMap<(TenantId, String), (u32, Instant)>>,
+    /// Per (tenant, email): the GCRA's theoretical arrival time. By hand,
+    /// because the throttle must ask without spending and forget a key on
+    /// success, which `governor` does not offer; the same arithmetic as the
+    /// Redis script.
+    failures: Mutex<HashMap<(TenantId, String), Instant>>,
 }
 
 impl Default for LoginThrottle {
@@ -294,36 +343,94 @@ impl LoginThrottle {
         }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(TenantId, String), (u32, Instant)>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(TenantId, String), Instant>> {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The name of a (tenant, email)'s count in Redis: the email hashed.
+    fn shared_name(email: &str) -> String {
+        format!("login:{}", digest(email))
+    }
+
+    fn interval(&self) -> Duration {
+        self.window / self.max_failures.max(1)
+    }
+
     /// Err with the seconds to wait when this (tenant, email) is throttled.
-    fn check(&self, key: &(TenantId, String)) -> Result<()> {
-        if let Some((n, since)) = self.map().get(key) {
-            let elapsed = since.elapsed();
-            if *n >= self.max_failures && elapsed < self.window {
-                let retry_after_s = (self.window - elapsed).as_secs().max(1);
+    async fn check(&self, shared: Option<&tenancy::Redis>, key: &(TenantId, String)) -> Result<()> {
+        if let Some(redis) = shared
+            && let Some(v) = redis
+                .gcra(
+                    key.0,
+                    &Self::shared_name(&key.1),
+                    self.interval(),
+                    self.max_failures,
+                    false,
+                )
+                .await
+        {
+            return if v.allowed {
+                Ok(())
+            } else {
+                Err(Error::RateLimited {
+                    retry_after_s: v.wait.as_secs().max(1),
+                })
+            };
+        }
+        self.check_here(key)
+    }
+
+    async fn failed(&self, shared: Option<&tenancy::Redis>, key: (TenantId, String)) {
+        if let Some(redis) = shared
+            && redis
+                .gcra(
+                    key.0,
+                    &Self::shared_name(&key.1),
+                    self.interval(),
+                    self.max_failures,
+                    true,
+                )
+                .await
+                .is_some()
+        {
+            return;
+        }
+        self.failed_here(key);
+    }
+
+    async fn succeeded(&self, shared: Option<&tenancy::Redis>, key: &(TenantId, String)) {
+        if let Some(redis) = shared {
+            redis.forget_limit(key.0, &Self::shared_name(&key.1)).await;
+        }
+        self.succeeded_here(key);
+    }
+
+    fn check_here(&self, key: &(TenantId, String)) -> Result<()> {
+        let now = Instant::now();
+        if let Some(tat) = self.map().get(key) {
+            // One more failure would move the arrival time past the burst.
+            let allow_at = (*tat + self.interval()).checked_sub(self.window);
+            if let Some(at) = allow_at
+                && at > now
+            {
+                let retry_after_s = (at - now).as_secs().max(1);
                 return Err(Error::RateLimited { retry_after_s });
             }
         }
         Ok(())
     }
 
-    fn failed(&self, key: (TenantId, String)) {
+    fn failed_here(&self, key: (TenantId, String)) {
+        let now = Instant::now();
         let mut map = self.map();
         if map.len() > 100_000 {
-            let window = self.window;
-            map.retain(|_, (_, since)| since.elapsed() < window);
+            map.retain(|_, tat| *tat > now);
         }
-        let entry = map.entry(key).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= self.window {
-            *entry = (0, Instant::now());
-        }
-        entry.0 += 1;
+        let tat = map.entry(key).or_insert(now);
+        *tat = (*tat).max(now) + self.interval();
     }
 
-    fn succeeded(&self, key: &(TenantId, String)) {
+    fn succeeded_here(&self, key: &(TenantId, String)) {
         self.map().remove(key);
     }
 }
@@ -357,7 +464,8 @@ pub async fn login(
     let throttle = &sessions.throttle;
     let email = req.email.trim().to_lowercase();
     let key = (tenant.id, email.clone());
-    throttle.check(&key)?;
+    let shared = kernel.shared();
+    throttle.check(shared, &key).await?;
 
     let mut tx = kernel.begin(tenant).await?;
     let found = users::find_by_email(&mut tx, &email).await?;
@@ -367,7 +475,7 @@ pub async fn login(
         None => (None, None),
     };
     if !verify_password(req.password, hash).await {
-        throttle.failed(key);
+        throttle.failed(shared, key).await;
         let mut tx = kernel.begin_write(tenant).await?;
         crate::audit::record_anonymous(
             &mut tx,
@@ -382,7 +490,7 @@ pub async fn login(
     let Some(user) = user else {
         return Err(Error::InvalidCredentials);
     };
-    throttle.succeeded(&key);
+    throttle.succeeded(shared, &key).await;
 
     let token = new_secret(SESSION_PREFIX, tenant.id);
     let session_id = Uuid::now_v7().to_string();
@@ -431,6 +539,7 @@ pub async fn logout(cx: &crate::Cx) -> Result<()> {
         .await?;
     cx.audit(&mut tx, "auth.logout", None, None).await?;
     tx.commit().await?;
+    cx.flush_cache().await;
     Ok(())
 }
 
@@ -553,6 +662,7 @@ pub async fn revoke_api_key(cx: &crate::Cx, id: &str) -> Result<()> {
     cx.audit(&mut tx, "api_key.revoked", Some(("api_key", id)), None)
         .await?;
     tx.commit().await?;
+    cx.flush_cache().await;
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use tenancy::dataplane::DbRow;
 
 const STAFF: &[Role] = &[Role::Admin, Role::Instructor];
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Course {
     pub id: String,
     pub title: String,
@@ -134,7 +134,25 @@ pub(crate) async fn readable(cx: &Cx, tx: &mut TenantTx, id: &str) -> Result<Cou
     Ok(course)
 }
 
+/// How long a cached course list may live (every course write flushes it sooner).
+const LIST_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A page of courses: cached per tenant (staff and learners see different
+/// lists), dropped by every course write.
 pub async fn list(cx: &Cx, page: &PageRequest) -> Result<Page<Course>> {
+    let key = format!(
+        "courses:{}:{}:{}",
+        if cx.is_staff() { "staff" } else { "learner" },
+        page.limit,
+        page.after.as_deref().unwrap_or("-")
+    );
+    cx.kernel
+        .cache(&cx.tenant)
+        .get_or_load(&key, LIST_TTL, async || load_list(cx, page).await)
+        .await
+}
+
+async fn load_list(cx: &Cx, page: &PageRequest) -> Result<Page<Course>> {
     let mut tx = cx.read().await?;
     let sql = format!(
         "SELECT {COURSE_COLUMNS} FROM courses WHERE ($1 IS NULL OR id > $1) AND (published = $2 OR $3) ORDER BY id LIMIT $4"
@@ -185,6 +203,7 @@ pub async fn create(cx: &Cx, req: NewCourse) -> Result<Course> {
     )
     .await?;
     tx.commit().await?;
+    cx.flush_cache().await;
     Ok(course)
 }
 
@@ -219,6 +238,7 @@ pub async fn update(cx: &Cx, id: &str, patch: CoursePatch) -> Result<Course> {
         .await?;
     let course = visible(cx, &mut tx, id).await?;
     tx.commit().await?;
+    cx.flush_cache().await;
     Ok(course)
 }
 
@@ -240,6 +260,7 @@ pub async fn delete(cx: &Cx, id: &str) -> Result<()> {
     cx.audit(&mut tx, "course.deleted", Some(("course", id)), None)
         .await?;
     tx.commit().await?;
+    cx.flush_cache().await;
     crate::files::forget_lessons(cx, &lessons).await;
     Ok(())
 }

@@ -26,6 +26,13 @@ impl Cx {
         Ok(self.kernel.begin_write(&self.tenant).await?)
     }
 
+    /// Drops the tenant's cache entries on every node. Call it after a write
+    /// that could make a cached answer stale has committed (see
+    /// [`tenancy::cache`]).
+    pub async fn flush_cache(&self) {
+        self.kernel.cache(&self.tenant).flush().await;
+    }
+
     /// Fails with `forbidden` unless the caller has one of `roles`.
     pub fn require(&self, roles: &[Role]) -> Result<()> {
         if roles.contains(&self.actor.role()) {

@@ -70,6 +70,20 @@ pub struct TenantView {
     pub deleted_at: Option<String>,
     /// Absent when the tenant's data cannot be read (purged, or not yet built).
     pub usage: Option<Usage>,
+    /// The rate limits its plan gives it on this server (the control-plane
+    /// API shows them; change them by changing the plan).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+}
+
+/// A plan's rate limits: requests per second sustained and burst, for the
+/// whole tenant and for each of its users (or API keys).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Limits {
+    pub requests_per_second: u32,
+    pub burst: u32,
+    pub user_requests_per_second: u32,
+    pub user_burst: u32,
 }
 
 /// A freshly provisioned tenant.
@@ -265,6 +279,7 @@ pub async fn view(kernel: &Kernel, t: Tenant) -> TenantView {
         updated_at: t.updated_at,
         deleted_at: t.deleted_at,
         usage,
+        limits: None,
     }
 }
 

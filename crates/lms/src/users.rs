@@ -297,6 +297,8 @@ pub async fn update(cx: &Cx, id: &str, patch: UserPatch) -> Result<User> {
     .await?;
     let user = get(&mut tx, id).await?.ok_or(Error::NotFound)?;
     tx.commit().await?;
+    // A cached token carries the user's role; a password change ended sessions.
+    cx.flush_cache().await;
     Ok(user)
 }
 
@@ -314,6 +316,7 @@ pub async fn delete(cx: &Cx, id: &str) -> Result<()> {
     cx.audit(&mut tx, "user.deleted", Some(("user", id)), None)
         .await?;
     tx.commit().await?;
+    cx.flush_cache().await;
     crate::files::forget_avatar(cx, id).await;
     Ok(())
 }

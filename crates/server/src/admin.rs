@@ -15,6 +15,23 @@ use crate::edge::extract::{Body, Query, paged};
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
+/// The view with the rate limits its plan gives it on this server.
+fn with_limits(state: &AppState, mut view: TenantView) -> TenantView {
+    if let Some(plan) = tenancy::Plan::parse(&view.plan) {
+        let (t, u) = (
+            state.limits.rates().get(plan),
+            state.limits.user_rates().get(plan),
+        );
+        view.limits = Some(lms::ops::Limits {
+            requests_per_second: t.requests_per_second.get(),
+            burst: t.burst.get(),
+            user_requests_per_second: u.requests_per_second.get(),
+            user_burst: u.burst.get(),
+        });
+    }
+    view
+}
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_tenants, create_tenant))
@@ -48,7 +65,8 @@ async fn create_tenant(
         })?),
         None => None,
     };
-    let done = lms::ops::create_tenant_idempotent(&state.kernel, key, req).await?;
+    let mut done = lms::ops::create_tenant_idempotent(&state.kernel, key, req).await?;
+    done.tenant = with_limits(&state, done.tenant);
     Ok((StatusCode::CREATED, Json(done)).into_response())
 }
 
@@ -77,7 +95,7 @@ async fn list_tenants(
     };
     let mut items = Vec::with_capacity(rows.len());
     for t in rows {
-        items.push(lms::ops::view(&state.kernel, t).await);
+        items.push(with_limits(&state, lms::ops::view(&state.kernel, t).await));
     }
     Ok(paged(&q, Page { items, next_cursor }))
 }
@@ -93,7 +111,10 @@ async fn show_tenant(
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
-    Ok(Json(lms::ops::show_tenant(&state.kernel, &slug).await?))
+    Ok(Json(with_limits(
+        &state,
+        lms::ops::show_tenant(&state.kernel, &slug).await?,
+    )))
 }
 
 /// Rename a tenant or change its plan.
@@ -110,9 +131,10 @@ async fn patch_tenant(
     Path(slug): Path<String>,
     Body(patch): Body<TenantPatch>,
 ) -> Result<Json<TenantView>, ApiError> {
-    Ok(Json(
+    Ok(Json(with_limits(
+        &state,
         lms::ops::update_tenant(&state.kernel, &slug, patch).await?,
-    ))
+    )))
 }
 
 /// Delete a tenant (its API answers `invalid_tenant` at once); `?purge=true` destroys its data too.
@@ -127,9 +149,10 @@ async fn delete_tenant(
     Path(slug): Path<String>,
     q: Query,
 ) -> Result<Json<TenantView>, ApiError> {
-    Ok(Json(
+    Ok(Json(with_limits(
+        &state,
         lms::ops::delete_tenant(&state.kernel, &slug, q.purge).await?,
-    ))
+    )))
 }
 
 /// Suspend a tenant: its API answers 403 `tenant_suspended`.
@@ -144,7 +167,10 @@ async fn suspend_tenant(
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
-    Ok(Json(lms::ops::suspend_tenant(&state.kernel, &slug).await?))
+    Ok(Json(with_limits(
+        &state,
+        lms::ops::suspend_tenant(&state.kernel, &slug).await?,
+    )))
 }
 
 /// Resume a suspended tenant.
@@ -159,7 +185,10 @@ async fn resume_tenant(
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
-    Ok(Json(lms::ops::resume_tenant(&state.kernel, &slug).await?))
+    Ok(Json(with_limits(
+        &state,
+        lms::ops::resume_tenant(&state.kernel, &slug).await?,
+    )))
 }
 
 /// The schema version of every tenant, and which are behind.

@@ -30,6 +30,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub detail: String,
     pub retry_after_s: Option<u64>,
+    /// More headers of the answer (`RateLimit-*` on a 429).
+    pub headers: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
 }
 
 impl ApiError {
@@ -39,6 +41,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             retry_after_s: None,
+            headers: Vec::new(),
         }
     }
 
@@ -115,6 +118,9 @@ pub fn render(problem: &Problem, retry_after_s: Option<u64>) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = render(&self.problem(None), self.retry_after_s);
+        for (name, value) in &self.headers {
+            res.headers_mut().insert(name.clone(), value.clone());
+        }
         res.extensions_mut().insert(self);
         res
     }

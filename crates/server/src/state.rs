@@ -24,6 +24,9 @@ pub struct ServerConfig {
     pub upload_limit: u64,
     /// Requests per second (and burst) each tenant may send, by plan.
     pub rates: crate::edge::limits::PlanRates,
+    /// Requests per second (and burst) each user or API key may send
+    /// inside its tenant's allowance, by plan.
+    pub user_rates: crate::edge::limits::PlanRates,
 }
 
 impl ServerConfig {
@@ -35,6 +38,7 @@ impl ServerConfig {
             session_ttl: lms::auth::SESSION_TTL,
             upload_limit: 2 * 1024 * 1024 * 1024,
             rates: crate::edge::limits::default_rates(),
+            user_rates: crate::edge::limits::default_user_rates(),
         }
     }
 }
@@ -47,7 +51,7 @@ pub struct Inner {
     pub config: ServerConfig,
     pub sessions: Sessions,
     pub metrics: PrometheusHandle,
-    pub limits: crate::edge::limits::TenantLimits,
+    pub limits: crate::edge::limits::Limits,
 }
 
 impl AppState {
@@ -56,7 +60,7 @@ impl AppState {
             ttl: config.session_ttl,
             ..Sessions::default()
         };
-        let limits = crate::edge::limits::TenantLimits::new(config.rates);
+        let limits = crate::edge::limits::Limits::new(config.rates, config.user_rates);
         let state = Self(Arc::new(Inner {
             kernel,
             config,

@@ -5,7 +5,9 @@ use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use lms::Cx;
-use lms::auth::Refused;
+use lms::auth::{Principal, Refused};
+
+use super::limits::Holder;
 use sha2::{Digest, Sha256};
 
 use super::request::RequestId;
@@ -53,12 +55,26 @@ impl FromRequestParts<AppState> for Caller {
         let TenantOnly(tenant, request_id) = TenantOnly::from_request_parts(parts, state).await?;
         let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
         match lms::auth::authenticate(&state.kernel, &tenant, token).await? {
-            Ok(actor) => Ok(Caller(Cx {
-                kernel: state.kernel.clone(),
-                tenant,
-                actor,
-                request_id,
-            })),
+            Ok(actor) => {
+                let who = match &actor {
+                    Principal::User { user_id, .. } => Holder::User(user_id),
+                    Principal::ApiKey { key_id, .. } => Holder::ApiKey(key_id),
+                };
+                let verdict = state
+                    .limits
+                    .check_user(state.kernel.shared(), &tenant, who)
+                    .await;
+                if !verdict.allowed() {
+                    super::metrics::rate_limited(&tenant.id, "user");
+                    return Err(verdict.refusal("this user"));
+                }
+                Ok(Caller(Cx {
+                    kernel: state.kernel.clone(),
+                    tenant,
+                    actor,
+                    request_id,
+                }))
+            }
             Err(Refused::OtherTenant { issued_by }) => {
                 tracing::warn!(
                     target: "campus::security",

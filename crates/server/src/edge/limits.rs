@@ -1,39 +1,30 @@
-//! Per-tenant rate limits: a GCRA limiter (the `governor` crate) per plan,
-//! keyed by the tenant's id, checked once per request right after the tenant
-//! is resolved. One tenant's flood spends only its own allowance.
+//! Rate limits, GCRA, checked at the edge: each tenant's allowance from its
+//! plan (right after the tenant is resolved), then each user's or API key's
+//! share of it (right after authentication). One tenant's flood spends only
+//! its own allowance; one user's, only theirs.
+//!
+//! With Redis (`--redis-url`) the state lives in Redis, one atomic script per
+//! check, so that a limit holds across every node. Without it — or while
+//! Redis is unavailable, logged and counted — each node limits on its own
+//! with `governor`, and goes back to Redis as soon as it answers.
 //!
 //! Answers carry the IETF draft's `RateLimit-Limit`, `RateLimit-Remaining`
 //! and `RateLimit-Reset`; a refused request is 429 `rate_limited` with
-//! `Retry-After`. The limits live in this process: with several nodes each
-//! enforces them on its own share of the traffic.
+//! `Retry-After`.
 
+use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
-use governor::{DefaultKeyedRateLimiter, Quota};
-use tenancy::{PerPlan, Tenant, TenantId};
+use governor::{Quota, RateLimiter};
+use tenancy::{PerPlan, Plan, Redis, Tenant, TenantId};
 
 use crate::problem::ApiError;
 
-/// A plan's allowance: a sustained rate and the burst it may spend at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    pub requests_per_second: NonZeroU32,
-    pub burst: NonZeroU32,
-}
-
-impl Rate {
-    pub const fn new(requests_per_second: NonZeroU32, burst: NonZeroU32) -> Self {
-        Self {
-            requests_per_second,
-            burst,
-        }
-    }
-}
+pub use tenancy::Rate;
 
 const fn nz(n: u32) -> NonZeroU32 {
     match NonZeroU32::new(n) {
@@ -42,10 +33,10 @@ const fn nz(n: u32) -> NonZeroU32 {
     }
 }
 
-/// The allowance of each plan, per tenant (the whole organisation).
+/// The allowance of each plan.
 pub type PlanRates = PerPlan<Rate>;
 
-/// The allowances a server has unless configured otherwise.
+/// Each tenant's allowance (the whole organisation), unless configured otherwise.
 pub fn default_rates() -> PlanRates {
     PerPlan {
         free: Rate::new(nz(20), nz(100)),
@@ -54,23 +45,89 @@ pub fn default_rates() -> PlanRates {
     }
 }
 
-type Limiter = DefaultKeyedRateLimiter<TenantId, StateInformationMiddleware>;
+/// Each user's (or API key's) allowance inside its tenant's, unless
+/// configured otherwise.
+pub fn default_user_rates() -> PlanRates {
+    PerPlan {
+        free: Rate::new(nz(10), nz(50)),
+        standard: Rate::new(nz(50), nz(100)),
+        enterprise: Rate::new(nz(100), nz(200)),
+    }
+}
 
-/// The limiters of a server: one per plan, each keyed by tenant, so that a
-/// tenant moved to another plan is counted by that plan's limiter at once.
-pub struct TenantLimits {
+type Limiter<K> = RateLimiter<
+    K,
+    governor::state::keyed::DefaultKeyedStateStore<K>,
+    governor::clock::DefaultClock,
+    StateInformationMiddleware,
+>;
+
+/// Per-node limiters, one per plan, keyed: a tenant moved to another plan is
+/// counted by that plan's limiter at once.
+struct Local<K: Hash + Eq + Clone> {
     rates: PlanRates,
-    limiters: PerPlan<Limiter>,
+    limiters: PerPlan<Limiter<K>>,
 }
 
-fn limiter(rate: Rate) -> Limiter {
-    governor::RateLimiter::keyed(
-        Quota::per_second(rate.requests_per_second).allow_burst(rate.burst),
-    )
-    .with_middleware::<StateInformationMiddleware>()
+impl<K: Hash + Eq + Clone> Local<K> {
+    fn new(rates: PlanRates) -> Self {
+        Self {
+            rates,
+            limiters: rates.map(|r| {
+                RateLimiter::keyed(Quota::per_second(r.requests_per_second).allow_burst(r.burst))
+                    .with_middleware::<StateInformationMiddleware>()
+            }),
+        }
+    }
+
+    fn check(&self, plan: Plan, key: &K) -> Verdict {
+        let rate = self.rates.get(plan);
+        let limiter = self.limiters.get(plan);
+        let burst = rate.burst.get();
+        match limiter.check_key(key) {
+            Ok(state) => {
+                let remaining = state.remaining_burst_capacity();
+                // Refilled at the plan's rate: whole again after this long.
+                let missing = burst.saturating_sub(remaining);
+                Verdict {
+                    limit: burst,
+                    remaining,
+                    reset: ceil_secs(rate.interval() * missing),
+                    allowed: true,
+                }
+            }
+            Err(not_until) => Verdict {
+                limit: burst,
+                remaining: 0,
+                reset: ceil_secs(not_until.wait_time_from(limiter.clock().now())),
+                allowed: false,
+            },
+        }
+    }
+
+    fn forget_idle(&self) {
+        let l = &self.limiters;
+        for l in [&l.free, &l.standard, &l.enterprise] {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
 }
 
-/// What a request may do, per its tenant's limiter.
+/// A server's rate limits: per tenant, and per user inside a tenant.
+pub struct Limits {
+    tenants: Local<TenantId>,
+    users: Local<(TenantId, String)>,
+}
+
+/// Who a per-user limit counts: a user, or an API key (which acts for none).
+pub enum Holder<'a> {
+    User(&'a str),
+    ApiKey(&'a str),
+}
+
+/// What a request may do.
+#[derive(Debug, Clone, Copy)]
 pub struct Verdict {
     limit: u32,
     remaining: u32,
@@ -80,56 +137,75 @@ pub struct Verdict {
     allowed: bool,
 }
 
-impl TenantLimits {
-    pub fn new(rates: PlanRates) -> Self {
+impl Verdict {
+    fn from_shared(rate: Rate, v: tenancy::shared::Gcra) -> Self {
         Self {
-            rates,
-            limiters: rates.map(|r| limiter(*r)),
+            limit: rate.burst.get(),
+            remaining: v.remaining.min(rate.burst.get()),
+            reset: ceil_secs(v.wait),
+            allowed: v.allowed,
+        }
+    }
+}
+
+impl Limits {
+    pub fn new(tenant_rates: PlanRates, user_rates: PlanRates) -> Self {
+        Self {
+            tenants: Local::new(tenant_rates),
+            users: Local::new(user_rates),
         }
     }
 
+    /// Each plan's allowance per tenant.
     pub fn rates(&self) -> &PlanRates {
-        &self.rates
+        &self.tenants.rates
+    }
+
+    /// Each plan's allowance per user.
+    pub fn user_rates(&self) -> &PlanRates {
+        &self.users.rates
     }
 
     /// Counts one request of `tenant`.
-    pub fn check(&self, tenant: &Tenant) -> Verdict {
-        let rate = self.rates.get(tenant.plan);
-        let limiter = self.limiters.get(tenant.plan);
-        let burst = rate.burst.get();
-        match limiter.check_key(&tenant.id) {
-            Ok(state) => {
-                let remaining = state.remaining_burst_capacity();
-                // Refilled at the plan's rate: whole again after this long.
-                let missing = u64::from(burst.saturating_sub(remaining));
-                let per_second = u64::from(rate.requests_per_second.get());
-                Verdict {
-                    limit: burst,
-                    remaining,
-                    reset: missing.div_ceil(per_second),
-                    allowed: true,
-                }
-            }
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(limiter.clock().now());
-                Verdict {
-                    limit: burst,
-                    remaining: 0,
-                    reset: ceil_secs(wait),
-                    allowed: false,
-                }
-            }
+    pub async fn check(&self, shared: Option<&Redis>, tenant: &Tenant) -> Verdict {
+        let rate = *self.tenants.rates.get(tenant.plan);
+        if let Some(redis) = shared
+            && let Some(v) = redis
+                .gcra(tenant.id, "tenant", rate.interval(), rate.burst.get(), true)
+                .await
+        {
+            return Verdict::from_shared(rate, v);
         }
+        self.tenants.check(tenant.plan, &tenant.id)
     }
 
-    /// Forgets tenants whose allowance is whole again (bounded memory
-    /// whatever the number of tenants seen).
-    pub fn forget_idle(&self) {
-        let l = &self.limiters;
-        for l in [&l.free, &l.standard, &l.enterprise] {
-            l.retain_recent();
-            l.shrink_to_fit();
+    /// Counts one request of a user (or API key) of `tenant`.
+    pub async fn check_user(
+        &self,
+        shared: Option<&Redis>,
+        tenant: &Tenant,
+        who: Holder<'_>,
+    ) -> Verdict {
+        let rate = *self.users.rates.get(tenant.plan);
+        let name = match who {
+            Holder::User(id) => format!("user:{id}"),
+            Holder::ApiKey(id) => format!("api_key:{id}"),
+        };
+        if let Some(redis) = shared
+            && let Some(v) = redis
+                .gcra(tenant.id, &name, rate.interval(), rate.burst.get(), true)
+                .await
+        {
+            return Verdict::from_shared(rate, v);
         }
+        self.users.check(tenant.plan, &(tenant.id, name))
+    }
+
+    /// Forgets keys whose allowance is whole again (bounded memory
+    /// whatever the number of tenants and users seen).
+    pub fn forget_idle(&self) {
+        self.tenants.forget_idle();
+        self.users.forget_idle();
     }
 }
 
@@ -150,16 +226,20 @@ impl Verdict {
     }
 
     /// The answer to a refused request: 429 `rate_limited`.
-    pub fn refusal(&self) -> Response {
-        let mut res = ApiError::new(
+    pub fn refusal(&self, whose: &str) -> ApiError {
+        let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
-            "this organisation is sending requests faster than its plan allows",
+            format!("{whose} is sending requests faster than its plan allows"),
         )
-        .retry_after(self.reset.max(1))
-        .into_response();
-        self.apply(res.headers_mut());
-        res
+        .retry_after(self.reset.max(1));
+        let mut headers = HeaderMap::new();
+        self.apply(&mut headers);
+        e.headers = headers
+            .into_iter()
+            .filter_map(|(name, value)| Some((name?, value)))
+            .collect();
+        e
     }
 }
 

@@ -48,9 +48,10 @@ pub fn tenant_request(tenant: &tenancy::TenantId) {
     metrics::counter!("campus_tenant_requests_total", "tenant" => tenant.to_string()).increment(1);
 }
 
-/// A request refused by its tenant's rate limit.
-pub fn rate_limited(tenant: &tenancy::TenantId) {
-    metrics::counter!("campus_rate_limited_total", "tenant" => tenant.to_string()).increment(1);
+/// A request refused by a limit: `tenant` (the organisation's) or `user`.
+pub fn rate_limited(tenant: &tenancy::TenantId, limit: &'static str) {
+    metrics::counter!("campus_rate_limited_total", "tenant" => tenant.to_string(), "limit" => limit)
+        .increment(1);
 }
 
 pub fn security_event(kind: &'static str) {

@@ -111,14 +111,17 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     tracing::Span::current().record("tenant", tenant.slug.as_str());
     super::metrics::tenant_request(&tenant.id);
     // The tenant's own allowance: a flood here spends nobody else's.
-    let verdict = state.limits.check(&tenant);
+    let verdict = state.limits.check(state.kernel.shared(), &tenant).await;
     if !verdict.allowed() {
-        super::metrics::rate_limited(&tenant.id);
-        return verdict.refusal();
+        super::metrics::rate_limited(&tenant.id, "tenant");
+        return verdict.refusal("this organisation").into_response();
     }
     req.extensions_mut().insert(ResolvedTenant(tenant));
     let mut res = next.run(req).await;
-    verdict.apply(res.headers_mut());
+    // A user's own limit, when it refused, speaks for itself.
+    if !res.headers().contains_key("ratelimit-limit") {
+        verdict.apply(res.headers_mut());
+    }
     res
 }
 

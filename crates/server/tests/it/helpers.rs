@@ -662,3 +662,29 @@ pub async fn json_ok(res: Response, status: u16) -> Value {
     assert_eq!(got, status, "{text}");
     serde_json::from_str(&text).unwrap_or(Value::Null)
 }
+
+/// The Redis the suite uses: `CAMPUS_TEST_REDIS`, default the local server.
+pub fn redis_url() -> String {
+    std::env::var("CAMPUS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Where an app keeps its tenant cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheAt {
+    Process,
+    Redis,
+}
+
+/// An environment name no other test uses: every Redis key of the app
+/// starts with it.
+pub fn unique_environment() -> String {
+    format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
+}
+
+/// Points `k`'s cache at `at` (Redis at `redis_url()`, under a fresh environment).
+pub fn use_cache(k: &mut KernelConfig, at: CacheAt) {
+    k.cache.environment = unique_environment();
+    if at == CacheAt::Redis {
+        k.cache.redis_url = Some(redis_url());
+    }
+}

@@ -23,10 +23,23 @@ fn header(res: &reqwest::Response, name: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flooding_tenant_gets_429s_while_its_neighbour_gets_none() {
+    flooding_tenant(CacheAt::Process).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooding_tenant_gets_429s_while_its_neighbour_gets_none_with_limits_in_redis() {
+    flooding_tenant(CacheAt::Redis).await;
+}
+
+async fn flooding_tenant(at: CacheAt) {
     const PER_SECOND: u32 = 5;
     const BURST: u32 = 10;
     const FLOOD: usize = 80;
-    let app = spawn_app_with(|_, s| s.rates.standard = rate(PER_SECOND, BURST)).await;
+    let app = spawn_app_with(|k, s| {
+        use_cache(k, at);
+        s.rates.standard = rate(PER_SECOND, BURST);
+    })
+    .await;
     let a = app.tenant("flood-a").await;
     let b = app.tenant("flood-b").await;
 
@@ -136,5 +149,127 @@ async fn the_control_plane_and_health_are_not_counted_against_tenants() {
             .expect("send");
         assert_eq!(res.status(), StatusCode::OK);
         assert!(res.headers().get("ratelimit-limit").is_none());
+    }
+}
+
+/// Inside one tenant, one user's flood spends only that user's allowance.
+async fn flooding_user(at: CacheAt) {
+    const BURST: u32 = 5;
+    let app = spawn_app_with(|k, s| {
+        use_cache(k, at);
+        s.rates.standard = rate(1000, 1000);
+        s.user_rates.standard = rate(2, BURST);
+    })
+    .await;
+    let t = app.tenant("user-flood").await;
+    let (a, b) = (app.user(&t, "learner").await, app.user(&t, "learner").await);
+    let started = Instant::now();
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let req = app.get(&a, "/api/v1/courses");
+        flood.spawn(async move { req.send().await.expect("send") });
+    }
+    let mut b_statuses = Vec::new();
+    for _ in 0..4 {
+        let res = app.get(&b, "/api/v1/courses").send().await.expect("send");
+        b_statuses.push(res.status());
+    }
+    let (mut ok, mut refused) = (0u32, 0u32);
+    while let Some(res) = flood.join_next().await {
+        let res = res.expect("task");
+        match res.status() {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                assert_eq!(header(&res, "ratelimit-limit"), Some(u64::from(BURST)));
+                assert_eq!(header(&res, "ratelimit-remaining"), Some(0));
+                assert!(header(&res, "retry-after").is_some_and(|s| s >= 1));
+                let body: Value = res.json().await.expect("problem");
+                assert_eq!(body["code"], "rate_limited");
+            }
+            other => panic!("user A got {other}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(refused > 0, "user A sent 40 at once and none was refused");
+    let most = f64::from(BURST) + 2.0 * elapsed.ceil();
+    assert!(
+        f64::from(ok) <= most,
+        "{ok} of A's passed in {elapsed:.2} s; at most {most}"
+    );
+    assert!(
+        b_statuses.iter().all(|s| *s == StatusCode::OK),
+        "user B was refused while A flooded: {b_statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooding_user_gets_429s_while_another_user_of_the_tenant_gets_none() {
+    flooding_user(CacheAt::Process).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooding_user_gets_429s_while_another_user_of_the_tenant_gets_none_in_redis() {
+    flooding_user(CacheAt::Redis).await;
+}
+
+#[tokio::test]
+async fn the_control_plane_shows_each_tenants_limits_and_a_plan_change_changes_them() {
+    let app = spawn_app_with(|_, s| {
+        s.rates.free = rate(3, 7);
+        s.user_rates.free = rate(1, 2);
+        s.rates.enterprise = rate(300, 700);
+        s.user_rates.enterprise = rate(100, 200);
+    })
+    .await;
+    let t = app.tenant("show-limits").await;
+    let path = format!("/admin/api/v1/tenants/{}", t.slug);
+    for (plan, want) in [
+        ("free", [3u32, 7, 1, 2]),
+        ("enterprise", [300, 700, 100, 200]),
+    ] {
+        let res = app
+            .operator(Method::PATCH, &path)
+            .json(&json!({ "plan": plan }))
+            .send()
+            .await
+            .expect("patch");
+        let patched = json_ok(res, 200).await;
+        let shown = json_ok(
+            app.operator(Method::GET, &path).send().await.expect("get"),
+            200,
+        )
+        .await;
+        let listed = json_ok(
+            app.operator(Method::GET, "/admin/api/v1/tenants")
+                .send()
+                .await
+                .expect("list"),
+            200,
+        )
+        .await;
+        let listed = listed["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|x| x["slug"] == t.slug.as_str())
+            .cloned()
+            .expect("listed");
+        for view in [&patched, &shown, &listed] {
+            assert_eq!(view["plan"], plan);
+            assert_eq!(
+                view["limits"],
+                json!({
+                    "requests_per_second": want[0],
+                    "burst": want[1],
+                    "user_requests_per_second": want[2],
+                    "user_burst": want[3],
+                }),
+                "{view}"
+            );
+        }
+        // And the tenant's API answers by that plan.
+        let res = app.get(&t.admin, "/api/v1/me").send().await.expect("me");
+        assert_eq!(header(&res, "ratelimit-limit"), Some(u64::from(want[1])));
     }
 }

@@ -1,0 +1,138 @@
+//! What the tests of the real `campus` binary share: a running `campus
+//! serve`, and PostgreSQL through `psql` (trust auth).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// `campus serve`, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Runs `cmd` (a `campus` command whose global flags are set) as
+    /// `--log-format json serve --listen 127.0.0.1:0 <extra>`, and waits for
+    /// the server to say where it listens.
+    pub fn start(mut cmd: Command, extra: &[&str]) -> Self {
+        cmd.args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn campus serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut server = Self {
+            child,
+            base: String::new(),
+            log: log.clone(),
+        };
+        let (tx, rx) = mpsc::channel();
+        // Drains stderr for the server's whole life, so that it never blocks on it.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["message"] == "campus is serving"
+                    && let Some(addr) = v["addr"].as_str()
+                {
+                    let _ = tx.send(addr.to_owned());
+                }
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => server.base = format!("http://{addr}"),
+            Err(_) => panic!("campus serve did not start:\n{}", server.log()),
+        }
+        server
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+pub fn pg_admin_url() -> String {
+    std::env::var("CAMPUS_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// `postgres://<user>@<host:port of the admin URL>/<database>` (trust auth).
+pub fn pg_url(user: &str, database: &str) -> String {
+    let admin = pg_admin_url();
+    let rest = admin.split_once("://").map_or(admin.as_str(), |(_, r)| r);
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = host.split(['/', '?']).next().unwrap_or(host);
+    format!("postgres://{user}@{host}/{database}")
+}
+
+/// Runs SQL statements through `psql`, one transaction each.
+pub fn psql(url: &str, script: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("psql")
+        .args([url, "-X", "-q", "-At", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("write to psql");
+    child.wait_with_output().expect("psql")
+}
+
+pub fn psql_ok(url: &str, script: &str) -> String {
+    let out = psql(url, &format!("\\set ON_ERROR_STOP 1\n{script}"));
+    assert!(
+        out.status.success(),
+        "psql {script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh database owned by `campus_owner`, served to `campus_app` (both
+/// made if missing): `(database, owner URL, app URL)`.
+pub fn fresh_pg_database() -> (String, String, String) {
+    psql_ok(
+        &pg_admin_url(),
+        "DO $$ BEGIN CREATE ROLE campus_owner LOGIN CREATEROLE CREATEDB;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+         DO $$ BEGIN CREATE ROLE campus_app LOGIN NOINHERIT;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;",
+    );
+    let database = format!("campus_test_{}", tenancy::TenantId::new().simple());
+    psql_ok(
+        &pg_admin_url(),
+        &format!("CREATE DATABASE {database} OWNER campus_owner;"),
+    );
+    let owner = pg_url("campus_owner", &database);
+    let app = pg_url("campus_app", &database);
+    (database, owner, app)
+}
