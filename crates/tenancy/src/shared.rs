@@ -166,9 +166,21 @@ impl Redis {
             metrics::counter!("campus_redis_unavailable_total", "op" => op).increment(1);
             return None;
         }
+        self.attempt(op, f).await
+    }
+
+    /// Like [`Redis::call`], but tries Redis even while calls skip it: for
+    /// background work that must reach Redis as soon as it is back (the
+    /// flushes it missed), where waiting costs no request anything.
+    pub(crate) async fn attempt<T, F, Fut>(&self, op: &'static str, f: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
         let failure = match tokio::time::timeout(CALL_TIMEOUT, f(self.conn.clone())).await {
             Ok(Ok(v)) => {
                 if self.down.swap(false, Ordering::Relaxed) {
+                    self.skip_until_ms.store(0, Ordering::Relaxed);
                     tracing::info!(target: "campus::redis", "Redis is back: shared cache and limits resume");
                 }
                 return Some(v);

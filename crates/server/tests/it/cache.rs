@@ -294,6 +294,29 @@ async fn redis_keys_follow_the_rule_and_a_flush_leaves_other_tenants_entries() {
     }
     assert_eq!(titles(&app, &b.admin).await, ["Same title"]);
     assert_eq!(titles(&app, &a.admin).await, ["Same title", "Another"]);
+
+    // Purged: every key of A is gone from Redis; B's entries and generation
+    // are all still there (its limits expire on their own within a second).
+    let cached = async |c: &mut redis::aio::MultiplexedConnection| {
+        let mut all = keys(c, &format!("{env}:{}:", b.id)).await;
+        all.retain(|k| !k.contains(":limit:"));
+        all
+    };
+    let b_keys = cached(&mut c).await;
+    let res = app
+        .operator(
+            Method::DELETE,
+            &format!("/admin/api/v1/tenants/{}?purge=true", a.slug),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    assert_eq!(
+        keys(&mut c, &format!("{env}:{}:", a.id)).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(cached(&mut c).await, b_keys);
 }
 
 /// A Redis server of the test's own, on a port of its own, with an

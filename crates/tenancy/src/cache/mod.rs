@@ -151,7 +151,7 @@ impl Cache {
             loop {
                 tick.tick().await;
                 let Some(pending) = weak.upgrade() else { break };
-                replay(&pending, &link).await;
+                replay(&pending, &link, Replay::Now).await;
             }
         });
         Self {
@@ -203,13 +203,13 @@ fn lock(pending: &Mutex<HashSet<TenantId>>) -> std::sync::MutexGuard<'_, HashSet
 }
 
 /// Writes the flushes Redis missed; `true` when none is left.
-async fn replay(pending: &Mutex<HashSet<TenantId>>, redis: &Redis) -> bool {
+async fn replay(pending: &Mutex<HashSet<TenantId>>, redis: &Redis, when: Replay) -> bool {
     let waiting: Vec<TenantId> = lock(pending).iter().copied().collect();
     if waiting.is_empty() {
         return true;
     }
     for tenant in waiting {
-        if redis_flush(redis, tenant).await.is_some() {
+        if redis_flush(redis, tenant, when).await.is_some() {
             lock(pending).remove(&tenant);
         } else {
             return false;
@@ -219,13 +219,25 @@ async fn replay(pending: &Mutex<HashSet<TenantId>>, redis: &Redis) -> bool {
     lock(pending).is_empty()
 }
 
-async fn redis_flush(redis: &Redis, tenant: TenantId) -> Option<String> {
+/// Bumps `tenant`'s generation in Redis. In the background (`Replay::Now`)
+/// Redis is tried even while requests skip it, so that a flush it missed is
+/// written as soon as it is back — before other nodes, whose requests still
+/// skip Redis for a moment, read from it again.
+async fn redis_flush(redis: &Redis, tenant: TenantId, when: Replay) -> Option<String> {
     let gen_key = format!("{}gen", redis.prefix(tenant));
-    redis
-        .call("cache_flush", |mut c| async move {
-            FLUSH.key(&gen_key).invoke_async(&mut c).await
-        })
-        .await
+    let flush = |mut c: redis::aio::ConnectionManager| async move {
+        FLUSH.key(&gen_key).invoke_async(&mut c).await
+    };
+    match when {
+        Replay::Now => redis.attempt("cache_flush", flush).await,
+        Replay::UnlessDown => redis.call("cache_flush", flush).await,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Replay {
+    Now,
+    UnlessDown,
 }
 
 fn count(tenant: TenantId, result: &'static str) {
@@ -249,7 +261,7 @@ impl TenantCache<'_> {
         let found = match &self.cache.backend {
             Backend::Local(l) => Some(l.get(&self.cache.env, self.tenant, key)),
             Backend::Redis(r) => {
-                if replay(&self.cache.pending, r).await {
+                if replay(&self.cache.pending, r, Replay::UnlessDown).await {
                     let prefix = r.prefix(self.tenant);
                     let gen_key = format!("{prefix}gen");
                     r.call("cache_get", |mut c| async move {
@@ -344,7 +356,10 @@ impl TenantCache<'_> {
         match &self.cache.backend {
             Backend::Local(l) => l.flush(self.tenant),
             Backend::Redis(r) => {
-                if redis_flush(r, self.tenant).await.is_none() {
+                if redis_flush(r, self.tenant, Replay::UnlessDown)
+                    .await
+                    .is_none()
+                {
                     // Kept, and written before this node reads the cache again.
                     self.cache.pending().insert(self.tenant);
                 }
