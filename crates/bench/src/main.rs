@@ -86,9 +86,10 @@ const USAGE: &str = "usage: campus-bench <provision|migrate|connections|upload|n
                                          (embedded, no PostgreSQL) while a --mb/10 and a
                                          --mb MiB video stream in, --rounds times; PATH
                                          defaults to the `campus` next to this binary
-  noisy        [--clients 64] [--duration 20] [--pool-size 16]
+  noisy        [--clients 64] [--duration 20] [--pool-size 16] [--redis-url URL]
                                          tenant B's latency alone, then while tenant A
-                                         floods with --clients clients (schema tenants)
+                                         floods with --clients clients (schema tenants);
+                                         cache and limits in Redis with --redis-url
 
   --setup-concurrency 8   tenants provisioned at once while setting up
   --keep                  leave the database, roles and tenant databases in place
@@ -111,6 +112,7 @@ struct Args {
     mb: u64,
     rounds: usize,
     campus: Option<PathBuf>,
+    redis_url: Option<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -138,6 +140,7 @@ fn parse_args() -> Result<Args> {
         mb: 500,
         rounds: 1,
         campus: None,
+        redis_url: None,
     };
     while let Some(flag) = it.next() {
         if flag == "--keep" {
@@ -159,6 +162,7 @@ fn parse_args() -> Result<Args> {
             "--mb" => a.mb = u64::try_from(num()?)?,
             "--rounds" => a.rounds = num()?,
             "--campus" => a.campus = Some(PathBuf::from(&value)),
+            "--redis-url" => a.redis_url = Some(value),
             "--tenants" => a.tenants = Some(num()?),
             "--concurrency" => a.concurrency = num()?,
             "--setup-concurrency" => a.setup_concurrency = num()?,

@@ -56,8 +56,19 @@ pub(crate) async fn run(bench: &Bench, args: &Args) -> Result<()> {
         ms(B_EVERY),
         crate::secs(args.duration)
     );
-    let kernel: Kernel =
-        Kernel::open(bench.kernel_config(lms::TENANT_MIGRATIONS, args.pool_size)).await?;
+    let mut kc = bench.kernel_config(lms::TENANT_MIGRATIONS, args.pool_size);
+    if let Some(url) = &args.redis_url {
+        kc.cache.redis_url = Some(url.clone());
+        kc.cache.environment = format!("bench-{}", &tenancy::TenantId::new().simple()[20..]);
+    }
+    let kernel: Kernel = Kernel::open(kc).await?;
+    println!(
+        "  cache and rate limits: {}",
+        match &args.redis_url {
+            Some(url) => format!("in Redis ({url})"),
+            None => "in process".into(),
+        }
+    );
     let tenants = provision_many(&kernel, "n", 2, Isolation::Schema, 2).await?;
     let tokens = seed_sessions(&kernel, tenants, 2).await?;
     let (a, b) = (tokens[0].clone(), tokens[1].clone());
@@ -65,12 +76,14 @@ pub(crate) async fn run(bench: &Bench, args: &Args) -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let config = server::ServerConfig::new("campus-bench-operator-token-0123456789");
-    let rate = config.rates.standard;
+    let (rate, user) = (config.rates.standard, config.user_rates.standard);
     println!(
-        "  server: serving pool {}, tenant A's plan allows {}/s with a burst of {}; bulkhead {} transactions per tenant",
+        "  server: serving pool {}, tenant A's plan allows {}/s with a burst of {} ({}/s, {} per user); bulkhead {} transactions per tenant",
         args.pool_size,
         rate.requests_per_second,
         rate.burst,
+        user.requests_per_second,
+        user.burst,
         tenancy::KernelConfig::new("", lms::TENANT_MIGRATIONS).tenant_transactions
     );
     let state = server::AppState::new(kernel.clone(), config);
