@@ -66,6 +66,7 @@ impl FromRequestParts<AppState> for Caller {
                     .await;
                 if !verdict.allowed() {
                     super::metrics::rate_limited(&tenant.id, "user");
+                    state.limits.slow_down().await;
                     return Err(verdict.refusal("this user"));
                 }
                 Ok(Caller(Cx {

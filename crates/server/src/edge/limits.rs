@@ -14,7 +14,7 @@
 
 use std::hash::Hash;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use governor::clock::Clock;
@@ -118,6 +118,63 @@ impl<K: Hash + Eq + Clone> Local<K> {
 pub struct Limits {
     tenants: Local<TenantId>,
     users: Local<(TenantId, String)>,
+    refused: Refused,
+    /// Refusals being held back (see [`Limits::slow_down`]).
+    held: tokio::sync::Semaphore,
+}
+
+/// How long a refused request is held before its 429 is sent: 150 ms plus
+/// up to 100 ms of jitter, so that held clients do not all come back at once.
+const HOLD: Duration = Duration::from_millis(150);
+const HOLD_JITTER_MS: u32 = 100;
+/// At most this many refusals are held at once; past that, they are sent at
+/// once (holding must not cost the server more than answering).
+const MAX_HELD: usize = 4096;
+
+/// Allowances Redis said are spent, until when: asked again before then,
+/// this node refuses on its own, without a round trip. Exact, not an
+/// approximation: a refused request changes nothing in GCRA, and other
+/// nodes can only push the time further, so Redis would refuse too. A flood
+/// of refused requests thus costs Redis nothing.
+#[derive(Default)]
+struct Refused(std::sync::Mutex<std::collections::HashMap<(TenantId, String), (Instant, Rate)>>);
+
+impl Refused {
+    /// The refusal still in force for `key` at `rate` (a plan changed since
+    /// is asked again), if any.
+    fn get(&self, key: &(TenantId, String), rate: Rate) -> Option<Verdict> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (until, refused_at) = *map.get(key)?;
+        let wait = until.checked_duration_since(Instant::now())?;
+        if refused_at != rate {
+            return None;
+        }
+        Some(Verdict {
+            limit: rate.burst.get(),
+            remaining: 0,
+            reset: ceil_secs(wait),
+            allowed: false,
+        })
+    }
+
+    fn note(&self, key: (TenantId, String), v: &tenancy::shared::Gcra, rate: Rate) {
+        if v.allowed {
+            return;
+        }
+        let now = Instant::now();
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= 100_000 {
+            map.retain(|_, (until, _)| *until > now);
+        }
+        map.insert(key, (now + v.wait, rate));
+    }
+
+    fn forget_idle(&self) {
+        let now = Instant::now();
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (until, _)| *until > now);
+        map.shrink_to_fit();
+    }
 }
 
 /// Who a per-user limit counts: a user, or an API key (which acts for none).
@@ -153,6 +210,8 @@ impl Limits {
         Self {
             tenants: Local::new(tenant_rates),
             users: Local::new(user_rates),
+            refused: Refused::default(),
+            held: tokio::sync::Semaphore::new(MAX_HELD),
         }
     }
 
@@ -170,13 +229,31 @@ impl Limits {
     pub async fn check(&self, shared: Option<&Redis>, tenant: &Tenant) -> Verdict {
         let rate = *self.tenants.rates.get(tenant.plan);
         if let Some(redis) = shared
-            && let Some(v) = redis
-                .gcra(tenant.id, "tenant", rate.interval(), rate.burst.get(), true)
-                .await
+            && let Some(v) = self.shared(redis, tenant, "tenant".into(), rate).await
         {
-            return Verdict::from_shared(rate, v);
+            return v;
         }
         self.tenants.check(tenant.plan, &tenant.id)
+    }
+
+    /// One GCRA step in Redis on `name` of `tenant` — unless Redis refused
+    /// it moments ago at the same rate. `None` when Redis is unavailable.
+    async fn shared(
+        &self,
+        redis: &Redis,
+        tenant: &Tenant,
+        name: String,
+        rate: Rate,
+    ) -> Option<Verdict> {
+        let key = (tenant.id, name);
+        if let Some(v) = self.refused.get(&key, rate) {
+            return Some(v);
+        }
+        let v = redis
+            .gcra(tenant.id, &key.1, rate.interval(), rate.burst.get(), true)
+            .await?;
+        self.refused.note(key, &v, rate);
+        Some(Verdict::from_shared(rate, v))
     }
 
     /// Counts one request of a user (or API key) of `tenant`.
@@ -192,13 +269,28 @@ impl Limits {
             Holder::ApiKey(id) => format!("api_key:{id}"),
         };
         if let Some(redis) = shared
-            && let Some(v) = redis
-                .gcra(tenant.id, &name, rate.interval(), rate.burst.get(), true)
-                .await
+            && let Some(v) = self.shared(redis, tenant, name.clone(), rate).await
         {
-            return Verdict::from_shared(rate, v);
+            return v;
         }
         self.users.check(tenant.plan, &(tenant.id, name))
+    }
+
+    /// Holds a refused request for a moment before its 429 leaves. A client
+    /// looping as fast as it is answered — the usual flood — then sends a
+    /// few requests a second per connection instead of thousands, so its
+    /// refusals stop taking the CPU its neighbours' requests need. A client
+    /// that respects `Retry-After` never notices. Costs a timer, for at most
+    /// `MAX_HELD` requests at once.
+    pub async fn slow_down(&self) {
+        if let Ok(_permit) = self.held.try_acquire() {
+            // Jitter, not a secret: the clock's nanoseconds will do.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let jitter = Duration::from_millis(u64::from(nanos % HOLD_JITTER_MS));
+            tokio::time::sleep(HOLD + jitter).await;
+        }
     }
 
     /// Forgets keys whose allowance is whole again (bounded memory
@@ -206,6 +298,7 @@ impl Limits {
     pub fn forget_idle(&self) {
         self.tenants.forget_idle();
         self.users.forget_idle();
+        self.refused.forget_idle();
     }
 }
 
