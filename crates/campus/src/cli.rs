@@ -183,6 +183,9 @@ pub struct FileConfig {
     pub operator_token: Option<String>,
     /// At most this many transactions of one tenant at once (its bulkhead).
     pub tenant_transactions: Option<std::num::NonZeroUsize>,
+    /// How long, in milliseconds, a request waits for one of its tenant's
+    /// shares before it is answered 503 `overloaded`.
+    pub tenant_transaction_wait_ms: Option<u64>,
     /// `[rate_limits.<plan>]`: each tenant's allowance on that plan.
     #[serde(default)]
     pub rate_limits: std::collections::BTreeMap<String, RateFile>,

@@ -74,6 +74,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(n) = file.tenant_transactions {
         config.tenant_transactions = n;
     }
+    if let Some(ms) = file.tenant_transaction_wait_ms {
+        config.tenant_transaction_wait = std::time::Duration::from_millis(ms);
+    }
     config.storage.url = cli.storage_url.clone().or(file.storage_url.clone());
     // The cache and shared limits serve requests: only `serve` opens Redis.
     if let Command::Serve(args) = &cli.command {

@@ -84,7 +84,9 @@ pub fn add_edge_errors(doc: &mut OpenApi) {
                 r.entry("403".into())
                     .or_insert_with(|| problem("`tenant_suspended`"));
                 r.entry("503".into()).or_insert_with(|| {
-                    problem("`tenant_maintenance` (writes, with `Retry-After`)")
+                    problem(
+                        "`tenant_maintenance` (writes, with `Retry-After`); `overloaded`: the tenant's database work stayed at its limit (`Retry-After`)",
+                    )
                 });
                 r.entry("429".into()).or_insert_with(|| {
                     problem(

@@ -174,6 +174,17 @@ impl From<lms::Error> for ApiError {
                 "unsupported_media_type",
                 "the file's bytes are not of its declared type",
             ),
+            E::Kernel(tenancy::Error::Overloaded) => {
+                // The request waited its turn and gave up: the tenant's
+                // bulkhead (or the whole serving pool) stayed full.
+                tracing::warn!("database work at its limit; answered 503 overloaded");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "too much of this tenant's database work is in progress; try again shortly",
+                )
+                .retry_after(1)
+            }
             E::Kernel(tenancy::Error::Interrupted(why)) => {
                 tracing::info!(reason = %why, "upload interrupted");
                 Self::invalid_body("the body could not be read to its end")

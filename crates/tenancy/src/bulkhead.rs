@@ -12,21 +12,23 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::error::{Error, Result};
 use crate::id::TenantId;
 
-/// How long a transaction waits for a share (or a connection) before giving
-/// up, as long as it would wait for a pooled connection.
+/// How long a transaction waits for a pooled connection (and, unless
+/// configured otherwise, for its tenant's share) before giving up.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
-/// A permit of `sem`, waited for at most [`WAIT`]; failing as a pool would.
-pub(crate) async fn permit(sem: Arc<Semaphore>) -> Result<OwnedSemaphorePermit> {
-    match tokio::time::timeout(WAIT, sem.acquire_owned()).await {
+/// A permit of `sem`, waited for at most `wait`; failing as a pool would
+/// ([`Error::Overloaded`] when the wait runs out).
+pub(crate) async fn permit(sem: Arc<Semaphore>, wait: Duration) -> Result<OwnedSemaphorePermit> {
+    match tokio::time::timeout(wait, sem.acquire_owned()).await {
         Ok(Ok(permit)) => Ok(permit),
         Ok(Err(_)) => Err(Error::Db(sqlx::Error::PoolClosed)),
-        Err(_) => Err(Error::Db(sqlx::Error::PoolTimedOut)),
+        Err(_) => Err(Error::Overloaded),
     }
 }
 
 pub(crate) struct Bulkheads {
     per_tenant: usize,
+    wait: Duration,
     inner: Mutex<Shares>,
 }
 
@@ -39,9 +41,10 @@ struct Shares {
 const FIRST_SWEEP: usize = 1024;
 
 impl Bulkheads {
-    pub(crate) fn new(per_tenant: NonZeroUsize) -> Self {
+    pub(crate) fn new(per_tenant: NonZeroUsize, wait: Duration) -> Self {
         Self {
             per_tenant: per_tenant.get(),
+            wait,
             inner: Mutex::new(Shares {
                 by_tenant: HashMap::new(),
                 sweep_at: FIRST_SWEEP,
@@ -50,7 +53,7 @@ impl Bulkheads {
     }
 
     /// One of `tenant`'s shares, held until the permit is dropped; waits
-    /// while the tenant already has all of them in use.
+    /// while the tenant already has all of them in use, at most `wait`.
     pub(crate) async fn enter(&self, tenant: TenantId) -> Result<OwnedSemaphorePermit> {
         let share = {
             let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -68,7 +71,7 @@ impl Bulkheads {
                 .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant)))
                 .clone()
         };
-        permit(share).await
+        permit(share, self.wait).await
     }
 
     /// How many tenants the map holds (for tests and metrics).
@@ -87,7 +90,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_tenants_are_forgotten_so_the_map_stays_bounded() {
-        let b = Bulkheads::new(NonZeroUsize::new(2).expect("non-zero"));
+        let b = Bulkheads::new(NonZeroUsize::new(2).expect("non-zero"), WAIT);
         let busy = TenantId::new();
         let held = b.enter(busy).await.expect("share");
         for _ in 0..10 * FIRST_SWEEP {

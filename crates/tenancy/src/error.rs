@@ -36,10 +36,23 @@ pub enum Error {
     Crypto(&'static str),
     #[error("object store error: {0}")]
     Store(object_store::Error),
+    /// The tenant's share of database work (its bulkhead), or the serving
+    /// pool itself, stayed taken for as long as a transaction may wait.
+    #[error("too much database work at once; try again shortly")]
+    Overloaded,
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut => Error::Overloaded,
+            other => Error::Db(other),
+        }
+    }
 }
 
 impl From<object_store::Error> for Error {

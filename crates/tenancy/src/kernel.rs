@@ -42,6 +42,9 @@ pub struct KernelConfig {
     /// cannot take a whole shared pool. Keep it below the serving pool's
     /// size (`--pool-size`, 16 by default).
     pub tenant_transactions: NonZeroUsize,
+    /// How long a transaction waits for its tenant's share before failing
+    /// with [`Error::Overloaded`](crate::Error::Overloaded) (10 s).
+    pub tenant_transaction_wait: std::time::Duration,
     /// The tenant cache: in process, or in Redis shared by every node.
     pub cache: CacheConfig,
 }
@@ -57,6 +60,7 @@ impl KernelConfig {
             default_isolation: None,
             storage: StorageConfig::default(),
             tenant_transactions: NonZeroUsize::new(8).unwrap_or(NonZeroUsize::MIN),
+            tenant_transaction_wait: crate::bulkhead::WAIT,
             cache: CacheConfig::default(),
         }
     }
@@ -134,7 +138,10 @@ impl Kernel {
             cache,
             shared,
             storage,
-            bulkheads: crate::bulkhead::Bulkheads::new(cfg.tenant_transactions),
+            bulkheads: crate::bulkhead::Bulkheads::new(
+                cfg.tenant_transactions,
+                cfg.tenant_transaction_wait,
+            ),
             registry,
             data,
             tenant_migrations: cfg.tenant_migrations,

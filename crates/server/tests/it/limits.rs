@@ -1,8 +1,10 @@
 //! Per-tenant rate limits: a tenant flooding the server gets 429s and spends
-//! only its own allowance; its neighbours are not slowed into refusals.
+//! only its own allowance; its neighbours are not slowed into refusals. And
+//! bulkheads: a tenant whose database work is at its cap waits for its own
+//! share, then gets 503 `overloaded`; its neighbours are not held up.
 
-use std::num::NonZeroU32;
-use std::time::Instant;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -272,4 +274,83 @@ async fn the_control_plane_shows_each_tenants_limits_and_a_plan_change_changes_t
         let res = app.get(&t.admin, "/api/v1/me").send().await.expect("me");
         assert_eq!(header(&res, "ratelimit-limit"), Some(u64::from(want[1])));
     }
+}
+
+/// A tenant whose database work stays at its bulkhead's cap gets 503
+/// `overloaded` with `Retry-After` once its wait runs out — and its write
+/// changes nothing — while its neighbour on the same pool writes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_at_its_bulkhead_gets_503_overloaded_while_its_neighbour_writes() {
+    const SHARE: usize = 2;
+    let app = spawn_app_with(|k, _| {
+        k.tenant_transactions = NonZeroUsize::new(SHARE).expect("non-zero");
+        k.tenant_transaction_wait = Duration::from_millis(300);
+    })
+    .await;
+    let a = app.tenant("bulk-a").await;
+    let b = app.tenant("bulk-b").await;
+    // Token lookups cached, so that what waits below is the write itself.
+    for s in [&a.admin, &b.admin] {
+        json_ok(
+            app.get(s, "/api/v1/courses").send().await.expect("send"),
+            200,
+        )
+        .await;
+    }
+
+    // A's database work at its cap: both of its shares held.
+    let a_row = app.tenant_row(&a.id).await;
+    let mut held = Vec::new();
+    for _ in 0..SHARE {
+        held.push(app.kernel.begin(&a_row).await.expect("begin A"));
+    }
+    let started = Instant::now();
+    let res = app
+        .post(
+            &a.admin,
+            "/api/v1/courses",
+            json!({"title": "Never written"}),
+        )
+        .send()
+        .await
+        .expect("send");
+    let waited = started.elapsed();
+    assert_eq!(header(&res, "retry-after"), Some(1));
+    assert_problem(res, 503, "overloaded").await;
+    assert!(
+        waited >= Duration::from_millis(300),
+        "gave up after {waited:?}"
+    );
+
+    // B, same pool, same moment: not held up by A's full bulkhead.
+    let res = app
+        .post(&b.admin, "/api/v1/courses", json!({"title": "B's course"}))
+        .send()
+        .await
+        .expect("send");
+    json_ok(res, 201).await;
+
+    // A's shares back: A writes again, and the refused write left nothing.
+    drop(held);
+    let res = app
+        .post(&a.admin, "/api/v1/courses", json!({"title": "Written"}))
+        .send()
+        .await
+        .expect("send");
+    json_ok(res, 201).await;
+    let list = json_ok(
+        app.get(&a.admin, "/api/v1/courses")
+            .send()
+            .await
+            .expect("send"),
+        200,
+    )
+    .await;
+    let titles: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|c| c["title"].as_str())
+        .collect();
+    assert_eq!(titles, vec!["Written"]);
 }
