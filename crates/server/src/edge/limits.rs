@@ -132,47 +132,77 @@ const HOLD_JITTER_MS: u32 = 100;
 const MAX_HELD: usize = 4096;
 
 /// Allowances Redis said are spent, until when: asked again before then,
-/// this node refuses on its own, without a round trip. Exact, not an
-/// approximation: a refused request changes nothing in GCRA, and other
-/// nodes can only push the time further, so Redis would refuse too. A flood
-/// of refused requests thus costs Redis nothing.
+/// this node refuses on its own, without a round trip. Exact: a refused
+/// request changes nothing in GCRA, and other nodes can only push the time
+/// further, so Redis would refuse too. When the time comes, one request —
+/// the probe — asks Redis, and the others arriving within one emission
+/// interval are refused here meanwhile: only one more request's worth had
+/// accrued, so at most that much is refused that Redis might have let
+/// through. A flood past a limit thus costs Redis about one call per
+/// emission interval and node, not one per request.
 #[derive(Default)]
-struct Refused(std::sync::Mutex<std::collections::HashMap<(TenantId, String), (Instant, Rate)>>);
+struct Refused(std::sync::Mutex<std::collections::HashMap<(TenantId, String), Spent>>);
+
+#[derive(Clone, Copy)]
+struct Spent {
+    /// Refused here until then.
+    until: Instant,
+    /// The allowance Redis refused; a plan changed since is asked again.
+    rate: Rate,
+}
 
 impl Refused {
-    /// The refusal still in force for `key` at `rate` (a plan changed since
-    /// is asked again), if any.
+    /// The refusal in force for `key` at `rate`, if any; `None` means "ask
+    /// Redis" (and may make this request the probe of an expired refusal).
     fn get(&self, key: &(TenantId, String), rate: Rate) -> Option<Verdict> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (until, refused_at) = *map.get(key)?;
-        let wait = until.checked_duration_since(Instant::now())?;
-        if refused_at != rate {
+        let now = Instant::now();
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let spent = map.get_mut(key)?;
+        if spent.rate != rate || now >= spent.until + rate.interval() {
+            // Another plan, or long enough ago that more than one request's
+            // worth has accrued: ask Redis, as many at once as come.
+            map.remove(key);
+            return None;
+        }
+        if now >= spent.until {
+            // Just expired: this request is the probe. Others are refused
+            // here for one interval, or until the probe's answer is noted.
+            spent.until = now + rate.interval();
             return None;
         }
         Some(Verdict {
             limit: rate.burst.get(),
             remaining: 0,
-            reset: ceil_secs(wait),
+            reset: ceil_secs(spent.until - now),
             allowed: false,
         })
     }
 
+    /// What Redis answered for `key`: a refusal is remembered, a pass
+    /// forgets any refusal (the next requests ask Redis again).
     fn note(&self, key: (TenantId, String), v: &tenancy::shared::Gcra, rate: Rate) {
-        if v.allowed {
-            return;
-        }
         let now = Instant::now();
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= 100_000 {
-            map.retain(|_, (until, _)| *until > now);
+        if v.allowed {
+            map.remove(&key);
+            return;
         }
-        map.insert(key, (now + v.wait, rate));
+        if map.len() >= 100_000 {
+            map.retain(|_, s| s.until + s.rate.interval() > now);
+        }
+        map.insert(
+            key,
+            Spent {
+                until: now + v.wait,
+                rate,
+            },
+        );
     }
 
     fn forget_idle(&self) {
         let now = Instant::now();
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, (until, _)| *until > now);
+        map.retain(|_, s| s.until + s.rate.interval() > now);
         map.shrink_to_fit();
     }
 }
