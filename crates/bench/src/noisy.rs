@@ -105,6 +105,20 @@ pub(crate) async fn run(bench: &Bench, args: &Args) -> Result<()> {
         user.burst,
         tenancy::KernelConfig::new("", lms::TENANT_MIGRATIONS).tenant_transactions
     );
+    // The server logs as `campus serve --log-format json` would, to a file:
+    // what a request costs includes its log line.
+    let log_dir = tempfile::tempdir()?;
+    let log_path = log_dir.path().join("server.log");
+    let log_file = std::fs::File::create(&log_path)?;
+    let logging = tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false)
+        .flatten_event(true)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info,sqlx=warn"))
+        .with_writer(std::sync::Mutex::new(log_file))
+        .try_init()
+        .is_ok();
     let state = server::AppState::new(kernel.clone(), config);
     let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(server::serve(listener, state, async {
@@ -193,6 +207,17 @@ pub(crate) async fn run(bench: &Bench, args: &Args) -> Result<()> {
         (a_4291 - a_4290) as f64 / window
     );
     println!("  B refused with 429: {b_refused_alone} alone, {b_refused} while A flooded");
+    if logging {
+        let log = std::fs::read_to_string(&log_path)?;
+        let summaries = log
+            .lines()
+            .filter(|l| l.contains("rate limit refusing requests"))
+            .count();
+        println!(
+            "  server log (JSON, info): {} lines in all, {summaries} of them refusal summaries",
+            log.lines().count()
+        );
+    }
     let ratio = |p: f64| pct(&flooded, p).as_secs_f64() / pct(&alone, p).as_secs_f64().max(1e-9);
     let p99 = ratio(99.0);
     println!(

@@ -411,6 +411,39 @@ async fn a_tenants_rate_limit_and_login_throttle_hold_across_both_nodes() {
         "the quiet tenant was refused: {quiet_statuses:?}"
     );
 
+    // The flood is in each node's log as a summary per tenant and limit (the
+    // first refusal at once, then at most a line per 10 s), never as a line
+    // per refused request.
+    let mut summaries = 0;
+    for n in [1, 2] {
+        let log = c.node(n).log();
+        let lines: Vec<Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let refusals_logged = lines
+            .iter()
+            .filter(|l| l["message"] == "request finished" && l["status"] == 429)
+            .count();
+        assert_eq!(refusals_logged, 0, "node {n} logged each refusal:\n{log}");
+        let summary: Vec<&Value> = lines
+            .iter()
+            .filter(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("rate limit refusing requests"))
+            })
+            .collect();
+        assert!(summary.len() <= 2, "node {n}: {summary:?}");
+        for l in &summary {
+            assert_eq!(l["tenant"], flooding.as_str(), "{l}");
+            assert_eq!(l["level"], "WARN", "{l}");
+            assert!(l["refused"].as_u64() >= Some(1), "{l}");
+        }
+        summaries += summary.len();
+    }
+    assert!(summaries >= 1, "no node logged the refusals");
+
     // Five failed logins, spread over both nodes, throttle the email on both.
     for n in [1, 2, 1, 2, 1] {
         let res = c.login(n, &quiet, &quiet_email, "not the password").await;

@@ -65,8 +65,7 @@ impl FromRequestParts<AppState> for Caller {
                     .check_user(state.kernel.shared(), &tenant, who)
                     .await;
                 if !verdict.allowed() {
-                    super::metrics::rate_limited(&tenant.id, "user");
-                    state.limits.slow_down().await;
+                    state.limits.refuse(&tenant, "user").await;
                     return Err(verdict.refusal("this user"));
                 }
                 Ok(Caller(Cx {

@@ -119,14 +119,95 @@ pub struct Limits {
     tenants: Local<TenantId>,
     users: Local<(TenantId, String)>,
     refused: Refused,
-    /// Refusals being held back (see [`Limits::slow_down`]).
+    /// Refusals being held back (see [`Limits::refuse`]): at most
+    /// `MAX_HELD` in all, and how many of each tenant's.
     held: tokio::sync::Semaphore,
+    held_by_tenant: std::sync::Mutex<std::collections::HashMap<TenantId, usize>>,
+    log: RefusalLog,
 }
 
-/// How long a refused request is held before its 429 is sent: 150 ms plus
-/// up to 100 ms of jitter, so that held clients do not all come back at once.
+/// Refusals are logged per tenant and limit, not per request: the first at
+/// once, then at most one line per [`LOG_EVERY`] with how many there were
+/// since — so that a flood cannot flood the logs (or spend the CPU and the
+/// log pipeline its neighbours' lines need). `campus_rate_limited_total`
+/// counts every one.
+#[derive(Default)]
+struct RefusalLog(std::sync::Mutex<std::collections::HashMap<(TenantId, &'static str), Tally>>);
+
+struct Tally {
+    slug: String,
+    /// `None` until the first line.
+    logged_at: Option<Instant>,
+    /// Refused since `logged_at`, not logged yet.
+    unlogged: u64,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl RefusalLog {
+    fn refused(&self, tenant: &Tenant, limit: &'static str) {
+        let now = Instant::now();
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let tally = map.entry((tenant.id, limit)).or_insert_with(|| Tally {
+            slug: tenant.slug.to_string(),
+            logged_at: None,
+            unlogged: 0,
+        });
+        tally.unlogged += 1;
+        if tally.due(now) {
+            tally.log(limit, now);
+        }
+    }
+
+    /// Logs what is left to log, and forgets the quiet.
+    fn flush(&self) {
+        let now = Instant::now();
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|(_, limit), tally| {
+            if tally.unlogged > 0 && tally.due(now) {
+                tally.log(limit, now);
+            }
+            !tally.due(now)
+        });
+        map.shrink_to_fit();
+    }
+}
+
+impl Tally {
+    fn due(&self, now: Instant) -> bool {
+        self.logged_at
+            .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
+    }
+
+    fn log(&mut self, limit: &str, now: Instant) {
+        tracing::warn!(
+            tenant = %self.slug,
+            limit,
+            refused = self.unlogged,
+            "rate limit refusing requests (logged at most every 10 s)"
+        );
+        self.logged_at = Some(now);
+        self.unlogged = 0;
+    }
+}
+
+/// How long a refused request is held before its 429 is sent: 150 ms, times
+/// one more for every `HELD_STEP` refusals of the same tenant already held,
+/// up to `MAX_HOLD`; plus up to two thirds of that again of jitter, so that
+/// held clients do not all come back at once. A tenant flooding over many
+/// connections is thus slowed in proportion: its refusals come back at
+/// about `HELD_STEP` per 200 ms until the hold reaches its cap.
 const HOLD: Duration = Duration::from_millis(150);
-const HOLD_JITTER_MS: u32 = 100;
+const HELD_STEP: usize = 128;
+const MAX_HOLD: Duration = Duration::from_secs(1);
+/// The hold of a refusal with `before` of its tenant's held already; `nanos`
+/// picks the jitter.
+fn hold(before: usize, nanos: u32) -> Duration {
+    let times = u32::try_from(before / HELD_STEP + 1).unwrap_or(u32::MAX);
+    let hold = HOLD.checked_mul(times).unwrap_or(MAX_HOLD).min(MAX_HOLD);
+    hold + hold.mul_f64(f64::from(nanos % 1000) / 1500.0)
+}
+
 /// At most this many refusals are held at once; past that, they are sent at
 /// once (holding must not cost the server more than answering).
 const MAX_HELD: usize = 4096;
@@ -207,6 +288,44 @@ impl Refused {
     }
 }
 
+/// One held refusal of a tenant, counted while it lasts (dropped with the
+/// request if its client goes away first).
+struct HeldBy<'a> {
+    map: &'a std::sync::Mutex<std::collections::HashMap<TenantId, usize>>,
+    tenant: TenantId,
+    /// How many of the tenant's were held already.
+    before: usize,
+}
+
+impl<'a> HeldBy<'a> {
+    fn enter(
+        map: &'a std::sync::Mutex<std::collections::HashMap<TenantId, usize>>,
+        tenant: TenantId,
+    ) -> Self {
+        let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(tenant).or_default();
+        let before = *n;
+        *n += 1;
+        Self {
+            map,
+            tenant,
+            before,
+        }
+    }
+}
+
+impl Drop for HeldBy<'_> {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.tenant);
+            }
+        }
+    }
+}
+
 /// Who a per-user limit counts: a user, or an API key (which acts for none).
 pub enum Holder<'a> {
     User(&'a str),
@@ -242,6 +361,8 @@ impl Limits {
             users: Local::new(user_rates),
             refused: Refused::default(),
             held: tokio::sync::Semaphore::new(MAX_HELD),
+            held_by_tenant: Default::default(),
+            log: RefusalLog::default(),
         }
     }
 
@@ -306,21 +427,27 @@ impl Limits {
         self.users.check(tenant.plan, &(tenant.id, name))
     }
 
-    /// Holds a refused request for a moment before its 429 leaves. A client
-    /// looping as fast as it is answered — the usual flood — then sends a
-    /// few requests a second per connection instead of thousands, so its
-    /// refusals stop taking the CPU its neighbours' requests need. A client
-    /// that respects `Retry-After` never notices. Costs a timer, for at most
-    /// `MAX_HELD` requests at once.
-    pub async fn slow_down(&self) {
-        if let Ok(_permit) = self.held.try_acquire() {
-            // Jitter, not a secret: the clock's nanoseconds will do.
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            let jitter = Duration::from_millis(u64::from(nanos % HOLD_JITTER_MS));
-            tokio::time::sleep(HOLD + jitter).await;
-        }
+    /// A request of `tenant` refused by its `limit` (`tenant` or `user`):
+    /// counted, logged (summed, see [`RefusalLog`]), then held for a moment
+    /// before its 429 leaves (see [`HOLD`]: longer the more of the tenant's
+    /// refusals are held already). A client looping as fast as it is answered —
+    /// the usual flood — then sends a few requests a second per connection
+    /// instead of thousands, so its refusals stop taking the CPU its
+    /// neighbours' requests need. A client that respects `Retry-After` never
+    /// notices. Holding costs a timer, for at most `MAX_HELD` requests at
+    /// once.
+    pub async fn refuse(&self, tenant: &Tenant, limit: &'static str) {
+        super::metrics::rate_limited(&tenant.id, limit);
+        self.log.refused(tenant, limit);
+        let Ok(_permit) = self.held.try_acquire() else {
+            return;
+        };
+        let held = HeldBy::enter(&self.held_by_tenant, tenant.id);
+        // Jitter, not a secret: the clock's nanoseconds will do.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        tokio::time::sleep(hold(held.before, nanos)).await;
     }
 
     /// Forgets keys whose allowance is whole again (bounded memory
@@ -329,6 +456,7 @@ impl Limits {
         self.tenants.forget_idle();
         self.users.forget_idle();
         self.refused.forget_idle();
+        self.log.flush();
     }
 }
 
@@ -369,6 +497,36 @@ impl Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenants_refusals_are_held_longer_the_more_of_them_are_held() {
+        let ms = Duration::from_millis;
+        assert_eq!(hold(0, 0), ms(150));
+        assert!(hold(0, 999) < ms(250));
+        assert_eq!(hold(HELD_STEP - 1, 0), ms(150));
+        assert_eq!(hold(HELD_STEP, 0), ms(300));
+        assert_eq!(hold(100 * HELD_STEP, 0), MAX_HOLD);
+        assert!(hold(usize::MAX, 999) < MAX_HOLD * 5 / 3);
+    }
+
+    #[test]
+    fn held_refusals_are_counted_per_tenant() {
+        let map = std::sync::Mutex::default();
+        let (a, b) = (TenantId::new(), TenantId::new());
+        let held_a: Vec<_> = (0..3).map(|_| HeldBy::enter(&map, a)).collect();
+        assert_eq!(
+            held_a.iter().map(|h| h.before).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        // Another tenant's flood does not lengthen this one's holds.
+        assert_eq!(HeldBy::enter(&map, b).before, 0);
+        drop(held_a);
+        assert_eq!(HeldBy::enter(&map, a).before, 0);
+        assert!(
+            map.lock().unwrap().is_empty(),
+            "dropped holds are forgotten"
+        );
+    }
 
     #[test]
     fn whole_seconds_round_up() {

@@ -70,11 +70,14 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     let status = res.status().as_u16();
     super::metrics::request(method.as_str(), &route, status, elapsed);
     span.in_scope(|| {
-        tracing::info!(
-            status,
-            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
-            "request finished"
-        );
+        let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+        if status == 429 {
+            // Refusals are summed per tenant instead (edge::limits): one
+            // line each would let a flood write the logs.
+            tracing::debug!(status, elapsed_ms, "request finished");
+        } else {
+            tracing::info!(status, elapsed_ms, "request finished");
+        }
     });
     res
 }

@@ -113,8 +113,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     // The tenant's own allowance: a flood here spends nobody else's.
     let verdict = state.limits.check(state.kernel.shared(), &tenant).await;
     if !verdict.allowed() {
-        super::metrics::rate_limited(&tenant.id, "tenant");
-        state.limits.slow_down().await;
+        state.limits.refuse(&tenant, "tenant").await;
         return verdict.refusal("this organisation").into_response();
     }
     req.extensions_mut().insert(ResolvedTenant(tenant));
