@@ -196,10 +196,11 @@ impl Tally {
 /// up to `MAX_HOLD`; plus up to two thirds of that again of jitter, so that
 /// held clients do not all come back at once. A tenant flooding over many
 /// connections is thus slowed in proportion: its refusals come back at
-/// about `HELD_STEP` per 200 ms until the hold reaches its cap.
+/// about `HELD_STEP` per 200 ms (640/s) whatever its number of connections,
+/// until the hold reaches its cap (past about 3,400 held).
 const HOLD: Duration = Duration::from_millis(150);
 const HELD_STEP: usize = 128;
-const MAX_HOLD: Duration = Duration::from_secs(1);
+const MAX_HOLD: Duration = Duration::from_secs(4);
 /// The hold of a refusal with `before` of its tenant's held already; `nanos`
 /// picks the jitter.
 fn hold(before: usize, nanos: u32) -> Duration {
@@ -210,7 +211,7 @@ fn hold(before: usize, nanos: u32) -> Duration {
 
 /// At most this many refusals are held at once; past that, they are sent at
 /// once (holding must not cost the server more than answering).
-const MAX_HELD: usize = 4096;
+const MAX_HELD: usize = 16_384;
 
 /// Allowances Redis said are spent, until when: asked again before then,
 /// this node refuses on its own, without a round trip. Exact: a refused
