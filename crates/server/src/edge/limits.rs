@@ -530,6 +530,45 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_refusal_is_remembered_then_probed_by_one_request() {
+        use tenancy::shared::Gcra;
+        let refused = Refused::default();
+        let key = (TenantId::new(), "tenant".to_owned());
+        let (rate, other_plan) = (rate(1, 5), rate(2, 5));
+        let answer = |allowed, wait| Gcra {
+            allowed,
+            remaining: 0,
+            wait,
+        };
+        assert!(
+            refused.get(&key, rate).is_none(),
+            "nothing known: ask Redis"
+        );
+
+        refused.note(key.clone(), &answer(false, Duration::from_secs(10)), rate);
+        let v = refused.get(&key, rate).expect("refused on the node");
+        assert!(!v.allowed && v.reset == 10, "{v:?}");
+        assert!(
+            refused.get(&key, other_plan).is_none(),
+            "another plan asks Redis"
+        );
+
+        // Just expired: the first request asks Redis, the next ones are
+        // refused on the node for one interval (1 s at 1/s)…
+        refused.note(key.clone(), &answer(false, Duration::ZERO), rate);
+        assert!(refused.get(&key, rate).is_none(), "the probe asks Redis");
+        assert!(refused.get(&key, rate).is_some(), "the others wait for it");
+        // …until Redis lets the probe through: then all ask again.
+        refused.note(key.clone(), &answer(true, Duration::ZERO), rate);
+        assert!(refused.get(&key, rate).is_none());
+        assert!(refused.get(&key, rate).is_none());
+    }
+
+    fn rate(per_second: u32, burst: u32) -> Rate {
+        Rate::new(nz(per_second), nz(burst))
+    }
+
+    #[test]
     fn whole_seconds_round_up() {
         assert_eq!(ceil_secs(Duration::ZERO), 0);
         assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
