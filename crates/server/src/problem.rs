@@ -181,7 +181,7 @@ impl From<lms::Error> for ApiError {
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "overloaded",
-                    "too much of this tenant's database work is in progress; try again shortly",
+                    "too much database work is in progress for this request to wait its turn; try again shortly",
                 )
                 .retry_after(1)
             }

@@ -203,11 +203,6 @@ impl Redis {
         None
     }
 
-    /// Whether calls currently skip Redis (an outage under way).
-    pub fn is_down(&self) -> bool {
-        self.down.load(Ordering::Relaxed)
-    }
-
     /// One GCRA step on `<environment>:<tenant>:limit:<name>`: one request
     /// per `interval` sustained, `burst` at once. Spends one request when
     /// `spend`, else only asks whether one would pass. `None` when Redis is

@@ -17,13 +17,16 @@
 //! concurrent flush lands in a dead generation and is never served. Writers
 //! flush *after* their transaction commits.
 //!
-//! If Redis fails, reads bypass the cache (straight to the database) and a
-//! flush that could not be written is kept and replayed before this node
-//! reads the cache again — nothing is served stale past its invalidation.
+//! If Redis fails, reads bypass the cache (straight to the database). A
+//! flush is marked pending on this node before it is sent, and unmarked
+//! only once Redis has it: until then this node bypasses that tenant's
+//! entries, and a background task writes it as soon as Redis answers —
+//! even if the request that flushed went away mid-flush. Other nodes see it
+//! when it is written (within `REPLAY_EVERY` of Redis answering again).
 
 mod local;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -77,8 +80,8 @@ pub enum Lookup<T> {
     Hit(T),
     /// Not cached: load it, and [`TenantCache::put`] it with this ticket.
     Miss(Ticket),
-    /// The cache cannot be used now (Redis unavailable, or a flush not yet
-    /// written): load it and do not cache it.
+    /// The cache cannot be used now (Redis unavailable, a flush of the
+    /// tenant not written yet, or a key refused): load it and do not cache it.
     Bypass,
 }
 
@@ -91,9 +94,14 @@ enum Backend {
 pub struct Cache {
     env: String,
     backend: Backend,
-    /// Tenants whose flush could not be written to Redis yet.
-    pending: Arc<Mutex<HashSet<TenantId>>>,
+    /// Tenants whose flush is not written to Redis yet.
+    pending: Arc<Mutex<Pending>>,
 }
+
+/// An entry larger than this is not cached (in Redis, where there is no
+/// per-tenant budget, one tenant's large values must not crowd out the
+/// others' or slow the connection every node shares).
+const MAX_ENTRY_BYTES: usize = 256 * 1024;
 
 /// How often flushes Redis missed are retried in the background, so that
 /// other nodes see them soon after Redis returns (not only when this node
@@ -143,7 +151,7 @@ impl Cache {
     /// The cache in Redis. Flushes Redis missed are retried in the
     /// background for as long as the cache lives.
     pub(crate) fn redis(redis: Arc<Redis>) -> Self {
-        let pending: Arc<Mutex<HashSet<TenantId>>> = Arc::default();
+        let pending: Arc<Mutex<Pending>> = Arc::default();
         let (weak, link) = (Arc::downgrade(&pending), redis.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(REPLAY_EVERY);
@@ -151,7 +159,7 @@ impl Cache {
             loop {
                 tick.tick().await;
                 let Some(pending) = weak.upgrade() else { break };
-                replay(&pending, &link, Replay::Now).await;
+                replay(&pending, &link).await;
             }
         });
         Self {
@@ -177,10 +185,6 @@ impl Cache {
         }
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashSet<TenantId>> {
-        lock(&self.pending)
-    }
-
     /// Destroys every entry of a purged tenant. With Redis, its generation
     /// is bumped first (so nothing of it is served even if the removal is
     /// cut short), then its keys are removed.
@@ -198,46 +202,66 @@ impl Cache {
     }
 }
 
-fn lock(pending: &Mutex<HashSet<TenantId>>) -> std::sync::MutexGuard<'_, HashSet<TenantId>> {
+/// Flushes sent or to send to Redis, by tenant: the latest flush's mark.
+/// Marks are never reused, so a flush written only unmarks its tenant if
+/// no later flush of it was marked meanwhile.
+#[derive(Default)]
+struct Pending {
+    last_mark: u64,
+    by_tenant: HashMap<TenantId, u64>,
+}
+
+impl Pending {
+    fn mark(&mut self, tenant: TenantId) -> u64 {
+        self.last_mark += 1;
+        self.by_tenant.insert(tenant, self.last_mark);
+        self.last_mark
+    }
+
+    fn written(&mut self, tenant: TenantId, mark: u64) {
+        if self.by_tenant.get(&tenant) == Some(&mark) {
+            self.by_tenant.remove(&tenant);
+        }
+    }
+}
+
+fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
     pending.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Writes the flushes Redis missed; `true` when none is left.
-async fn replay(pending: &Mutex<HashSet<TenantId>>, redis: &Redis, when: Replay) -> bool {
-    let waiting: Vec<TenantId> = lock(pending).iter().copied().collect();
+/// Writes the flushes not written yet, tried even while requests skip
+/// Redis, so that each is written as soon as Redis is back — before other
+/// nodes, whose requests still skip Redis for a moment, read from it again.
+async fn replay(pending: &Mutex<Pending>, redis: &Redis) {
+    let waiting: Vec<(TenantId, u64)> = lock(pending)
+        .by_tenant
+        .iter()
+        .map(|(t, m)| (*t, *m))
+        .collect();
     if waiting.is_empty() {
-        return true;
+        return;
     }
-    for tenant in waiting {
-        if redis_flush(redis, tenant, when).await.is_some() {
-            lock(pending).remove(&tenant);
-        } else {
-            return false;
+    for (tenant, mark) in waiting {
+        if redis_flush(redis, tenant, true).await.is_none() {
+            return;
         }
+        lock(pending).written(tenant, mark);
     }
-    tracing::info!(target: "campus::redis", "flushes made while Redis was unavailable are written");
-    lock(pending).is_empty()
+    tracing::info!(target: "campus::redis", "flushes Redis missed are written");
 }
 
-/// Bumps `tenant`'s generation in Redis. In the background (`Replay::Now`)
-/// Redis is tried even while requests skip it, so that a flush it missed is
-/// written as soon as it is back — before other nodes, whose requests still
-/// skip Redis for a moment, read from it again.
-async fn redis_flush(redis: &Redis, tenant: TenantId, when: Replay) -> Option<String> {
+/// Bumps `tenant`'s generation in Redis; in the `background`, even while
+/// requests skip Redis.
+async fn redis_flush(redis: &Redis, tenant: TenantId, background: bool) -> Option<String> {
     let gen_key = format!("{}gen", redis.prefix(tenant));
     let flush = |mut c: redis::aio::ConnectionManager| async move {
         FLUSH.key(&gen_key).invoke_async(&mut c).await
     };
-    match when {
-        Replay::Now => redis.attempt("cache_flush", flush).await,
-        Replay::UnlessDown => redis.call("cache_flush", flush).await,
+    if background {
+        redis.attempt("cache_flush", flush).await
+    } else {
+        redis.call("cache_flush", flush).await
     }
-}
-
-#[derive(Clone, Copy)]
-enum Replay {
-    Now,
-    UnlessDown,
 }
 
 fn count(tenant: TenantId, result: &'static str) {
@@ -261,7 +285,10 @@ impl TenantCache<'_> {
         let found = match &self.cache.backend {
             Backend::Local(l) => Some(l.get(&self.cache.env, self.tenant, key)),
             Backend::Redis(r) => {
-                if replay(&self.cache.pending, r, Replay::UnlessDown).await {
+                if !lock(&self.cache.pending)
+                    .by_tenant
+                    .contains_key(&self.tenant)
+                {
                     let prefix = r.prefix(self.tenant);
                     let gen_key = format!("{prefix}gen");
                     r.call("cache_get", |mut c| async move {
@@ -306,7 +333,7 @@ impl TenantCache<'_> {
         let Ok(bytes) = serde_json::to_vec(value) else {
             return;
         };
-        if ttl.is_zero() {
+        if ttl.is_zero() || bytes.len() > MAX_ENTRY_BYTES {
             return;
         }
         match &self.cache.backend {
@@ -356,12 +383,13 @@ impl TenantCache<'_> {
         match &self.cache.backend {
             Backend::Local(l) => l.flush(self.tenant),
             Backend::Redis(r) => {
-                if redis_flush(r, self.tenant, Replay::UnlessDown)
-                    .await
-                    .is_none()
-                {
-                    // Kept, and written before this node reads the cache again.
-                    self.cache.pending().insert(self.tenant);
+                // Marked before it is sent: should this request be dropped
+                // before Redis answers (its client gone), the background
+                // replay still writes it, and this node bypasses the
+                // tenant's entries until then.
+                let mark = lock(&self.cache.pending).mark(self.tenant);
+                if redis_flush(r, self.tenant, false).await.is_some() {
+                    lock(&self.cache.pending).written(self.tenant, mark);
                 }
             }
         }
@@ -375,6 +403,28 @@ mod tests {
 
     fn id(n: u128) -> TenantId {
         TenantId::from(uuid::Uuid::from_u128(n))
+    }
+
+    #[test]
+    fn a_flush_written_unmarks_its_tenant_only_if_none_came_after_it() {
+        let (a, b) = (id(1), id(2));
+        let mut p = Pending::default();
+        let first = p.mark(a);
+        let second = p.mark(a);
+        let other = p.mark(b);
+        // The first flush written while a second is on its way: still pending.
+        p.written(a, first);
+        assert!(p.by_tenant.contains_key(&a));
+        p.written(a, second);
+        assert!(!p.by_tenant.contains_key(&a));
+        // A mark is never reused: an old one cannot unmark a new flush.
+        let third = p.mark(a);
+        p.written(a, first);
+        p.written(a, second);
+        assert!(p.by_tenant.contains_key(&a));
+        p.written(a, third);
+        p.written(b, other);
+        assert!(p.by_tenant.is_empty());
     }
 
     proptest! {
