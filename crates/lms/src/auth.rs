@@ -314,17 +314,18 @@ pub struct LoginResponse {
     pub user: User,
 }
 
-/// Counts failed logins per (tenant, email): `max_failures` at once, then one
-/// more per `window / max_failures` (GCRA). With Redis the count is shared
+/// Counts logins per (tenant, email) that have not succeeded: `max_failures`
+/// at once, then one more per `window / max_failures` (GCRA). An attempt
+/// counts before its password is checked — so that guesses sent at once
+/// each count — and a successful login forgets the count. With Redis the count is shared
 /// by every node (one atomic script); without it, or while Redis is
 /// unavailable, each node counts on its own.
 pub struct LoginThrottle {
     max_failures: u32,
     window: Duration,
     /// Per (tenant, email): the GCRA's theoretical arrival time. By hand,
-    /// because the throttle must ask without spending and forget a key on
-    /// success, which `governor` does not offer; the same arithmetic as the
-    /// Redis script.
+    /// because the throttle must forget a key on success, which `governor`
+    /// does not offer; the same arithmetic as the Redis script.
     failures: Mutex<HashMap<(TenantId, String), Instant>>,
 }
 
@@ -356,8 +357,13 @@ impl LoginThrottle {
         self.window / self.max_failures.max(1)
     }
 
-    /// Err with the seconds to wait when this (tenant, email) is throttled.
-    async fn check(&self, shared: Option<&tenancy::Redis>, key: &(TenantId, String)) -> Result<()> {
+    /// Counts one attempt of this (tenant, email); Err with the seconds to
+    /// wait when it is throttled (and then nothing is counted).
+    async fn attempt(
+        &self,
+        shared: Option<&tenancy::Redis>,
+        key: &(TenantId, String),
+    ) -> Result<()> {
         if let Some(redis) = shared
             && let Some(v) = redis
                 .gcra(
@@ -365,7 +371,7 @@ impl LoginThrottle {
                     &Self::shared_name(&key.1),
                     self.interval(),
                     self.max_failures,
-                    false,
+                    true,
                 )
                 .await
         {
@@ -377,25 +383,7 @@ impl LoginThrottle {
                 })
             };
         }
-        self.check_here(key)
-    }
-
-    async fn failed(&self, shared: Option<&tenancy::Redis>, key: (TenantId, String)) {
-        if let Some(redis) = shared
-            && redis
-                .gcra(
-                    key.0,
-                    &Self::shared_name(&key.1),
-                    self.interval(),
-                    self.max_failures,
-                    true,
-                )
-                .await
-                .is_some()
-        {
-            return;
-        }
-        self.failed_here(key);
+        self.attempt_here(key)
     }
 
     async fn succeeded(&self, shared: Option<&tenancy::Redis>, key: &(TenantId, String)) {
@@ -405,29 +393,22 @@ impl LoginThrottle {
         self.succeeded_here(key);
     }
 
-    fn check_here(&self, key: &(TenantId, String)) -> Result<()> {
-        let now = Instant::now();
-        if let Some(tat) = self.map().get(key) {
-            // One more failure would move the arrival time past the burst.
-            let allow_at = (*tat + self.interval()).checked_sub(self.window);
-            if let Some(at) = allow_at
-                && at > now
-            {
-                let retry_after_s = (at - now).as_secs().max(1);
-                return Err(Error::RateLimited { retry_after_s });
-            }
-        }
-        Ok(())
-    }
-
-    fn failed_here(&self, key: (TenantId, String)) {
+    fn attempt_here(&self, key: &(TenantId, String)) -> Result<()> {
         let now = Instant::now();
         let mut map = self.map();
         if map.len() > 100_000 {
             map.retain(|_, tat| *tat > now);
         }
-        let tat = map.entry(key).or_insert(now);
-        *tat = (*tat).max(now) + self.interval();
+        let tat = map.get(key).map_or(now, |tat| (*tat).max(now)) + self.interval();
+        // Past the burst: the attempt would arrive before its turn.
+        if let Some(allow_at) = tat.checked_sub(self.window)
+            && allow_at > now
+        {
+            let retry_after_s = (allow_at - now).as_secs().max(1);
+            return Err(Error::RateLimited { retry_after_s });
+        }
+        map.insert(key.clone(), tat);
+        Ok(())
     }
 
     fn succeeded_here(&self, key: &(TenantId, String)) {
@@ -465,7 +446,7 @@ pub async fn login(
     let email = req.email.trim().to_lowercase();
     let key = (tenant.id, email.clone());
     let shared = kernel.shared();
-    throttle.check(shared, &key).await?;
+    throttle.attempt(shared, &key).await?;
 
     let mut tx = kernel.begin(tenant).await?;
     let found = users::find_by_email(&mut tx, &email).await?;
@@ -475,7 +456,6 @@ pub async fn login(
         None => (None, None),
     };
     if !verify_password(req.password, hash).await {
-        throttle.failed(shared, key).await;
         let mut tx = kernel.begin_write(tenant).await?;
         crate::audit::record_anonymous(
             &mut tx,

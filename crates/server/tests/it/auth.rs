@@ -389,3 +389,40 @@ async fn expired_tokens_are_unauthorized() {
     )
     .await;
 }
+
+/// Guesses sent all at once each count before their password is checked:
+/// no more than the throttle's five get an answer about the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guesses_sent_at_once_are_throttled_like_guesses_in_a_row() {
+    guesses_at_once(CacheAt::Process).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guesses_sent_at_once_are_throttled_like_guesses_in_a_row_with_redis() {
+    guesses_at_once(CacheAt::Redis).await;
+}
+
+async fn guesses_at_once(at: CacheAt) {
+    let app = spawn_app_with(|k, _| use_cache(k, at)).await;
+    let t = app.tenant("guess").await;
+    let victim = app.user(&t, "learner").await;
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let req = app
+            .client
+            .post(app.url("/api/v1/auth/login"))
+            .header("X-Tenant", &t.slug)
+            .json(&json!({ "email": victim.email, "password": format!("guess {i}") }));
+        guesses.spawn(async move { req.send().await.expect("send").status() });
+    }
+    let (mut checked, mut throttled) = (0, 0);
+    while let Some(status) = guesses.join_next().await {
+        match status.expect("task") {
+            StatusCode::UNAUTHORIZED => checked += 1,
+            StatusCode::TOO_MANY_REQUESTS => throttled += 1,
+            other => panic!("a guess got {other}"),
+        }
+    }
+    assert!(checked <= 5, "{checked} guesses had their password checked");
+    assert_eq!(checked + throttled, 20);
+}
