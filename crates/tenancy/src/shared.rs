@@ -27,6 +27,25 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long calls skip Redis after a failure before trying it again.
 const BACKOFF: Duration = Duration::from_millis(500);
 
+fn backoff_ms() -> u64 {
+    u64::try_from(BACKOFF.as_millis()).unwrap_or(500)
+}
+
+/// Whether `e` says Redis cannot be reached or cannot serve (the breaker
+/// opens), rather than refusing one call (it stays closed).
+fn unreachable(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind as K, ServerErrorKind as S};
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            K::Server(S::BusyLoading | S::MasterDown | S::ClusterDown | S::TryAgain | S::ReadOnly)
+                | K::AuthenticationFailed
+                | K::ClusterConnectionNotFound
+        )
+}
+
 /// GCRA in one atomic script, on Redis's own clock (so that every node
 /// agrees on time). KEYS[1]: the theoretical arrival time (µs). ARGV: the
 /// emission interval (µs), the burst, and 1 to spend one request or 0 only to
@@ -162,7 +181,23 @@ impl Redis {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        if self.now_ms() < self.skip_until_ms.load(Ordering::Relaxed) {
+        let now = self.now_ms();
+        let skip_until = self.skip_until_ms.load(Ordering::Relaxed);
+        // During an outage, once the back-off is over, one call probes
+        // Redis (and pushes the back-off on); the others keep skipping
+        // instead of each waiting out the timeout.
+        let skip = now < skip_until
+            || (self.down.load(Ordering::Relaxed)
+                && self
+                    .skip_until_ms
+                    .compare_exchange(
+                        skip_until,
+                        now + backoff_ms(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_err());
+        if skip {
             metrics::counter!("campus_redis_unavailable_total", "op" => op).increment(1);
             return None;
         }
@@ -185,13 +220,19 @@ impl Redis {
                 }
                 return Some(v);
             }
+            Ok(Err(e)) if !unreachable(&e) => {
+                // Redis answered, with an error about this call (out of
+                // memory, say): this call goes without, the others still try.
+                metrics::counter!("campus_redis_unavailable_total", "op" => op).increment(1);
+                tracing::debug!(target: "campus::redis", op, error = %e, "Redis refused a call");
+                return None;
+            }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {CALL_TIMEOUT:?}"),
         };
         metrics::counter!("campus_redis_unavailable_total", "op" => op).increment(1);
-        let backoff = u64::try_from(BACKOFF.as_millis()).unwrap_or(500);
         self.skip_until_ms
-            .store(self.now_ms() + backoff, Ordering::Relaxed);
+            .store(self.now_ms() + backoff_ms(), Ordering::Relaxed);
         if !self.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 target: "campus::redis",
