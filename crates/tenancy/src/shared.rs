@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::id::TenantId;
 
 /// How long one Redis call may take before it counts as a failure.
-const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long calls skip Redis after a failure before trying it again.
 const BACKOFF: Duration = Duration::from_millis(500);
 

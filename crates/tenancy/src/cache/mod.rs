@@ -28,7 +28,7 @@ mod local;
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -202,26 +202,47 @@ impl Cache {
     }
 }
 
-/// Flushes sent or to send to Redis, by tenant: the latest flush's mark.
-/// Marks are never reused, so a flush written only unmarks its tenant if
-/// no later flush of it was marked meanwhile.
+/// Flushes sent or to send to Redis, by tenant: the latest flush's mark,
+/// and from when the background replays it (at once if Redis missed it;
+/// else once the request sending it has had its time, in case it was
+/// dropped). Marks are never reused, so a flush written only unmarks its
+/// tenant if no later flush of it was marked meanwhile.
 #[derive(Default)]
 struct Pending {
     last_mark: u64,
-    by_tenant: HashMap<TenantId, u64>,
+    by_tenant: HashMap<TenantId, (u64, Instant)>,
 }
 
 impl Pending {
     fn mark(&mut self, tenant: TenantId) -> u64 {
         self.last_mark += 1;
-        self.by_tenant.insert(tenant, self.last_mark);
+        let replay_from = Instant::now() + crate::shared::CALL_TIMEOUT;
+        self.by_tenant.insert(tenant, (self.last_mark, replay_from));
         self.last_mark
     }
 
+    fn missed(&mut self, tenant: TenantId, mark: u64) {
+        if let Some((m, replay_from)) = self.by_tenant.get_mut(&tenant)
+            && *m == mark
+        {
+            *replay_from = Instant::now();
+        }
+    }
+
     fn written(&mut self, tenant: TenantId, mark: u64) {
-        if self.by_tenant.get(&tenant) == Some(&mark) {
+        if self.by_tenant.get(&tenant).is_some_and(|(m, _)| *m == mark) {
             self.by_tenant.remove(&tenant);
         }
+    }
+
+    /// The flushes the background should write now.
+    fn due(&self) -> Vec<(TenantId, u64)> {
+        let now = Instant::now();
+        self.by_tenant
+            .iter()
+            .filter(|(_, (_, from))| *from <= now)
+            .map(|(t, (m, _))| (*t, *m))
+            .collect()
     }
 }
 
@@ -233,11 +254,7 @@ fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
 /// Redis, so that each is written as soon as Redis is back — before other
 /// nodes, whose requests still skip Redis for a moment, read from it again.
 async fn replay(pending: &Mutex<Pending>, redis: &Redis) {
-    let waiting: Vec<(TenantId, u64)> = lock(pending)
-        .by_tenant
-        .iter()
-        .map(|(t, m)| (*t, *m))
-        .collect();
+    let waiting = lock(pending).due();
     if waiting.is_empty() {
         return;
     }
@@ -388,8 +405,12 @@ impl TenantCache<'_> {
                 // replay still writes it, and this node bypasses the
                 // tenant's entries until then.
                 let mark = lock(&self.cache.pending).mark(self.tenant);
-                if redis_flush(r, self.tenant, false).await.is_some() {
-                    lock(&self.cache.pending).written(self.tenant, mark);
+                let written = redis_flush(r, self.tenant, false).await.is_some();
+                let mut pending = lock(&self.cache.pending);
+                if written {
+                    pending.written(self.tenant, mark);
+                } else {
+                    pending.missed(self.tenant, mark);
                 }
             }
         }
@@ -425,6 +446,16 @@ mod tests {
         p.written(a, third);
         p.written(b, other);
         assert!(p.by_tenant.is_empty());
+    }
+
+    #[test]
+    fn the_background_replays_a_missed_flush_at_once_and_one_in_flight_later() {
+        let (a, b) = (id(1), id(2));
+        let mut p = Pending::default();
+        let _in_flight = p.mark(a);
+        let missed = p.mark(b);
+        p.missed(b, missed);
+        assert_eq!(p.due(), vec![(b, missed)]);
     }
 
     proptest! {
