@@ -2,7 +2,7 @@
 
 mod cli;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -30,11 +30,27 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        // Whoever read the output went away (`campus tenant list | head`):
+        // nothing is wrong, there is just nobody left to tell.
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Standard output, written with `writeln!`: unlike `println!`, a closed
+/// output is an error to return (see [`broken_pipe`]), not a panic.
+fn stdout() -> std::io::StdoutLock<'static> {
+    std::io::stdout().lock()
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
@@ -192,11 +208,18 @@ async fn audit(kernel: &Kernel) -> anyhow::Result<bool> {
 }
 
 async fn doctor(kernel: Kernel) -> anyhow::Result<ExitCode> {
-    if audit(&kernel).await? {
-        println!("ok: the database enforces tenant isolation as Campus expects");
+    let clean = audit(&kernel).await?;
+    // The exit code is the verdict: output nobody reads cannot change it.
+    let mut out = stdout();
+    if clean {
+        let _ = writeln!(
+            out,
+            "ok: the database enforces tenant isolation as Campus expects"
+        );
         Ok(ExitCode::SUCCESS)
     } else {
-        println!(
+        let _ = writeln!(
+            out,
             "the audit found problems (above); `campus serve` refuses to serve until they are fixed"
         );
         Ok(ExitCode::FAILURE)
@@ -326,15 +349,17 @@ async fn shutdown_signal() {
 }
 
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    writeln!(stdout(), "{}", serde_json::to_string_pretty(v)?)?;
     Ok(())
 }
 
-fn print_table(tenants: &[lms::ops::TenantView]) {
-    println!(
+fn print_table(tenants: &[lms::ops::TenantView]) -> anyhow::Result<()> {
+    let mut out = stdout();
+    writeln!(
+        out,
         "{:<24} {:<12} {:<9} {:<10} {:>7} {:>6} {:>8} {:>12}  NAME",
         "SLUG", "STATUS", "ISOLATION", "PLAN", "VERSION", "USERS", "COURSES", "STORED"
-    );
+    )?;
     for t in tenants {
         let (users, courses, stored) =
             t.usage
@@ -346,11 +371,13 @@ fn print_table(tenants: &[lms::ops::TenantView]) {
                         u.stored_bytes.to_string(),
                     )
                 });
-        println!(
+        writeln!(
+            out,
             "{:<24} {:<12} {:<9} {:<10} {:>7} {:>6} {:>8} {:>12}  {}",
             t.slug, t.status, t.isolation, t.plan, t.schema_version, users, courses, stored, t.name
-        );
+        )?;
     }
+    Ok(())
 }
 
 async fn tenant(kernel: Kernel, cmd: TenantCommand) -> anyhow::Result<ExitCode> {
@@ -390,7 +417,7 @@ async fn tenant(kernel: Kernel, cmd: TenantCommand) -> anyhow::Result<ExitCode> 
             if json {
                 print_json(&all)?
             } else {
-                print_table(&all)
+                print_table(&all)?
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -398,7 +425,7 @@ async fn tenant(kernel: Kernel, cmd: TenantCommand) -> anyhow::Result<ExitCode> 
             let t = ops::show_tenant(&kernel, &slug).await;
             match (t, json) {
                 (Ok(t), true) => print_json(&t)?,
-                (Ok(t), false) => print_table(std::slice::from_ref(&t)),
+                (Ok(t), false) => print_table(std::slice::from_ref(&t))?,
                 (Err(e), _) => return Err(explain(e, &slug)),
             }
             return Ok(ExitCode::SUCCESS);
@@ -462,14 +489,17 @@ async fn migrate(kernel: Kernel, args: cli::MigrateArgs) -> anyhow::Result<ExitC
     };
     let summary = lms::ops::migrate_tenants(&kernel, tenants, args.concurrency, on_done).await;
     bar.finish_and_clear();
-    println!(
+    // The exit code is the verdict: output nobody reads cannot change it.
+    let mut out = stdout();
+    let _ = writeln!(
+        out,
         "migrated {}, already up to date {}, failed {}",
         summary.migrated.len(),
         summary.up_to_date,
         summary.failed.len()
     );
     for (slug, error) in &summary.failed {
-        println!("  failed: {slug}: {error}");
+        let _ = writeln!(out, "  failed: {slug}: {error}");
     }
     Ok(if summary.failed.is_empty() {
         ExitCode::SUCCESS

@@ -334,6 +334,39 @@ fn tenant_commands_create_list_show_update_and_lifecycle() {
 }
 
 #[test]
+fn output_to_a_reader_that_went_away_ends_quietly() {
+    // `campus tenant list | head -1`: the reader is gone before campus
+    // writes; the command ends with success, and says on stderr only what
+    // it says when its output is read (no panic, no error).
+    let env = Env::new();
+    env.create("acme", &[]);
+    for args in [
+        &["tenant", "list"][..],
+        &["tenant", "list", "--json"],
+        &["tenant", "show", "acme"],
+        &["migrate"],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let out = env
+            .campus()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .output()
+            .expect("run campus");
+        assert!(out.status.success(), "campus {args:?}: {}", out.status);
+        let read = env.run(args);
+        assert!(read.status.success() && !read.stdout.is_empty());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&read.stderr),
+            "campus {args:?}"
+        );
+    }
+}
+
+#[test]
 fn the_master_key_is_made_once_and_private_and_purge_removes_the_tenants_files() {
     let env = Env::new();
     let t = env.create("files", &["--admin-password", PASSWORD]);
