@@ -1,7 +1,8 @@
 //! Two `campus serve` processes on different ports, sharing PostgreSQL and
 //! Redis, behave as one server: a logout, a suspend, a role change or an API
 //! key revoked on one node takes effect on the other within one second; a
-//! tenant's rate limit and a login throttle hold across both.
+//! write on one is never followed by a stale read on the other; a tenant's
+//! rate limit and a login throttle hold across both.
 //!
 //! The nodes always run on PostgreSQL (a fresh database) and the Redis of
 //! `CAMPUS_TEST_REDIS` (default the local server), under an environment name
@@ -356,6 +357,93 @@ async fn a_change_on_one_node_takes_effect_on_the_other_within_one_second() {
     assert!(res.status().is_success(), "{}", res.status());
     c.within_one_second(2, &slug, &admin, "/api/v1/me", StatusCode::UNAUTHORIZED)
         .await;
+}
+
+/// Course titles node `n` lists to `token`, in order.
+async fn titles(c: &Cluster, n: usize, slug: &str, token: &str) -> Vec<String> {
+    let res = c
+        .api(n, Method::GET, slug, token, "/api/v1/courses")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), StatusCode::OK, "list on node {n}");
+    let body: Value = res.json().await.expect("json");
+    body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|c| c["title"].as_str().expect("a title").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_node_is_never_followed_by_a_stale_read_on_the_other() {
+    let c = Cluster::start(1000, 1000);
+    let slug = slug("fresh");
+    let email = c.tenant(&slug).await;
+    let admin = c.token(1, &slug, &email).await;
+
+    // Each write on one node is followed at once (no waiting) by the read
+    // on the other, which had the list before the write cached.
+    let mut expected: Vec<String> = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
+    for round in 0..6 {
+        let (writer, reader) = if round % 2 == 0 { (1, 2) } else { (2, 1) };
+        for _ in 0..2 {
+            assert_eq!(titles(&c, reader, &slug, &admin).await, expected);
+        }
+        // Ids are time-ordered, so the list's order is the creation order.
+        let title = format!("Course {round}");
+        let res = c
+            .api(writer, Method::POST, &slug, &admin, "/api/v1/courses")
+            .json(&json!({ "title": title }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_owned());
+        expected.push(title);
+        assert_eq!(titles(&c, reader, &slug, &admin).await, expected);
+
+        // Renamed on the reader, read on the writer.
+        for _ in 0..2 {
+            assert_eq!(titles(&c, writer, &slug, &admin).await, expected);
+        }
+        let renamed = format!("Renamed {round}");
+        let res = c
+            .api(
+                reader,
+                Method::PATCH,
+                &slug,
+                &admin,
+                &format!("/api/v1/courses/{}", ids[round]),
+            )
+            .json(&json!({ "title": renamed }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        expected[round] = renamed;
+        assert_eq!(titles(&c, writer, &slug, &admin).await, expected);
+    }
+
+    // Deleted on node 1, gone on node 2 at once.
+    assert_eq!(titles(&c, 2, &slug, &admin).await, expected);
+    let res = c
+        .api(
+            1,
+            Method::DELETE,
+            &slug,
+            &admin,
+            &format!("/api/v1/courses/{}", ids[0]),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    expected.remove(0);
+    assert_eq!(titles(&c, 2, &slug, &admin).await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
