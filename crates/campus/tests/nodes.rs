@@ -170,6 +170,23 @@ impl Cluster {
         email
     }
 
+    /// Course titles node `n` lists to `token`, in order.
+    async fn titles(&self, n: usize, slug: &str, token: &str) -> Vec<String> {
+        let res = self
+            .api(n, Method::GET, slug, token, "/api/v1/courses")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(res.status(), StatusCode::OK, "list on node {n}");
+        let body: Value = res.json().await.expect("json");
+        body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|c| c["title"].as_str().expect("a title").to_owned())
+            .collect()
+    }
+
     /// Polls `path` on node `n` until it answers `status`, failing if that
     /// takes more than one second; how long it took.
     async fn within_one_second(
@@ -359,23 +376,6 @@ async fn a_change_on_one_node_takes_effect_on_the_other_within_one_second() {
         .await;
 }
 
-/// Course titles node `n` lists to `token`, in order.
-async fn titles(c: &Cluster, n: usize, slug: &str, token: &str) -> Vec<String> {
-    let res = c
-        .api(n, Method::GET, slug, token, "/api/v1/courses")
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(res.status(), StatusCode::OK, "list on node {n}");
-    let body: Value = res.json().await.expect("json");
-    body["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .map(|c| c["title"].as_str().expect("a title").to_owned())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_on_one_node_is_never_followed_by_a_stale_read_on_the_other() {
     let c = Cluster::start(1000, 1000);
@@ -390,7 +390,7 @@ async fn a_write_on_one_node_is_never_followed_by_a_stale_read_on_the_other() {
     for round in 0..6 {
         let (writer, reader) = if round % 2 == 0 { (1, 2) } else { (2, 1) };
         for _ in 0..2 {
-            assert_eq!(titles(&c, reader, &slug, &admin).await, expected);
+            assert_eq!(c.titles(reader, &slug, &admin).await, expected);
         }
         // Ids are time-ordered, so the list's order is the creation order.
         let title = format!("Course {round}");
@@ -404,11 +404,11 @@ async fn a_write_on_one_node_is_never_followed_by_a_stale_read_on_the_other() {
         let body: Value = res.json().await.unwrap();
         ids.push(body["id"].as_str().unwrap().to_owned());
         expected.push(title);
-        assert_eq!(titles(&c, reader, &slug, &admin).await, expected);
+        assert_eq!(c.titles(reader, &slug, &admin).await, expected);
 
         // Renamed on the reader, read on the writer.
         for _ in 0..2 {
-            assert_eq!(titles(&c, writer, &slug, &admin).await, expected);
+            assert_eq!(c.titles(writer, &slug, &admin).await, expected);
         }
         let renamed = format!("Renamed {round}");
         let res = c
@@ -425,11 +425,11 @@ async fn a_write_on_one_node_is_never_followed_by_a_stale_read_on_the_other() {
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         expected[round] = renamed;
-        assert_eq!(titles(&c, writer, &slug, &admin).await, expected);
+        assert_eq!(c.titles(writer, &slug, &admin).await, expected);
     }
 
     // Deleted on node 1, gone on node 2 at once.
-    assert_eq!(titles(&c, 2, &slug, &admin).await, expected);
+    assert_eq!(c.titles(2, &slug, &admin).await, expected);
     let res = c
         .api(
             1,
@@ -443,7 +443,7 @@ async fn a_write_on_one_node_is_never_followed_by_a_stale_read_on_the_other() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     expected.remove(0);
-    assert_eq!(titles(&c, 2, &slug, &admin).await, expected);
+    assert_eq!(c.titles(2, &slug, &admin).await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

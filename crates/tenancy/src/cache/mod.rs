@@ -235,6 +235,12 @@ impl Pending {
         }
     }
 
+    /// Whether a flush of `tenant` is not written yet (its entries are not
+    /// read meanwhile).
+    fn holds(&self, tenant: TenantId) -> bool {
+        self.by_tenant.contains_key(&tenant)
+    }
+
     /// The flushes the background should write now.
     fn due(&self) -> Vec<(TenantId, u64)> {
         let now = Instant::now();
@@ -302,10 +308,7 @@ impl TenantCache<'_> {
         let found = match &self.cache.backend {
             Backend::Local(l) => Some(l.get(&self.cache.env, self.tenant, key)),
             Backend::Redis(r) => {
-                if !lock(&self.cache.pending)
-                    .by_tenant
-                    .contains_key(&self.tenant)
-                {
+                if !lock(&self.cache.pending).holds(self.tenant) {
                     let prefix = r.prefix(self.tenant);
                     let gen_key = format!("{prefix}gen");
                     r.call("cache_get", |mut c| async move {
@@ -435,14 +438,14 @@ mod tests {
         let other = p.mark(b);
         // The first flush written while a second is on its way: still pending.
         p.written(a, first);
-        assert!(p.by_tenant.contains_key(&a));
+        assert!(p.holds(a));
         p.written(a, second);
-        assert!(!p.by_tenant.contains_key(&a));
+        assert!(!p.holds(a));
         // A mark is never reused: an old one cannot unmark a new flush.
         let third = p.mark(a);
         p.written(a, first);
         p.written(a, second);
-        assert!(p.by_tenant.contains_key(&a));
+        assert!(p.holds(a));
         p.written(a, third);
         p.written(b, other);
         assert!(p.by_tenant.is_empty());
