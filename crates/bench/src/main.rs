@@ -8,10 +8,16 @@
 //!     [--clients 64] [--duration 20] [--isolation pool|schema]
 //! cargo build --release -p campus -p campus-bench &&
 //!     target/release/campus-bench upload [--mb 500] [--rounds 1] [--campus target/release/campus]
+//!
+//! cargo build --release -p campus -p campus-bench &&
+//!     target/release/campus-bench memory [--tenants 1000] [--backend embedded|schema|pool]
+//! cargo build --release -p campus -p campus-bench &&
+//!     target/release/campus-bench burst [--tenants 100] [--clients 64] [--duration 30]
 //! ```
 //!
 //! `upload` needs no PostgreSQL: it runs the real `campus serve` on the
-//! embedded default (see `upload.rs`).
+//! embedded default (see `upload.rs`); neither do `memory` and `burst` on
+//! `--backend embedded` (see `load.rs`).
 //!
 //! Each run makes a fresh database `campus_bench_<hex>` (owned by the owner
 //! role `campus_owner`, served by `campus_app`; both made if missing), and at
@@ -20,7 +26,9 @@
 //! as a superuser (default `postgres://postgres@127.0.0.1:5432/postgres`,
 //! trust authentication).
 
+mod load;
 mod noisy;
+mod process;
 mod upload;
 
 use std::path::PathBuf;
@@ -71,7 +79,8 @@ const WITH_SMALL: MigrationSet = MigrationSet {
     pool: lms::TENANT_MIGRATIONS.pool,
 };
 
-const USAGE: &str = "usage: campus-bench <provision|migrate|connections|upload|noisy> [options]
+const USAGE: &str =
+    "usage: campus-bench <provision|migrate|connections|upload|noisy|memory|burst> [options]
 
   provision    [--n 50]                  median/p90 time to provision one tenant in each
                                          mode (schema, pool, database), kernel-level and
@@ -90,6 +99,18 @@ const USAGE: &str = "usage: campus-bench <provision|migrate|connections|upload|n
                                          tenant B's latency alone, then while tenant A
                                          floods with --clients clients (schema tenants);
                                          cache and limits in Redis with --redis-url
+  memory       [--tenants 1000] [--courses 20] [--clients 64] [--duration 20]
+               [--backend embedded|schema|pool] [--campus PATH]
+                                         the resident memory of a real `campus serve`
+                                         idle, after provisioning N tenants (create, log
+                                         in, --courses courses each) and while --clients
+                                         clients read course lists over every tenant
+  memory and burst take --server-config FILE: a campus.toml for the server
+  burst        [--tenants 100] [--clients 64] [--duration 30] [--give-up-ms 20]
+               [--backend embedded|schema|pool] [--campus PATH]
+                                         a write burst over N tenants in which half the
+                                         clients give up mid-request, then one write per
+                                         tenant: failures, and acknowledged writes lost
 
   --setup-concurrency 8   tenants provisioned at once while setting up
   --keep                  leave the database, roles and tenant databases in place
@@ -113,6 +134,11 @@ struct Args {
     rounds: usize,
     campus: Option<PathBuf>,
     redis_url: Option<String>,
+    backend: load::Backend,
+    /// A `campus.toml` for the server of `memory` and `burst`.
+    server_config: String,
+    courses: usize,
+    give_up_ms: u64,
 }
 
 fn parse_args() -> Result<Args> {
@@ -122,7 +148,7 @@ fn parse_args() -> Result<Args> {
     };
     if !matches!(
         scenario.as_str(),
-        "provision" | "migrate" | "connections" | "upload" | "noisy"
+        "provision" | "migrate" | "connections" | "upload" | "noisy" | "memory" | "burst"
     ) {
         bail!("unknown scenario `{scenario}`\n\n{USAGE}");
     }
@@ -141,7 +167,14 @@ fn parse_args() -> Result<Args> {
         rounds: 1,
         campus: None,
         redis_url: None,
+        backend: load::Backend::Embedded,
+        server_config: String::new(),
+        courses: 20,
+        give_up_ms: 20,
     };
+    if a.scenario == "burst" {
+        a.duration = Duration::from_secs(30);
+    }
     while let Some(flag) = it.next() {
         if flag == "--keep" {
             a.keep = true;
@@ -164,6 +197,16 @@ fn parse_args() -> Result<Args> {
             "--campus" => a.campus = Some(PathBuf::from(&value)),
             "--redis-url" => a.redis_url = Some(value),
             "--tenants" => a.tenants = Some(num()?),
+            "--server-config" => {
+                a.server_config = std::fs::read_to_string(&value)
+                    .with_context(|| format!("--server-config: cannot read {value}"))?
+            }
+            "--courses" => a.courses = value.parse().context("--courses: a number")?,
+            "--give-up-ms" => a.give_up_ms = u64::try_from(num()?)?,
+            "--backend" => {
+                a.backend =
+                    load::Backend::parse(&value).context("--backend: embedded, schema or pool")?
+            }
             "--concurrency" => a.concurrency = num()?,
             "--setup-concurrency" => a.setup_concurrency = num()?,
             "--pool-size" => a.pool_size = u32::try_from(num()?)?,
@@ -204,6 +247,23 @@ async fn main() -> ExitCode {
         };
     }
     sqlx::any::install_default_drivers();
+    if matches!(args.scenario.as_str(), "memory" | "burst")
+        && args.backend == load::Backend::Embedded
+    {
+        println!("load average at start: {}", load_average());
+        let result = match args.scenario.as_str() {
+            "memory" => load::memory(&args, None).await,
+            _ => load::burst(&args, None).await,
+        };
+        println!("load average at end: {}", load_average());
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let bench = match Bench::create().await {
         Ok(b) => b,
         Err(e) => {
@@ -216,6 +276,8 @@ async fn main() -> ExitCode {
         "provision" => provision(&bench, &args).await,
         "migrate" => migrate(&bench, &args).await,
         "noisy" => noisy::run(&bench, &args).await,
+        "memory" => load::memory(&args, Some(&bench)).await,
+        "burst" => load::burst(&args, Some(&bench)).await,
         _ => connections(&bench, &args).await,
     };
     println!("load average at end: {}", load_average());

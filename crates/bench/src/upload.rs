@@ -9,118 +9,17 @@
 //! allocator from memory that keeps growing).
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
-const TOKEN: &str = "bench-operator-token-0123456789";
-const PASSWORD: &str = "correct horse battery";
-const MB: u64 = 1024 * 1024;
+use crate::process::{MB, Options, PASSWORD, Server, TOKEN, campus_binary, mib, rss, sample_peak};
+
 /// The size of each piece of the generated body.
 const PIECE: usize = 64 * 1024;
-
-/// `campus serve`, killed when dropped.
-struct Server {
-    child: Child,
-    base: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The `campus` binary: `--campus PATH`, else the one next to this binary
-/// (`cargo build --release -p campus -p campus-bench` puts both in
-/// `target/release`).
-fn campus_binary(given: Option<&PathBuf>) -> Result<PathBuf> {
-    let path = match given {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the bench binary's directory")?
-            .join("campus"),
-    };
-    ensure!(
-        path.is_file(),
-        "no campus binary at {} (build it with `cargo build --release -p campus -p campus-bench`, or pass --campus PATH)",
-        path.display()
-    );
-    Ok(path)
-}
-
-async fn start_server(binary: &PathBuf, http: &reqwest::Client) -> Result<Server> {
-    let data = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut cmd = Command::new(binary);
-    for (var, _) in std::env::vars() {
-        if var.starts_with("CAMPUS_") {
-            cmd.env_remove(var);
-        }
-    }
-    let child = cmd
-        .current_dir(data.path())
-        .env("CAMPUS_OPERATOR_TOKEN", TOKEN)
-        .arg("--data-dir")
-        .arg(data.path().join("data"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
-    let server = Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        _data: data,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(format!("{}/healthz", server.base)).send().await
-            && r.status().is_success()
-        {
-            return Ok(server);
-        }
-        if Instant::now() > deadline {
-            bail!("campus serve did not answer /healthz within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The resident set of `pid`, in bytes.
-fn rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
-/// Samples the resident set of `pid` every 50 ms while `running`; the peak.
-fn sample_peak(pid: u32, running: Arc<AtomicBool>, peak: Arc<AtomicU64>) {
-    std::thread::spawn(move || {
-        while running.load(Ordering::Relaxed) {
-            if let Some(r) = rss(pid) {
-                peak.fetch_max(r, Ordering::Relaxed);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
-}
 
 /// An MP4-looking body of `len` bytes, generated piece by piece as it is sent.
 fn body(len: u64) -> reqwest::Body {
@@ -155,15 +54,11 @@ struct Figures {
     elapsed: Duration,
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / MB as f64)
-}
-
 pub async fn run(mb: u64, rounds: usize, campus: Option<&PathBuf>) -> Result<()> {
     let binary = campus_binary(campus)?;
     let http = reqwest::Client::new();
-    let server = start_server(&binary, &http).await?;
-    let pid = server.child.id();
+    let server = Server::start(&binary, &http, &Options::default()).await?;
+    let pid = server.pid();
     println!(
         "server: {} (pid {pid}), embedded SQLite, files on local disk",
         binary.display()

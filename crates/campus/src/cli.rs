@@ -189,6 +189,25 @@ pub struct FileConfig {
     /// `[rate_limits.<plan>]`: each tenant's allowance on that plan.
     #[serde(default)]
     pub rate_limits: std::collections::BTreeMap<String, RateFile>,
+    /// `[memory]`: the bounds that keep the server's memory flat whatever
+    /// the number of tenants.
+    #[serde(default)]
+    pub memory: MemoryFile,
+}
+
+/// `[memory]` in `campus.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryFile {
+    /// The in-process tenant cache, in MiB (no effect with Redis).
+    pub cache_mib: Option<std::num::NonZeroUsize>,
+    /// Tenant databases open at once: SQLite files (embedded) or
+    /// `database`-mode pools (PostgreSQL); the least recently used is closed.
+    pub open_tenants: Option<std::num::NonZeroUsize>,
+    /// Connections of each open tenant database.
+    pub tenant_connections: Option<std::num::NonZeroU32>,
+    /// SQLite's page cache per connection, in KiB.
+    pub sqlite_cache_kib: Option<std::num::NonZeroU32>,
 }
 
 /// `[rate_limits.<plan>]` in `campus.toml`.

@@ -31,6 +31,8 @@ pub struct KernelConfig {
     pub max_open_tenants: NonZeroUsize,
     /// Connections per open tenant database (embedded backend).
     pub tenant_pool_size: u32,
+    /// SQLite's page cache per connection, in KiB (embedded backend).
+    pub sqlite_cache_kib: u32,
     /// PostgreSQL placements; `None` for the embedded backend.
     pub postgres: Option<PgConfig>,
     /// The isolation mode of a tenant provisioned without one.
@@ -56,6 +58,7 @@ impl KernelConfig {
             tenant_migrations,
             max_open_tenants: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
             tenant_pool_size: 4,
+            sqlite_cache_kib: crate::dataplane::embedded::CACHE_KIB,
             postgres: None,
             default_isolation: None,
             storage: StorageConfig::default(),
@@ -102,6 +105,7 @@ impl Kernel {
                     root: cfg.data_dir.join("tenants"),
                     max_open_tenants: cfg.max_open_tenants,
                     pool_size: cfg.tenant_pool_size,
+                    cache_kib: cfg.sqlite_cache_kib,
                 });
                 (registry, DataPlane::Embedded(files), Isolation::Database)
             }

@@ -80,7 +80,12 @@ fn decode(row: &DbRow) -> Result<Tenant> {
 impl Registry {
     /// The registry in a SQLite file (created if needed), migrated.
     pub async fn open_sqlite(path: &std::path::Path) -> Result<Self> {
-        let pool = crate::dataplane::embedded::sqlite_pool(path, true, 4)?;
+        let pool = crate::dataplane::embedded::sqlite_pool(
+            path,
+            true,
+            4,
+            crate::dataplane::embedded::CACHE_KIB,
+        )?;
         let mut conn = pool.acquire().await?;
         migrate::apply(&mut conn, &Target::Sqlite, CONTROL_MIGRATIONS).await?;
         drop(conn);
