@@ -135,16 +135,24 @@ impl Kernel {
         sqlx::any::install_default_drivers();
         // Whatever this process creates from now on is its user's alone.
         crate::private::restrict_umask();
+        // The data directory: made private, or tightened if an older
+        // install left it open (on PostgreSQL it may hold only the master
+        // key, or nothing at all).
+        let (dir, embedded) = (cfg.data_dir.clone(), cfg.postgres.is_none());
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            if embedded || dir.exists() {
+                crate::private::tighten(&dir)?;
+            }
+            if embedded {
+                crate::private::file(&dir.join("registry.db"))?;
+                crate::private::dir(&dir.join("tenants"))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("preparing the data directory: {e}")))??;
         let (registry, data, default_isolation) = match &cfg.postgres {
             None => {
-                let dir = cfg.data_dir.clone();
-                tokio::task::spawn_blocking(move || -> Result<()> {
-                    crate::private::tighten(&dir)?;
-                    crate::private::file(&dir.join("registry.db"))?;
-                    crate::private::dir(&dir.join("tenants"))
-                })
-                .await
-                .map_err(|e| Error::Invalid(format!("preparing the data directory: {e}")))??;
                 let registry = Registry::open_sqlite(&cfg.data_dir.join("registry.db")).await?;
                 let files = Files::new(FilesConfig {
                     root: cfg.data_dir.join("tenants"),
