@@ -99,6 +99,16 @@ pub struct ServeArgs {
     /// that deployments can share one Redis. Default `campus`.
     #[arg(long, env = "CAMPUS_ENVIRONMENT")]
     pub environment: Option<String>,
+    /// Registry lookups of tenant names this node does not know, per second
+    /// (burst twice that); beyond it they are answered 401 `invalid_tenant`
+    /// unasked. Default 100.
+    #[arg(long, env = "CAMPUS_UNKNOWN_TENANT_LOOKUPS_PER_SECOND")]
+    pub unknown_tenant_lookups_per_second: Option<std::num::NonZeroU32>,
+    /// How long, in milliseconds, tenants keep being served from the
+    /// directory while the registry cannot be read; then 503 `unavailable`.
+    /// Default 5000.
+    #[arg(long, env = "CAMPUS_REGISTRY_MAX_STALENESS_MS")]
+    pub registry_max_staleness_ms: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -95,18 +95,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(ms) = file.tenant_transaction_wait_ms {
         config.tenant_transaction_wait = std::time::Duration::from_millis(ms);
     }
-    if let Some(n) = file.unknown_tenant_lookups_per_second {
-        config.unknown_tenant_lookups = n;
-    }
-    if let Some(ms) = file.registry_max_staleness_ms {
-        config.registry_max_staleness = Duration::from_millis(ms);
-    }
     config.storage.url = cli.storage_url.clone().or(file.storage_url.clone());
     // The cache and shared limits serve requests: only `serve` opens Redis.
     if let Command::Serve(args) = &cli.command {
         config.cache.redis_url = args.redis_url.clone().or(file.redis_url.clone());
         if let Some(env) = args.environment.clone().or(file.environment.clone()) {
             config.cache.environment = env;
+        }
+        if let Some(n) = args
+            .unknown_tenant_lookups_per_second
+            .or(file.unknown_tenant_lookups_per_second)
+        {
+            config.unknown_tenant_lookups = n;
+        }
+        if let Some(ms) = args
+            .registry_max_staleness_ms
+            .or(file.registry_max_staleness_ms)
+        {
+            config.registry_max_staleness = Duration::from_millis(ms);
         }
     }
     config.storage.master_key = master_key(&cli, &file)?;
