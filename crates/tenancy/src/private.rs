@@ -42,7 +42,7 @@ fn set_mode(_: &Path, _: u32) -> std::io::Result<()> {
 /// enter; tightens it if it exists.
 pub fn dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path)?;
-    set_mode(path, 0o700)?;
+    tighten_one(path, 0o700);
     Ok(())
 }
 
@@ -58,14 +58,17 @@ pub fn file(path: &Path) -> Result<()> {
         opts.mode(0o600);
     }
     opts.open(path)?;
-    set_mode(path, 0o600)?;
+    tighten_one(path, 0o600);
     Ok(())
 }
 
-/// Tightens what exists of a file (a `-wal` that may or may not be there).
-pub fn existing_file(path: &Path) -> Result<()> {
-    set_mode(path, 0o600)?;
-    Ok(())
+/// Tightens `path` to `mode` if it can; says so if it cannot (a directory
+/// owned by another user, say), rather than refusing to start.
+fn tighten_one(path: &Path, mode: u32) {
+    if let Err(e) = set_mode(path, mode) {
+        tracing::warn!(path = %path.display(), error = %e,
+            "cannot make this path private to Campus's user; `campus doctor` lists what is open");
+    }
 }
 
 /// Tightens an existing data directory: itself, the files at its top (the
@@ -73,15 +76,15 @@ pub fn existing_file(path: &Path) -> Result<()> {
 /// every tenant's directory and files, `objects/`. Objects deeper down are
 /// left as they are: nobody else can reach them through `0700` directories.
 pub fn tighten(data_dir: &Path) -> Result<()> {
-    dir(data_dir)?;
+    std::fs::create_dir_all(data_dir)?;
+    tighten_one(data_dir, 0o700);
     for entry in std::fs::read_dir(data_dir)? {
         let entry = entry?;
-        let path = entry.path();
         let kind = entry.file_type()?;
         if kind.is_dir() {
-            set_mode(&path, 0o700)?;
+            tighten_one(&entry.path(), 0o700);
         } else if kind.is_file() {
-            set_mode(&path, 0o600)?;
+            tighten_one(&entry.path(), 0o600);
         }
     }
     let tenants = data_dir.join("tenants");
@@ -91,11 +94,11 @@ pub fn tighten(data_dir: &Path) -> Result<()> {
             if !entry.file_type()?.is_dir() {
                 continue;
             }
-            set_mode(&entry.path(), 0o700)?;
+            tighten_one(&entry.path(), 0o700);
             for inner in std::fs::read_dir(entry.path())? {
                 let inner = inner?;
                 if inner.file_type()?.is_file() {
-                    set_mode(&inner.path(), 0o600)?;
+                    tighten_one(&inner.path(), 0o600);
                 }
             }
         }
