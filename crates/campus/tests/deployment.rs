@@ -127,6 +127,25 @@ fn a_node_with_another_master_key_refuses_to_serve_or_write_on_the_same_data_dir
     cmd.env("CAMPUS_MASTER_KEY", key.trim());
     let out = create(&mut cmd, "third");
     assert!(out.status.success(), "{out:?}");
+
+    // What a start cannot tighten (files deep in the store, copied in by
+    // hand) `campus doctor` names, without failing over it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let stray = data.join("objects/tenants/copied-in");
+        std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+        std::fs::write(&stray, b"x").unwrap();
+        std::fs::set_permissions(&stray, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = campus(&work, &data).arg("doctor").output().expect("doctor");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            err.contains("permissions:") && err.contains("copied-in"),
+            "{err}"
+        );
+        assert!(err.contains("mode 644"), "{err}");
+    }
 }
 
 /// Two data directories on one PostgreSQL database, dropped at the end.
