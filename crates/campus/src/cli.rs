@@ -70,6 +70,16 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Check that the database enforces isolation (what `serve` checks before serving).
     Doctor,
+    /// The deployment's operator token (one for every node).
+    #[command(subcommand)]
+    OperatorToken(OperatorTokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorTokenCommand {
+    /// Make `CAMPUS_OPERATOR_TOKEN` the deployment's operator token, on
+    /// every node (running ones within a second).
+    Set,
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +99,16 @@ pub struct ServeArgs {
     /// that deployments can share one Redis. Default `campus`.
     #[arg(long, env = "CAMPUS_ENVIRONMENT")]
     pub environment: Option<String>,
+    /// Registry lookups of tenant names this node does not know, per second
+    /// (burst twice that); beyond it they are answered 401 `invalid_tenant`
+    /// unasked. Default 100.
+    #[arg(long, env = "CAMPUS_UNKNOWN_TENANT_LOOKUPS_PER_SECOND")]
+    pub unknown_tenant_lookups_per_second: Option<std::num::NonZeroU32>,
+    /// How long, in milliseconds, tenants keep being served from the
+    /// directory while the registry cannot be read; then 503 `unavailable`.
+    /// Default 5000.
+    #[arg(long, env = "CAMPUS_REGISTRY_MAX_STALENESS_MS")]
+    pub registry_max_staleness_ms: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +206,12 @@ pub struct FileConfig {
     /// How long, in milliseconds, a request waits for one of its tenant's
     /// shares before it is answered 503 `overloaded`.
     pub tenant_transaction_wait_ms: Option<u64>,
+    /// Registry lookups of unknown tenant names per second, per node (burst
+    /// twice that); beyond it they are answered 401 `invalid_tenant` unasked.
+    pub unknown_tenant_lookups_per_second: Option<std::num::NonZeroU32>,
+    /// How long, in milliseconds, tenants keep being served from the
+    /// directory while the registry cannot be read; then 503 `unavailable`.
+    pub registry_max_staleness_ms: Option<u64>,
     /// `[rate_limits.<plan>]`: each tenant's allowance on that plan.
     #[serde(default)]
     pub rate_limits: std::collections::BTreeMap<String, RateFile>,

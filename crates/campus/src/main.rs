@@ -24,6 +24,8 @@ use cli::{Cli, Command, FileConfig, LogFormat, TenantCommand};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Everything Campus writes is its user's alone (files 0600, directories 0700).
+    tenancy::private::restrict_umask();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -108,6 +110,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         if let Some(env) = args.environment.clone().or(file.environment.clone()) {
             config.cache.environment = env;
         }
+        if let Some(n) = args
+            .unknown_tenant_lookups_per_second
+            .or(file.unknown_tenant_lookups_per_second)
+        {
+            config.unknown_tenant_lookups = n;
+        }
+        if let Some(ms) = args
+            .registry_max_staleness_ms
+            .or(file.registry_max_staleness_ms)
+        {
+            config.registry_max_staleness = Duration::from_millis(ms);
+        }
     }
     config.storage.master_key = master_key(&cli, &file)?;
     let what = match &config.postgres {
@@ -120,9 +134,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
     match cli.command {
         Command::Serve(args) => serve(kernel, &data_dir, args, file).await,
+        Command::OperatorToken(cli::OperatorTokenCommand::Set) => set_operator_token(kernel).await,
         Command::Tenant(cmd) => tenant(kernel, cmd).await,
         Command::Migrate(args) => migrate(kernel, args).await,
-        Command::Doctor => doctor(kernel).await,
+        Command::Doctor => doctor(kernel, &data_dir).await,
     }
 }
 
@@ -235,8 +250,17 @@ async fn audit(kernel: &Kernel) -> anyhow::Result<bool> {
     Ok(findings.is_empty())
 }
 
-async fn doctor(kernel: Kernel) -> anyhow::Result<ExitCode> {
+async fn doctor(kernel: Kernel, data_dir: &Path) -> anyhow::Result<ExitCode> {
     let clean = audit(&kernel).await?;
+    // Not a verdict: `campus serve` tightens these at start. Worth knowing
+    // when files were copied in, or made by another tool.
+    for (path, mode) in tenancy::private::open_to_others(data_dir, 20) {
+        eprintln!(
+            "permissions: {} is open to others (mode {mode:o}); Campus keeps files 0600 and \
+             directories 0700, and `campus serve` tightens the data directory at start",
+            path.display()
+        );
+    }
     // The exit code is the verdict: output nobody reads cannot change it.
     let mut out = stdout();
     if clean {
@@ -254,43 +278,128 @@ async fn doctor(kernel: Kernel) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The operator token's hash: from configuration, or generated once into the
-/// data directory (only its hash is kept; the token is printed once).
-fn operator_token_hash(data_dir: &Path, configured: Option<String>) -> anyhow::Result<[u8; 32]> {
+/// The operator token's hash: one per deployment, kept in the registry.
+///
+/// * A configured token (`CAMPUS_OPERATOR_TOKEN`, or `operator_token` in
+///   `campus.toml`) becomes the deployment's when the registry holds none,
+///   or holds one that was generated; one that disagrees with a token
+///   configured before (on this node or another) refuses to start:
+///   `campus operator-token set` changes it, for every node.
+/// * Otherwise the registry's is used; without one, this node's old
+///   `operator-token.sha256` is adopted, or a token is generated, recorded
+///   (insert-if-absent: of two nodes starting at once, one wins and both
+///   use its token) and printed once, by the node that made it.
+async fn operator_token_hash(
+    kernel: &Kernel,
+    data_dir: &Path,
+    configured: Option<String>,
+) -> anyhow::Result<[u8; 32]> {
+    use tenancy::kernel::{OPERATOR_TOKEN, decode_hash};
+    let registry = kernel.registry();
+    let recorded = registry.setting(OPERATOR_TOKEN).await?;
+    let damaged = || {
+        anyhow::anyhow!(
+            "the registry's operator token hash is damaged; run `campus operator-token set`"
+        )
+    };
     if let Some(token) = std::env::var("CAMPUS_OPERATOR_TOKEN").ok().or(configured) {
-        if token.len() < 16 {
-            bail!("CAMPUS_OPERATOR_TOKEN must be at least 16 characters");
+        let (hash, hex) = token_hash(&token)?;
+        match recorded {
+            Some((h, _)) if h == hex => {}
+            Some((_, source)) if source == "generated" => {
+                registry
+                    .replace_setting(OPERATOR_TOKEN, &hex, "configured")
+                    .await?;
+                tracing::warn!(
+                    "the configured operator token replaces the generated one, on every node"
+                );
+            }
+            Some(_) => bail!(
+                "refusing to start: the operator token configured here (CAMPUS_OPERATOR_TOKEN or \
+                 operator_token) is not the deployment's, which another node or an earlier start \
+                 configured; there is one per deployment. Give every node the same token, or \
+                 change it for all with `campus operator-token set`"
+            ),
+            None => {
+                let (winner, _) = registry
+                    .setting_or_insert(OPERATOR_TOKEN, &hex, "configured")
+                    .await?;
+                if winner != hex {
+                    bail!(
+                        "refusing to start: another node recorded a different operator token \
+                         just now; give every node the same token"
+                    );
+                }
+            }
         }
-        return Ok(Sha256::digest(token.as_bytes()).into());
+        return Ok(hash);
+    }
+    if let Some((hex, _)) = recorded {
+        return decode_hash(&hex).ok_or_else(damaged);
     }
     let path = data_dir.join("operator-token.sha256");
     if let Ok(hex) = std::fs::read_to_string(&path) {
-        let hex = hex.trim();
-        let mut out = [0u8; 32];
-        if hex.len() != 64 {
-            bail!(
+        // A token generated by this node before tokens were per deployment.
+        decode_hash(&hex).with_context(|| {
+            format!(
                 "{} is damaged; delete it to generate a new operator token",
                 path.display()
-            );
-        }
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .with_context(|| format!("{} is damaged", path.display()))?;
-        }
-        return Ok(out);
+            )
+        })?;
+        let (winner, _) = registry
+            .setting_or_insert(OPERATOR_TOKEN, hex.trim(), "generated")
+            .await?;
+        return decode_hash(&winner).ok_or_else(damaged);
     }
     let token = format!("cop_{}", lms::auth::generate_password());
-    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    let (hash, hex) = token_hash(&token)?;
+    let (winner, _) = registry
+        .setting_or_insert(OPERATOR_TOKEN, &hex, "generated")
+        .await?;
+    if winner != hex {
+        // Another node generated one first (and printed it): use that one.
+        return decode_hash(&winner).ok_or_else(damaged);
+    }
+    // A copy for this node's operator; the registry's is the one that counts.
+    std::fs::create_dir_all(data_dir)?;
     write_private(&path, &hex)?;
     eprintln!(
-        "Generated an operator token (shown once; only its hash is kept in {}):",
+        "Generated an operator token for this deployment (shown once; only its hash is kept, \
+         in the registry and in {}):",
         path.display()
     );
     eprintln!();
     eprintln!("    {token}");
     eprintln!();
     Ok(hash)
+}
+
+/// A configured operator token's hash, as bytes and hex.
+fn token_hash(token: &str) -> anyhow::Result<([u8; 32], String)> {
+    if token.len() < 16 {
+        bail!("CAMPUS_OPERATOR_TOKEN must be at least 16 characters");
+    }
+    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let hex = hash.iter().map(|b| format!("{b:02x}")).collect();
+    Ok((hash, hex))
+}
+
+/// `campus operator-token set`: makes `CAMPUS_OPERATOR_TOKEN` the
+/// deployment's operator token; running nodes take it within a second.
+async fn set_operator_token(kernel: Kernel) -> anyhow::Result<ExitCode> {
+    let Ok(token) = std::env::var("CAMPUS_OPERATOR_TOKEN") else {
+        bail!("put the new operator token in CAMPUS_OPERATOR_TOKEN (not on the command line)");
+    };
+    let (_, hex) = token_hash(&token)?;
+    kernel
+        .registry()
+        .replace_setting(tenancy::kernel::OPERATOR_TOKEN, &hex, "configured")
+        .await?;
+    let _ = writeln!(
+        stdout(),
+        "the operator token is changed for every node of this deployment"
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
@@ -328,7 +437,8 @@ async fn serve(
         );
     }
     let mut config = server::ServerConfig::new("");
-    config.operator_token_sha256 = operator_token_hash(data_dir, file.operator_token)?;
+    config.operator_token_sha256 =
+        operator_token_hash(&kernel, data_dir, file.operator_token.clone()).await?;
     config.base_domain = args.base_domain.or(file.base_domain);
     for (plan, r) in &file.rate_limits {
         let Some(plan) = tenancy::Plan::parse(plan) else {

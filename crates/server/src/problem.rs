@@ -71,6 +71,12 @@ impl ApiError {
         )
     }
 
+    /// 503 `unavailable`: something this answer needs cannot be reached
+    /// now (the registry, a database); retrying shortly helps.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail).retry_after(1)
+    }
+
     pub fn invalid_body(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_body", detail)
     }
@@ -184,6 +190,9 @@ impl From<lms::Error> for ApiError {
                     "too much database work is in progress for this request to wait its turn; try again shortly",
                 )
                 .retry_after(1)
+            }
+            E::Kernel(tenancy::Error::Unavailable) => {
+                Self::unavailable("the service cannot reach its registry; try again shortly")
             }
             E::Kernel(tenancy::Error::Interrupted(why)) => {
                 tracing::info!(reason = %why, "upload interrupted");

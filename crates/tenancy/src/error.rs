@@ -40,6 +40,14 @@ pub enum Error {
     /// pool itself, stayed taken for as long as a transaction may wait.
     #[error("too much database work at once; try again shortly")]
     Overloaded,
+    /// This node's master key is not the deployment's (or it has none while
+    /// the deployment has one): nothing may be served or written with it.
+    #[error("{0}")]
+    WrongMasterKey(String),
+    /// The registry has not been read successfully for longer than the
+    /// directory may be trusted: tenants are not served from stale answers.
+    #[error("the registry cannot be read; tenants are not served from a stale directory")]
+    Unavailable,
     #[error("database error: {0}")]
     Db(sqlx::Error),
     #[error("i/o error: {0}")]

@@ -2,11 +2,12 @@
 //! tenant directory — the registry's answers cached in process and dropped
 //! when the registry's generation moves.
 
-use std::collections::HashMap;
-use std::num::NonZeroUsize;
+use std::collections::{HashMap, HashSet};
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cache::{Cache, CacheConfig, TenantCache};
 use crate::dataplane::embedded::{Files, FilesConfig};
@@ -49,6 +50,15 @@ pub struct KernelConfig {
     pub tenant_transaction_wait: std::time::Duration,
     /// The tenant cache: in process, or in Redis shared by every node.
     pub cache: CacheConfig,
+    /// Registry lookups of slugs the directory does not know, per second
+    /// (burst twice that), for the whole node: a flood of made-up slugs
+    /// costs at most this many queries; beyond it they are answered as
+    /// unknown without one.
+    pub unknown_tenant_lookups: NonZeroU32,
+    /// How long the directory may go without a successful registry refresh
+    /// (while [`Kernel::watch`] runs) before tenants are no longer served
+    /// from it: then [`Kernel::resolve`] fails with [`Error::Unavailable`].
+    pub registry_max_staleness: Duration,
 }
 
 impl KernelConfig {
@@ -65,6 +75,8 @@ impl KernelConfig {
             tenant_transactions: NonZeroUsize::new(8).unwrap_or(NonZeroUsize::MIN),
             tenant_transaction_wait: crate::bulkhead::WAIT,
             cache: CacheConfig::default(),
+            unknown_tenant_lookups: NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN),
+            registry_max_staleness: Duration::from_secs(5),
         }
     }
 }
@@ -83,23 +95,67 @@ pub(crate) struct Inner {
     pub(crate) cache: Cache,
     shared: Option<Arc<Redis>>,
     directory: Mutex<Directory>,
+    /// Registry queries made by [`Kernel::resolve`].
+    lookups: AtomicU64,
+    /// The budget of lookups of slugs the directory does not know.
+    unknown_budget: governor::DefaultDirectRateLimiter,
+    max_staleness: Duration,
+    /// Whether [`Kernel::watch`] keeps the directory fresh (then staleness
+    /// is bounded).
+    watching: AtomicBool,
 }
 
 /// Resolved tenants by slug, valid as of registry generation `seen`.
 struct Directory {
     seen: i64,
     by_slug: HashMap<String, Tenant>,
+    /// Slugs the registry recently said no tenant has, until when.
+    unknown: HashMap<String, Instant>,
+    /// Slugs some tenant has (or had) as of `seen`: read at open, kept up
+    /// by refresh. Looking one up never counts against the unknown-slug
+    /// budget, so a flood of made-up names cannot keep a tenant out.
+    known: HashSet<String>,
+    /// When the registry was last read successfully.
+    refreshed_at: Instant,
+    /// The deployment's operator token hash, as of `seen`.
+    operator_token: Option<[u8; 32]>,
 }
 
 const DIRECTORY_CAPACITY: usize = 100_000;
+/// At most this many unknown slugs are remembered…
+const UNKNOWN_CAPACITY: usize = 10_000;
+/// …each for this long (and forgotten as soon as a tenant takes the slug).
+const UNKNOWN_TTL: Duration = Duration::from_secs(5);
+
+/// The registry's setting holding the master key's check.
+const MASTER_KEY_CHECK: &str = "master_key_check";
+/// The registry's setting holding the operator token's SHA-256 (hex).
+pub const OPERATOR_TOKEN: &str = "operator_token_sha256";
 
 impl Kernel {
     /// Opens the registry (migrating the control plane) and the data plane.
     pub async fn open(cfg: KernelConfig) -> Result<Self> {
         sqlx::any::install_default_drivers();
+        // Whatever this process creates from now on is its user's alone.
+        crate::private::restrict_umask();
+        // The data directory: made private, or tightened if an older
+        // install left it open (on PostgreSQL it may hold only the master
+        // key, or nothing at all).
+        let (dir, embedded) = (cfg.data_dir.clone(), cfg.postgres.is_none());
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            if embedded || dir.exists() {
+                crate::private::tighten(&dir)?;
+            }
+            if embedded {
+                crate::private::file(&dir.join("registry.db"))?;
+                crate::private::dir(&dir.join("tenants"))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("preparing the data directory: {e}")))??;
         let (registry, data, default_isolation) = match &cfg.postgres {
             None => {
-                tokio::fs::create_dir_all(&cfg.data_dir).await?;
                 let registry = Registry::open_sqlite(&cfg.data_dir.join("registry.db")).await?;
                 let files = Files::new(FilesConfig {
                     root: cfg.data_dir.join("tenants"),
@@ -122,7 +178,9 @@ impl Kernel {
             }
         };
         let seen = registry.generation().await?;
-        let storage = open_storage(&cfg).await?;
+        let storage = open_storage(&cfg, &registry).await?;
+        let operator_token = operator_token(&registry).await?;
+        let known = registry.live_slugs().await?.into_iter().collect();
         let (cache, shared) = match &cfg.cache.redis_url {
             Some(url) => {
                 let redis = Arc::new(Redis::connect(url, &cfg.cache.environment).await?);
@@ -153,7 +211,20 @@ impl Kernel {
             directory: Mutex::new(Directory {
                 seen,
                 by_slug: HashMap::new(),
+                unknown: HashMap::new(),
+                known,
+                refreshed_at: Instant::now(),
+                operator_token,
             }),
+            lookups: AtomicU64::new(0),
+            unknown_budget: governor::RateLimiter::direct(
+                governor::Quota::per_second(cfg.unknown_tenant_lookups).allow_burst(
+                    cfg.unknown_tenant_lookups
+                        .saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN)),
+                ),
+            ),
+            max_staleness: cfg.registry_max_staleness,
+            watching: AtomicBool::new(false),
         })))
     }
 
@@ -200,27 +271,80 @@ impl Kernel {
     }
 
     /// The live tenant named `slug`, whatever its status (the edge gates on it).
+    ///
+    /// Known slugs are answered from the directory; a slug the registry
+    /// recently said is unknown is answered `None` from memory too; other
+    /// slugs cost a registry query within a node-wide budget, beyond which
+    /// they are answered `None` unasked. While the registry cannot be read
+    /// for longer than the configured staleness, nothing is answered from
+    /// the directory: [`Error::Unavailable`].
     pub async fn resolve(&self, slug: &Slug) -> Result<Option<Tenant>> {
         let seen = {
-            let dir = self.directory();
+            let mut dir = self.directory();
+            if self.0.watching.load(Ordering::Relaxed)
+                && dir.refreshed_at.elapsed() > self.0.max_staleness
+            {
+                count_lookup("stale");
+                return Err(Error::Unavailable);
+            }
             if let Some(t) = dir.by_slug.get(slug.as_str()) {
                 return Ok(Some(t.clone()));
             }
+            match dir.unknown.get(slug.as_str()) {
+                Some(until) if *until > Instant::now() => {
+                    count_lookup("unknown_cached");
+                    return Ok(None);
+                }
+                Some(_) => {
+                    dir.unknown.remove(slug.as_str());
+                }
+                None => {}
+            }
+            if !dir.known.contains(slug.as_str()) && self.0.unknown_budget.check().is_err() {
+                count_lookup("refused");
+                tracing::debug!("unknown-tenant lookup budget spent; answered as unknown");
+                return Ok(None);
+            }
             dir.seen
         };
+        self.0.lookups.fetch_add(1, Ordering::Relaxed);
+        count_lookup("registry");
         let found = self.0.registry.by_slug(slug).await?;
-        if let Some(t) = &found {
-            let mut dir = self.directory();
-            // Cache only if no change was seen while we read: otherwise what
-            // we read may already be stale.
-            if dir.seen == seen {
-                if dir.by_slug.len() >= DIRECTORY_CAPACITY {
-                    dir.by_slug.clear();
+        let mut dir = self.directory();
+        // Cache only if no change was seen while we read: otherwise what
+        // we read may already be stale.
+        if dir.seen == seen {
+            match &found {
+                Some(t) => {
+                    if dir.by_slug.len() >= DIRECTORY_CAPACITY {
+                        dir.by_slug.clear();
+                    }
+                    dir.known.insert(slug.as_str().to_owned());
+                    dir.by_slug.insert(slug.as_str().to_owned(), t.clone());
                 }
-                dir.by_slug.insert(slug.as_str().to_owned(), t.clone());
+                None => {
+                    let now = Instant::now();
+                    if dir.unknown.len() >= UNKNOWN_CAPACITY {
+                        dir.unknown.retain(|_, until| *until > now);
+                    }
+                    if dir.unknown.len() < UNKNOWN_CAPACITY {
+                        dir.unknown
+                            .insert(slug.as_str().to_owned(), now + UNKNOWN_TTL);
+                    }
+                }
             }
         }
         Ok(found)
+    }
+
+    /// How many registry queries [`resolve`](Self::resolve) has made.
+    pub fn registry_lookups(&self) -> u64 {
+        self.0.lookups.load(Ordering::Relaxed)
+    }
+
+    /// The deployment's operator token hash, as the registry last said.
+    pub fn operator_token_sha256(&self) -> Option<[u8; 32]> {
+        self.directory().operator_token
     }
 
     /// Drops what is cached about tenants changed since the last look.
@@ -228,15 +352,21 @@ impl Kernel {
         let seen = self.directory().seen;
         let now = self.0.registry.generation().await?;
         if now == seen {
+            self.directory().refreshed_at = Instant::now();
             return Ok(());
         }
         let changed = self.0.registry.changed_since(seen).await?;
+        let token = operator_token(&self.0.registry).await?;
         {
             let mut dir = self.directory();
             for (_, slug) in &changed {
                 dir.by_slug.remove(slug);
+                dir.unknown.remove(slug);
+                dir.known.insert(slug.clone());
             }
             dir.seen = dir.seen.max(now);
+            dir.operator_token = token;
+            dir.refreshed_at = Instant::now();
         }
         for (id, _) in changed {
             self.0.storage.forget(id);
@@ -247,16 +377,31 @@ impl Kernel {
     }
 
     /// Polls the registry every `every`, so that changes made elsewhere
-    /// (another process, the CLI) are seen here.
+    /// (another process, the CLI) are seen here. From then on the directory
+    /// is trusted only while these polls succeed (see
+    /// [`KernelConfig::registry_max_staleness`]).
     pub fn watch(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let kernel = self.clone();
+        self.0.watching.store(true, Ordering::Relaxed);
+        self.directory().refreshed_at = Instant::now();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
             loop {
                 tick.tick().await;
-                if let Err(e) = kernel.refresh().await {
-                    tracing::warn!(error = %e, "registry refresh failed");
+                match kernel.refresh().await {
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!("registry refresh works again; tenants are served");
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "registry refresh failed; tenants stop being served once the directory is older than the staleness bound");
+                        }
+                        failing = true;
+                    }
                 }
             }
         })
@@ -309,14 +454,105 @@ impl Kernel {
     }
 }
 
+fn count_lookup(result: &'static str) {
+    metrics::counter!("campus_tenant_lookups_total", "result" => result).increment(1);
+}
+
+/// The deployment's operator token hash, if the registry holds one.
+async fn operator_token(registry: &Registry) -> Result<Option<[u8; 32]>> {
+    let Some((hex, _)) = registry.setting(OPERATOR_TOKEN).await? else {
+        return Ok(None);
+    };
+    Ok(decode_hash(&hex))
+}
+
+/// 64 hex digits as 32 bytes.
+pub fn decode_hash(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+const GIVE_THE_SAME_KEY: &str = "give every node of a deployment the same master key \
+    (CAMPUS_MASTER_KEY, --master-key-file, or a copy of the first node's <data dir>/master.key)";
+
 /// The object store and the master key the configuration names; the
 /// embedded defaults live in the data directory.
-async fn open_storage(cfg: &KernelConfig) -> Result<Storage> {
+///
+/// The master key must be the deployment's: the registry records its check
+/// at the first start, and a node whose key does not match (or that has
+/// none while the deployment has one) stops here, before it writes anything
+/// (a key file, a tenant's data key).
+async fn open_storage(cfg: &KernelConfig, registry: &Registry) -> Result<Storage> {
+    let recorded = registry.setting(MASTER_KEY_CHECK).await?.map(|(v, _)| v);
+    let configured = match &cfg.storage.master_key {
+        Some(k) => Some(k.clone()),
+        None => {
+            let path = cfg.data_dir.join("master.key");
+            tokio::task::spawn_blocking(move || MasterKey::load(&path))
+                .await
+                .map_err(|e| Error::Invalid(format!("reading the master key: {e}")))??
+        }
+    };
+    let master = match (configured, &recorded) {
+        (None, Some(_)) => {
+            return Err(Error::WrongMasterKey(format!(
+                "this node has no master key, but the deployment has one (its check is in the \
+                 registry): refusing to start rather than make another; {GIVE_THE_SAME_KEY}"
+            )));
+        }
+        (Some(k), _) => k,
+        (None, None) => {
+            let dir = cfg.data_dir.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::private::dir(&dir)?;
+                MasterKey::load_or_create(&dir.join("master.key"))
+            })
+            .await
+            .map_err(|e| Error::Invalid(format!("reading the master key: {e}")))??
+        }
+    };
+    let mismatch = || {
+        Error::WrongMasterKey(format!(
+            "this node's master key is not the deployment's (the registry holds the check of \
+             another key): refusing to start, as it would make data keys no other node can \
+             read; {GIVE_THE_SAME_KEY}"
+        ))
+    };
+    let check = master.check();
+    match recorded {
+        Some(r) if r != check => return Err(mismatch()),
+        Some(_) => {}
+        None => {
+            // An install older than the check: its tenants' data keys tell
+            // whether this is their key.
+            if let Some((tenant, wrapped)) = registry.any_wrapped_key().await?
+                && master.unwrap(tenant, &wrapped).is_err()
+            {
+                return Err(mismatch());
+            }
+            let (winner, _) = registry
+                .setting_or_insert(MASTER_KEY_CHECK, &check, "first start")
+                .await?;
+            if winner != check {
+                return Err(mismatch());
+            }
+        }
+    }
     let url = match &cfg.storage.url {
         Some(u) => u.clone(),
         None => {
             let dir = cfg.data_dir.join("objects");
-            tokio::fs::create_dir_all(&dir).await?;
+            let made = dir.clone();
+            tokio::task::spawn_blocking(move || crate::private::dir(&made))
+                .await
+                .map_err(|e| Error::Invalid(format!("making {}: {e}", dir.display())))??;
             let dir = tokio::fs::canonicalize(&dir).await?;
             url::Url::from_directory_path(&dir)
                 .map_err(|_| Error::Invalid(format!("{} is not an absolute path", dir.display())))?
@@ -324,15 +560,5 @@ async fn open_storage(cfg: &KernelConfig) -> Result<Storage> {
         }
     };
     let store = crate::storage::open_store(&url)?;
-    let master = match &cfg.storage.master_key {
-        Some(k) => k.clone(),
-        None => {
-            tokio::fs::create_dir_all(&cfg.data_dir).await?;
-            let path = cfg.data_dir.join("master.key");
-            tokio::task::spawn_blocking(move || MasterKey::load_or_create(&path))
-                .await
-                .map_err(|e| Error::Invalid(format!("reading the master key: {e}")))??
-        }
-    };
     Ok(Storage::new(store, master, cfg.storage.quotas))
 }

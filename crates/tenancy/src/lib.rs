@@ -27,6 +27,7 @@ pub mod id;
 pub mod kernel;
 pub mod lifecycle;
 pub mod migrate;
+pub mod private;
 pub mod registry;
 pub mod shared;
 pub mod storage;

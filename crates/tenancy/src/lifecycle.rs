@@ -107,12 +107,17 @@ impl Kernel {
         Err(Error::SlugTaken)
     }
 
-    /// Step 2: create and migrate the tenant's database. Idempotent.
+    /// Step 2: create and migrate the tenant's database, and make its data
+    /// key (so that no request ever has to). Idempotent.
     pub async fn build(&self, r: &Reservation) -> Result<()> {
         let inner = self.inner();
         let applied = inner
             .data
             .build(&r.tenant, &inner.tenant_migrations)
+            .await?;
+        inner
+            .storage
+            .ensure_data_key(&inner.registry, r.tenant.id)
             .await?;
         if r.tenant.schema_version != applied.to {
             inner

@@ -26,6 +26,11 @@ pub const CONTROL_MIGRATIONS: &[Migration] = &[
         name: "tenant_storage",
         sql: include_str!("../../../migrations/control/sqlite/0002_tenant_storage.sql"),
     },
+    Migration {
+        version: 3,
+        name: "deployment",
+        sql: include_str!("../../../migrations/control/sqlite/0003_deployment.sql"),
+    },
 ];
 
 pub const CONTROL_MIGRATIONS_PG: &[Migration] = &[
@@ -38,6 +43,11 @@ pub const CONTROL_MIGRATIONS_PG: &[Migration] = &[
         version: 2,
         name: "tenant_storage",
         sql: include_str!("../../../migrations/control/postgres/0002_tenant_storage.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "deployment",
+        sql: include_str!("../../../migrations/control/postgres/0003_deployment.sql"),
     },
 ];
 
@@ -182,6 +192,15 @@ impl Registry {
         rows.iter().map(decode).collect()
     }
 
+    /// The slug of every tenant that is not purged.
+    pub async fn live_slugs(&self) -> Result<Vec<String>> {
+        let sql = format!(
+            "SELECT slug FROM {} WHERE status <> 'purged'",
+            self.t("tenants")
+        );
+        Ok(sqlx::query_scalar(&sql).fetch_all(&self.pool).await?)
+    }
+
     /// Inserts a new tenant row; a live tenant with the same slug → [`Error::SlugTaken`].
     pub(crate) async fn insert(&self, t: &Tenant) -> Result<()> {
         let mut tx = self.pool.begin_with(self.begin_write).await?;
@@ -320,6 +339,89 @@ impl Registry {
             self.t("registry_generation")
         );
         Ok(sqlx::query_scalar(&sql).fetch_one(conn).await?)
+    }
+
+    /// A deployment-wide setting and where it came from (`generated`,
+    /// `configured`…), if recorded.
+    pub async fn setting(&self, name: &str) -> Result<Option<(String, String)>> {
+        let sql = format!(
+            "SELECT value, source FROM {} WHERE name = $1",
+            self.t("deployment")
+        );
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("value")?, r.try_get("source")?)))
+            .transpose()
+    }
+
+    /// Records a setting unless one is recorded already, in one statement,
+    /// and answers the one that holds: ours, or whoever's came first.
+    pub async fn setting_or_insert(
+        &self,
+        name: &str,
+        value: &str,
+        source: &str,
+    ) -> Result<(String, String)> {
+        let sql = format!(
+            "INSERT INTO {} (name, value, source, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO NOTHING",
+            self.t("deployment")
+        );
+        sqlx::query(&sql)
+            .bind(name)
+            .bind(value)
+            .bind(source)
+            .bind(crate::clock::now())
+            .execute(&self.pool)
+            .await?;
+        self.setting(name)
+            .await?
+            .ok_or_else(|| Error::Invalid(format!("the deployment setting {name} vanished")))
+    }
+
+    /// Replaces a setting, bumping the generation so that every node's
+    /// next refresh sees it.
+    pub async fn replace_setting(&self, name: &str, value: &str, source: &str) -> Result<()> {
+        let mut tx = self.pool.begin_with(self.begin_write).await?;
+        self.bump(&mut tx).await?;
+        let sql = format!(
+            "INSERT INTO {} (name, value, source, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO UPDATE SET value = $2, source = $3, updated_at = $4",
+            self.t("deployment")
+        );
+        sqlx::query(&sql)
+            .bind(name)
+            .bind(value)
+            .bind(source)
+            .bind(crate::clock::now())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One tenant's wrapped data key, if any: what a key check of an
+    /// install older than the check is made against.
+    pub(crate) async fn any_wrapped_key(&self) -> Result<Option<(TenantId, String)>> {
+        let sql = format!(
+            "SELECT tenant_id, wrapped_key FROM {} ORDER BY tenant_id LIMIT 1",
+            self.t("tenant_storage")
+        );
+        let row = sqlx::query(&sql).fetch_optional(&self.pool).await?;
+        row.map(|r| {
+            let id: String = r.try_get("tenant_id")?;
+            let id = TenantId::parse(&id).ok_or_else(|| Error::Invalid("tenant id".into()))?;
+            Ok((id, r.try_get("wrapped_key")?))
+        })
+        .transpose()
+    }
+
+    /// Closes the registry's connections: every later query fails (what a
+    /// registry that cannot be reached looks like, for tests; and shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     /// Whether the registry answers.

@@ -9,6 +9,7 @@
 //! | neither | 400 `tenant_required` |
 //! | malformed, unknown or deleted | 401 `invalid_tenant`, one body for all |
 //! | suspended | 403 `tenant_suspended` |
+//! | the registry cannot be read (and the directory is too old to trust) | 503 `unavailable` |
 //! | maintenance, or schema behind this build | writes: 503 `tenant_maintenance` |
 
 use axum::extract::{Request, State};
@@ -136,7 +137,11 @@ async fn resolve(
         .kernel
         .resolve(&slug)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(|e| {
+            // Expected while the registry is down: not an internal error.
+            tracing::warn!(error = %e, "tenant not resolved: the registry cannot be read");
+            ApiError::unavailable("the service cannot reach its registry; try again shortly")
+        })?
         .ok_or_else(ApiError::invalid_tenant)?;
     gate(&tenant, method, state.kernel.latest_version())?;
     Ok(tenant)

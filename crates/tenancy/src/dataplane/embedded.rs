@@ -148,7 +148,15 @@ impl Files {
 
     /// Creates the tenant's database file if it does not exist. Idempotent.
     pub(crate) async fn create(&self, id: TenantId) -> Result<()> {
-        tokio::fs::create_dir_all(self.tenant_dir(id)).await?;
+        // Private from the start: the directory, and the file (whose mode
+        // SQLite gives its -wal and -shm too).
+        let (dir, file) = (self.tenant_dir(id), self.db_path(id));
+        tokio::task::spawn_blocking(move || {
+            crate::private::dir(&dir)?;
+            crate::private::file(&file)
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("making a tenant's directory: {e}")))??;
         let pool = sqlite_pool(&self.db_path(id), true, 1, self.cfg.cache_kib)?;
         let conn = pool.acquire().await?;
         conn.detach().close().await?;

@@ -112,13 +112,20 @@ impl MasterKey {
         B64.encode(self.0.0)
     }
 
+    /// Reads the key at `path`, if there is one.
+    pub fn load(path: &Path) -> Result<Option<Self>> {
+        match std::fs::read_to_string(path) {
+            Ok(s) => Self::from_base64(&s).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Reads the key at `path`, or makes one there (mode 0600) if there is
     /// none: the embedded setup's default.
     pub fn load_or_create(path: &Path) -> Result<Self> {
-        match std::fs::read_to_string(path) {
-            Ok(s) => return Self::from_base64(&s),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
+        if let Some(key) = Self::load(path)? {
+            return Ok(key);
         }
         let key = Self::random();
         let mut opts = std::fs::OpenOptions::new();
@@ -191,6 +198,20 @@ impl MasterKey {
         Ok(Secret(k))
     }
 
+    /// The key's check: HMAC-SHA256 of a fixed label under the key, as hex.
+    /// Recorded in the registry, it tells whether a node holds the
+    /// deployment's key without revealing anything of the key.
+    pub fn check(&self) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(b"campus master key check v1");
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// A key for signing links, derived from the master key (so rotating one
     /// rotates the other, and the master key itself never signs anything).
     pub(crate) fn signing_key(&self) -> Secret {
@@ -254,5 +275,22 @@ mod tests {
         assert_eq!(k.0.0, again.0.0);
         assert!(!format!("{k:?}").contains(&k.to_base64()));
         assert!(MasterKey::from_base64("c2hvcnQ=").is_err());
+    }
+
+    #[test]
+    fn the_check_tells_keys_apart_and_reveals_neither() {
+        let (a, b) = (MasterKey::random(), MasterKey::random());
+        assert_eq!(a.check(), a.check());
+        assert_ne!(a.check(), b.check());
+        assert_eq!(a.check().len(), 64);
+        assert!(!a.check().contains(&a.to_base64()));
+        // Not the signing key either: the check is public, that key is not.
+        let signing: String = a
+            .signing_key()
+            .0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_ne!(a.check(), signing);
     }
 }

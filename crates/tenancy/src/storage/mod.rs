@@ -133,38 +133,52 @@ impl Storage {
         self.cache().remove(&id);
     }
 
-    /// The tenant's data key: unwrapped from the registry, made on first use.
-    async fn data_key(&self, registry: &Registry, id: TenantId) -> Result<Secret> {
+    /// The tenant's data key, unwrapped from the registry; `None` when it has
+    /// none. Never makes one: reading, signing and a forged request create
+    /// nothing (see [`ensure_data_key`](Self::ensure_data_key)).
+    async fn data_key(&self, registry: &Registry, id: TenantId) -> Result<Option<Secret>> {
         if let Some(k) = self.cache().get(&id) {
-            return Ok(k.clone());
+            return Ok(Some(k.clone()));
         }
-        let table = registry.t("tenant_storage");
-        let select = format!("SELECT wrapped_key FROM {table} WHERE tenant_id = $1");
-        let mut wrapped: Option<String> = sqlx::query_scalar(&select)
-            .bind(id.to_string())
-            .fetch_optional(registry.pool())
-            .await?;
-        if wrapped.is_none() {
-            let fresh = self.master.wrap(id, &Secret::random())?;
-            sqlx::query(&format!(
-                "INSERT INTO {table} (tenant_id, wrapped_key, stored_bytes, created_at)
-                 VALUES ($1, $2, 0, $3) ON CONFLICT (tenant_id) DO NOTHING"
-            ))
-            .bind(id.to_string())
-            .bind(&fresh)
-            .bind(crate::clock::now())
-            .execute(registry.pool())
-            .await?;
-            // Whoever inserted first wins; everyone uses that key.
-            wrapped = sqlx::query_scalar(&select)
-                .bind(id.to_string())
-                .fetch_optional(registry.pool())
-                .await?;
-        }
-        let wrapped = wrapped.ok_or(Error::NotFound)?;
+        let wrapped: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT wrapped_key FROM {} WHERE tenant_id = $1",
+            registry.t("tenant_storage")
+        ))
+        .bind(id.to_string())
+        .fetch_optional(registry.pool())
+        .await?;
+        let Some(wrapped) = wrapped else {
+            return Ok(None);
+        };
         let key = self.master.unwrap(id, &wrapped)?;
         self.cache().insert(id, key.clone());
-        Ok(key)
+        Ok(Some(key))
+    }
+
+    /// The tenant's data key, made if it has none: at provisioning, and on
+    /// an authorised write of a tenant provisioned before keys were made
+    /// then. One statement inserts it if absent; whoever inserted first
+    /// wins, and everyone re-reads and uses that key.
+    pub(crate) async fn ensure_data_key(
+        &self,
+        registry: &Registry,
+        id: TenantId,
+    ) -> Result<Secret> {
+        if let Some(k) = self.data_key(registry, id).await? {
+            return Ok(k);
+        }
+        let fresh = self.master.wrap(id, &Secret::random())?;
+        sqlx::query(&format!(
+            "INSERT INTO {} (tenant_id, wrapped_key, stored_bytes, created_at)
+             VALUES ($1, $2, 0, $3) ON CONFLICT (tenant_id) DO NOTHING",
+            registry.t("tenant_storage")
+        ))
+        .bind(id.to_string())
+        .bind(&fresh)
+        .bind(crate::clock::now())
+        .execute(registry.pool())
+        .await?;
+        self.data_key(registry, id).await?.ok_or(Error::NotFound)
     }
 
     /// Deletes every object under the tenant's prefix and its wrapped key.
@@ -178,13 +192,15 @@ impl Storage {
                 Err(e) => return Err(e.into()),
             }
         }
-        sqlx::query(&format!(
-            "DELETE FROM {} WHERE tenant_id = $1",
-            registry.t("tenant_storage")
-        ))
-        .bind(id.to_string())
-        .execute(registry.pool())
-        .await?;
+        for table in ["storage_reservations", "tenant_storage"] {
+            sqlx::query(&format!(
+                "DELETE FROM {} WHERE tenant_id = $1",
+                registry.t(table)
+            ))
+            .bind(id.to_string())
+            .execute(registry.pool())
+            .await?;
+        }
         self.forget(id);
         Ok(())
     }
@@ -220,7 +236,9 @@ pub struct TenantStorage {
     kernel: crate::Kernel,
     tenant: TenantId,
     quota: u64,
-    data_key: Secret,
+    /// `None` while the tenant has none (it never stored a file, and was
+    /// provisioned before keys were made at provisioning).
+    data_key: Option<Secret>,
 }
 
 impl std::fmt::Debug for TenantStorage {
@@ -234,7 +252,9 @@ impl std::fmt::Debug for TenantStorage {
 type HmacSha256 = Hmac<Sha256>;
 
 impl crate::Kernel {
-    /// The storage of `tenant`: the only way to its files.
+    /// The storage of `tenant`: the only way to its files. Makes no data
+    /// key: a tenant without one has no file to read, and gets one on its
+    /// first upload.
     pub async fn storage(&self, tenant: &Tenant) -> Result<TenantStorage> {
         let storage = &self.inner().storage;
         let data_key = storage.data_key(self.registry(), tenant.id).await?;
@@ -318,6 +338,10 @@ impl TenantStorage {
     /// Opens an object; [`Error::NotFound`] when there is none.
     pub async fn open(&self, key: &ObjectKey) -> Result<Object> {
         self.own(key)?;
+        if self.data_key.is_none() {
+            // No key, so no file was ever stored.
+            return Err(Error::NotFound);
+        }
         let got = self
             .store()
             .get_opts(
@@ -352,7 +376,10 @@ impl TenantStorage {
     ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
         const BATCH: u64 = 16;
         let store = self.store().clone();
-        let sealer = Arc::new(Sealer::new(&self.data_key, obj.key.clone(), obj.header));
+        let sealer = self
+            .data_key
+            .as_ref()
+            .map(|k| Arc::new(Sealer::new(k, obj.key.clone(), obj.header)));
         let layout = obj.layout;
         let path = obj.key.path();
         let end = range.end.min(layout.len);
@@ -368,6 +395,7 @@ impl TenantStorage {
                 if empty || i > last {
                     return Ok(None);
                 }
+                let sealer = sealer.ok_or(Error::NotFound)?;
                 let j = (i + BATCH - 1).min(last);
                 let sealed = store
                     .get_range(&path, layout.sealed_range(i, j))
@@ -397,6 +425,11 @@ impl TenantStorage {
     /// `kind`, at most `max_len` plaintext bytes, within the tenant's quota.
     /// The object appears (replacing any old one) only if all of that holds;
     /// otherwise nothing is stored and usage is unchanged.
+    ///
+    /// The quota is reserved as the bytes arrive, before they are accepted
+    /// (see [`Reservation`]): uploads running at once share what is left of
+    /// it, rather than each being allowed all of it. The tenant's data key
+    /// is made here if it has none (only an authorised upload gets this far).
     pub async fn put_stream<S, E>(
         &self,
         key: &ObjectKey,
@@ -409,12 +442,39 @@ impl TenantStorage {
         E: std::fmt::Display,
     {
         self.own(key)?;
-        // What is left of the quota (replacing an object frees its bytes),
-        // for an early refusal; the exact check is made at commit.
-        let (used, old) = self.usage_and_size(key).await?;
-        let budget = self.quota.saturating_sub(used) + old;
+        let data_key = match &self.data_key {
+            Some(k) => k.clone(),
+            None => {
+                self.storage()
+                    .ensure_data_key(self.kernel.registry(), self.tenant)
+                    .await?
+            }
+        };
+        let mut held = Reservation::take(self, key, Layout::stored_size(0)).await?;
+        let result = self
+            .stream(key, kind, max_len, body, &data_key, &mut held)
+            .await;
+        if result.is_err() {
+            held.release().await;
+        }
+        result
+    }
+
+    async fn stream<S, E>(
+        &self,
+        key: &ObjectKey,
+        kind: MediaKind,
+        max_len: u64,
+        body: S,
+        data_key: &Secret,
+        held: &mut Reservation,
+    ) -> Result<Stored>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
         let header = Header::fresh(kind);
-        let sealer = Sealer::new(&self.data_key, key.clone(), header);
+        let sealer = Sealer::new(data_key, key.clone(), header);
         let upload = self
             .store()
             .put_multipart(&key.path())
@@ -437,9 +497,9 @@ impl TenantStorage {
                     w.abort().await;
                     return Err(Error::TooLarge);
                 }
-                if Layout::stored_size(len) > budget {
+                if let Err(e) = held.cover(self, Layout::stored_size(len)).await {
                     w.abort().await;
-                    return Err(Error::QuotaExceeded);
+                    return Err(e);
                 }
                 buf.extend_from_slice(&piece);
             }
@@ -472,7 +532,7 @@ impl TenantStorage {
         w.write(&sealed).await?;
         w.flush().await?;
         let size = Layout::stored_size(len);
-        self.commit(key, size, w).await?;
+        self.commit(key, size, w, held).await?;
         Ok(Stored {
             len,
             etag: header.etag(),
@@ -499,18 +559,16 @@ impl TenantStorage {
         Ok((tx, used))
     }
 
-    /// The tenant's usage and the stored size of `key`, read together under
-    /// the usage row's lock (so no commit lands between the two reads).
-    async fn usage_and_size(&self, key: &ObjectKey) -> Result<(u64, u64)> {
-        let (tx, used) = self.lock_usage().await?;
-        let old = self.stored_size(key).await?;
-        tx.commit().await?;
-        Ok((used.map_or(0, |u| u64::try_from(u).unwrap_or(0)), old))
-    }
-
     /// Commits an upload under the lock of the tenant's usage row: quota
-    /// checked against exact usage, the object completed, usage moved.
-    async fn commit(&self, key: &ObjectKey, size: u64, mut w: Guard) -> Result<()> {
+    /// checked against exact usage, the object completed, usage moved, and
+    /// the upload's reservation released, all at once.
+    async fn commit(
+        &self,
+        key: &ObjectKey,
+        size: u64,
+        mut w: Guard,
+        held: &mut Reservation,
+    ) -> Result<()> {
         let (mut tx, used) = self.lock_usage().await?;
         let Some(used) = used else {
             // The tenant's key is gone (purged meanwhile): store nothing.
@@ -526,7 +584,9 @@ impl TenantStorage {
         }
         w.complete().await?;
         self.set_usage(&mut tx, after).await?;
+        held.drop_in(&mut tx).await?;
         tx.commit().await?;
+        held.done = true;
         Ok(())
     }
 
@@ -631,6 +691,161 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
     b.chunks(2)
         .map(|p| Some(nib(p[0])? << 4 | nib(p[1])?))
         .collect()
+}
+
+/// How long a reservation outlives its last growth: a node that dies
+/// mid-upload leaves its reservations to lapse after this.
+const RESERVATION_LEASE_S: i64 = 15 * 60;
+
+/// Part of a tenant's quota held by one upload while it streams, recorded
+/// in the registry (`storage_reservations`) so that every node's uploads
+/// see it. Taken and grown under the lock of the tenant's usage row, never
+/// beyond what the quota leaves after usage and the other uploads'
+/// reservations; released when the upload commits (in the same
+/// transaction) or fails; dropped mid-stream (a client gone), released in
+/// the background.
+struct Reservation {
+    kernel: crate::Kernel,
+    tenant: TenantId,
+    id: String,
+    /// Stored bytes held.
+    bytes: u64,
+    /// The stored size of the object being replaced: its bytes are freed by
+    /// the upload, so they count as room.
+    old: u64,
+    done: bool,
+}
+
+impl Reservation {
+    /// Holds `needed` stored bytes for an upload to `key`, or refuses with
+    /// [`Error::QuotaExceeded`].
+    async fn take(storage: &TenantStorage, key: &ObjectKey, needed: u64) -> Result<Self> {
+        let mut held = Self {
+            kernel: storage.kernel.clone(),
+            tenant: storage.tenant,
+            id: uuid::Uuid::now_v7().to_string(),
+            bytes: 0,
+            old: 0,
+            done: false,
+        };
+        let (tx, _) = storage.lock_usage().await?;
+        held.old = storage.stored_size(key).await?;
+        drop(tx);
+        held.cover(storage, needed).await?;
+        Ok(held)
+    }
+
+    /// Makes sure `needed` stored bytes are held, growing the reservation
+    /// (with some slack while there is room, so that a large upload takes a
+    /// few dozen steps, not one per piece).
+    async fn cover(&mut self, storage: &TenantStorage, needed: u64) -> Result<()> {
+        if needed <= self.bytes {
+            return Ok(());
+        }
+        let registry = self.kernel.registry();
+        let (mut tx, used) = storage.lock_usage().await?;
+        let used = u64::try_from(used.ok_or(Error::NotFound)?).unwrap_or(0);
+        let now = unix_now();
+        let table = registry.t("storage_reservations");
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE tenant_id = $1 AND expires_at <= $2"
+        ))
+        .bind(self.tenant.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let others: i64 = sqlx::query_scalar(&format!(
+            "SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM {table}
+             WHERE tenant_id = $1 AND id <> $2"
+        ))
+        .bind(self.tenant.to_string())
+        .bind(&self.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let others = u64::try_from(others).unwrap_or(0);
+        let room = (storage.quota + self.old).saturating_sub(used.saturating_add(others));
+        if room < needed {
+            // Refused: what it held goes back at once, in the same
+            // transaction, so that two uploads never both fail for want of
+            // the room the other held.
+            remove_reservation(&self.kernel, &self.id, &mut *tx).await?;
+            tx.commit().await?;
+            self.done = true;
+            return Err(Error::QuotaExceeded);
+        }
+        let wanted = needed.saturating_add((needed / 4).max(1024 * 1024));
+        let grant = if room >= wanted { wanted } else { needed };
+        let bytes =
+            i64::try_from(grant).map_err(|_| Error::Invalid("reservation overflow".into()))?;
+        sqlx::query(&format!(
+            "INSERT INTO {table} (id, tenant_id, bytes, expires_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET bytes = $3, expires_at = $4"
+        ))
+        .bind(&self.id)
+        .bind(self.tenant.to_string())
+        .bind(bytes)
+        .bind(now + RESERVATION_LEASE_S)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.bytes = grant;
+        Ok(())
+    }
+
+    /// Removes the reservation inside `tx` (the commit's transaction).
+    async fn drop_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, crate::dataplane::Db>,
+    ) -> Result<()> {
+        remove_reservation(&self.kernel, &self.id, &mut **tx).await
+    }
+
+    /// Releases what is held, now.
+    async fn release(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Err(e) =
+            remove_reservation(&self.kernel, &self.id, self.kernel.registry().pool()).await
+        {
+            tracing::warn!(error = %e, "releasing an upload's quota reservation failed; it lapses on its own");
+        }
+    }
+}
+
+async fn remove_reservation<'e, X>(kernel: &crate::Kernel, id: &str, on: X) -> Result<()>
+where
+    X: sqlx::Executor<'e, Database = crate::dataplane::Db>,
+{
+    sqlx::query(&format!(
+        "DELETE FROM {} WHERE id = $1",
+        kernel.registry().t("storage_reservations")
+    ))
+    .bind(id)
+    .execute(on)
+    .await?;
+    Ok(())
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (kernel, id) = (self.kernel.clone(), std::mem::take(&mut self.id));
+            rt.spawn(async move {
+                let _ = remove_reservation(&kernel, &id, kernel.registry().pool()).await;
+            });
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The size of each uploaded part but the last (S3's minimum is 5 MiB).

@@ -1,0 +1,291 @@
+//! One deployment, one master key and one operator token, whatever the
+//! number of nodes: the real `campus` binary, on the same data directory
+//! (embedded) and on the same PostgreSQL with a data directory per node (as
+//! two machines would be).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+
+mod support;
+use support::{Server, fresh_pg_database, pg_admin_url, psql, psql_ok};
+
+const PASSWORD: &str = "correct horse battery";
+
+/// `campus --data-dir <data>`, isolated from the caller's environment.
+fn campus(work: &Path, data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_campus"));
+    c.current_dir(work).arg("--data-dir").arg(data);
+    for var in [
+        "CAMPUS_DATA_DIR",
+        "CAMPUS_CONFIG",
+        "CAMPUS_DATABASE_URL",
+        "CAMPUS_OWNER_DATABASE_URL",
+        "CAMPUS_LOG_FORMAT",
+        "CAMPUS_LOG",
+        "CAMPUS_LISTEN",
+        "CAMPUS_REDIS_URL",
+        "CAMPUS_STORAGE_URL",
+        "CAMPUS_MASTER_KEY",
+        "CAMPUS_MASTER_KEY_FILE",
+        "CAMPUS_ADMIN_PASSWORD",
+        "CAMPUS_OPERATOR_TOKEN",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// Runs `cmd serve`, which must refuse to start: its stderr. A server that
+/// starts instead is killed and the test fails.
+fn refuses_to_serve(mut cmd: Command) -> String {
+    let mut child = cmd
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn campus serve");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let out = child.wait_with_output().expect("output");
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(!status.success(), "exited 0:\n{stderr}");
+            assert!(out.stdout.is_empty(), "{out:?}");
+            return stderr;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "campus serve started when it should have refused:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn other_key() -> String {
+    tenancy::MasterKey::random().to_base64()
+}
+
+#[test]
+fn a_node_with_another_master_key_refuses_to_serve_or_write_on_the_same_data_directory() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (work, data) = (tmp.path().to_owned(), tmp.path().join("data"));
+    let create = |cmd: &mut Command, slug: &str| {
+        cmd.args(["tenant", "create", slug, "--name", slug])
+            .args(["--admin-email", &format!("a@{slug}.test")])
+            .args(["--admin-password", PASSWORD])
+            .stdin(Stdio::null())
+            .output()
+            .expect("campus tenant create")
+    };
+    let out = create(&mut campus(&work, &data), "first");
+    assert!(out.status.success(), "{out:?}");
+    let key = std::fs::read_to_string(data.join("master.key")).expect("master.key");
+
+    let wrong = other_key();
+    let mut cmd = campus(&work, &data);
+    cmd.env("CAMPUS_MASTER_KEY", &wrong);
+    let err = refuses_to_serve(cmd);
+    assert!(err.contains("master key is not the deployment's"), "{err}");
+    assert!(err.contains("same master key"), "{err}");
+    assert!(!err.contains(&wrong) && !err.contains(key.trim()), "{err}");
+
+    // Nor may it write: provisioning would make a data key under its key.
+    let mut cmd = campus(&work, &data);
+    cmd.env("CAMPUS_MASTER_KEY", &wrong);
+    let out = create(&mut cmd, "second");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("master key is not the deployment's"), "{err}");
+    assert!(out.stdout.is_empty());
+
+    // Nothing changed: the key file, and no tenant `second`.
+    assert_eq!(
+        std::fs::read_to_string(data.join("master.key")).unwrap(),
+        key
+    );
+    let out = campus(&work, &data)
+        .args(["tenant", "list"])
+        .output()
+        .expect("list");
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("first") && !listed.contains("second"),
+        "{listed}"
+    );
+
+    // The same key, given explicitly, is fine.
+    let mut cmd = campus(&work, &data);
+    cmd.env("CAMPUS_MASTER_KEY", key.trim());
+    let out = create(&mut cmd, "third");
+    assert!(out.status.success(), "{out:?}");
+
+    // What a start cannot tighten (files deep in the store, copied in by
+    // hand) `campus doctor` names, without failing over it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let stray = data.join("objects/tenants/copied-in");
+        std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+        std::fs::write(&stray, b"x").unwrap();
+        std::fs::set_permissions(&stray, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = campus(&work, &data).arg("doctor").output().expect("doctor");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            err.contains("permissions:") && err.contains("copied-in"),
+            "{err}"
+        );
+        assert!(err.contains("mode 644"), "{err}");
+    }
+}
+
+/// Two data directories on one PostgreSQL database, dropped at the end.
+struct Shared {
+    tmp: tempfile::TempDir,
+    database: String,
+    owner: String,
+    app: String,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = psql(
+                &pg_admin_url(),
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE);", self.database),
+            );
+        }
+    }
+}
+
+impl Shared {
+    fn new() -> Self {
+        let (database, owner, app) = fresh_pg_database();
+        Self {
+            tmp: tempfile::tempdir().expect("temp dir"),
+            database,
+            owner,
+            app,
+        }
+    }
+
+    fn data(&self, node: &str) -> PathBuf {
+        self.tmp.path().join(node)
+    }
+
+    fn node(&self, node: &str) -> Command {
+        let mut c = campus(self.tmp.path(), &self.data(node));
+        c.args([
+            "--database-url",
+            &self.app,
+            "--owner-database-url",
+            &self.owner,
+        ]);
+        c
+    }
+}
+
+async fn tenants_status(base: &Server, token: &str) -> StatusCode {
+    reqwest::Client::new()
+        .get(base.url("/admin/api/v1/tenants"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("list tenants")
+        .status()
+}
+
+#[tokio::test]
+async fn nodes_on_one_registry_share_the_master_key_and_the_operator_token() {
+    let shared = Shared::new();
+    // The first node makes the deployment's key and token.
+    let first = Server::start(shared.node("a"), &[]);
+    let log = first.log();
+    let token = log
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("cop_"))
+        .unwrap_or_else(|| panic!("no token printed:\n{log}"))
+        .to_owned();
+    assert_eq!(tenants_status(&first, &token).await, StatusCode::OK);
+    let key = std::fs::read_to_string(shared.data("a").join("master.key")).expect("key");
+    let check = psql_ok(
+        &support::pg_url("postgres", &shared.database),
+        "SELECT value FROM campus_control.deployment WHERE name = 'master_key_check';",
+    );
+    assert_eq!(check.trim().len(), 64, "{check}");
+    assert!(!check.contains(key.trim()));
+
+    // A second machine without the key: refused, and it made none.
+    let err = refuses_to_serve(shared.node("b"));
+    assert!(err.contains("has no master key"), "{err}");
+    assert!(!shared.data("b").join("master.key").exists());
+    // With another key: refused.
+    let mut cmd = shared.node("b");
+    cmd.env("CAMPUS_MASTER_KEY", other_key());
+    let err = refuses_to_serve(cmd);
+    assert!(err.contains("master key is not the deployment's"), "{err}");
+
+    // With the deployment's key it serves, with the first node's token
+    // (and prints none of its own).
+    let mut cmd = shared.node("b");
+    cmd.env("CAMPUS_MASTER_KEY", key.trim());
+    let second = Server::start(cmd, &[]);
+    assert!(!second.log().contains("Generated an operator token"));
+    assert_eq!(tenants_status(&second, &token).await, StatusCode::OK);
+    assert_eq!(
+        tenants_status(&second, "another-token-0123456789").await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Configuring a token replaces a generated one, on every node at once.
+    let configured = "configured-token-0123456789";
+    let mut cmd = shared.node("c");
+    cmd.env("CAMPUS_MASTER_KEY", key.trim())
+        .env("CAMPUS_OPERATOR_TOKEN", configured);
+    let third = Server::start(cmd, &[]);
+    for node in [&first, &second, &third] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tenants_status(node, configured).await != StatusCode::OK {
+            assert!(Instant::now() < deadline, "not taken by {}", node.base);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(tenants_status(node, &token).await, StatusCode::UNAUTHORIZED);
+    }
+    // A node configured with another token now refuses to start…
+    let mut cmd = shared.node("d");
+    cmd.env("CAMPUS_MASTER_KEY", key.trim())
+        .env("CAMPUS_OPERATOR_TOKEN", "yet-another-token-0123456789");
+    let err = refuses_to_serve(cmd);
+    assert!(err.contains("operator token"), "{err}");
+    assert!(!err.contains("yet-another-token"), "{err}");
+    // …and `campus operator-token set` changes it for every node.
+    let rotated = "rotated-token-0123456789";
+    let out = shared
+        .node("a")
+        .args(["operator-token", "set"])
+        .env("CAMPUS_OPERATOR_TOKEN", rotated)
+        .output()
+        .expect("operator-token set");
+    assert!(out.status.success(), "{out:?}");
+    for node in [&first, &second, &third] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tenants_status(node, rotated).await != StatusCode::OK {
+            assert!(Instant::now() < deadline, "not taken by {}", node.base);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            tenants_status(node, configured).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
