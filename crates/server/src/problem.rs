@@ -71,6 +71,16 @@ impl ApiError {
         )
     }
 
+    /// 503 `unavailable`: the database cannot be reached now.
+    pub fn unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the database cannot be reached right now; try again shortly",
+        )
+        .retry_after(2)
+    }
+
     pub fn invalid_body(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_body", detail)
     }
@@ -184,6 +194,13 @@ impl From<lms::Error> for ApiError {
                     "too much database work is in progress for this request to wait its turn; try again shortly",
                 )
                 .retry_after(1)
+            }
+            E::Kernel(tenancy::Error::Unavailable(why)) => {
+                // The database is down, restarting, or dropped the
+                // connection: nothing to fix here, only to wait.
+                tracing::warn!(reason = %why, "database unavailable; answered 503 unavailable");
+                metrics::counter!("campus_db_unavailable_total").increment(1);
+                Self::unavailable()
             }
             E::Kernel(tenancy::Error::Interrupted(why)) => {
                 tracing::info!(reason = %why, "upload interrupted");
