@@ -198,7 +198,9 @@ impl From<lms::Error> for ApiError {
             E::Kernel(tenancy::Error::Unavailable(why)) => {
                 // The database is down, restarting, or dropped the
                 // connection: nothing to fix here, only to wait.
-                tracing::warn!(reason = %why, "database unavailable; answered 503 unavailable");
+                // The outage itself is logged once, when it is found
+                // (`database unreachable`); each answer only at debug.
+                tracing::debug!(reason = %why, "database unavailable; answered 503 unavailable");
                 metrics::counter!("campus_db_unavailable_total").increment(1);
                 Self::unavailable()
             }

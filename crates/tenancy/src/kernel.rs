@@ -205,6 +205,10 @@ impl Kernel {
             }
             dir.seen
         };
+        // The registry's server found down a moment ago: no wait for its pool.
+        if !self.0.data.registry_reachable() {
+            return Err(Error::Unavailable("the registry's database is down".into()));
+        }
         let found = self.0.registry.by_slug(slug).await?;
         if let Some(t) = &found {
             let mut dir = self.directory();

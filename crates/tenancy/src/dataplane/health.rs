@@ -168,7 +168,11 @@ impl Health {
             }
         };
         match got {
-            Ok(conn) => Ok(conn),
+            Ok(conn) => {
+                // Pinged (an idle one) or just made: the server answers.
+                self.succeeded();
+                Ok(conn)
+            }
             Err(e) => {
                 let e = Error::from(e);
                 if let Error::Unavailable(why) = &e {

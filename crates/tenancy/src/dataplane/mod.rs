@@ -203,6 +203,14 @@ impl DataPlane {
         }
     }
 
+    /// Whether the placement holding the registry answered when last tried.
+    pub(crate) fn registry_reachable(&self) -> bool {
+        match self {
+            DataPlane::Embedded(_) => true,
+            DataPlane::Postgres(p) => p.registry_reachable(),
+        }
+    }
+
     /// Creates the tenant's database (schema, role…) if missing, and brings it
     /// to the latest version. Idempotent.
     pub async fn build(&self, t: &Tenant, set: &MigrationSet) -> Result<Applied> {

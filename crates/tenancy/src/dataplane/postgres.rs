@@ -281,6 +281,11 @@ impl Placements {
         Ok(pool)
     }
 
+    /// Whether the default placement (the registry's) answered when last tried.
+    pub(crate) fn registry_reachable(&self) -> bool {
+        !self.default_placement().health.is_down()
+    }
+
     /// Whether every placement answered when last tried.
     pub(crate) fn reachable(&self) -> bool {
         self.by_name.values().all(|p| !p.health.is_down())
