@@ -16,7 +16,9 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sqlx::Connection;
+use std::str::FromStr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{Error, Result};
 
@@ -115,8 +117,8 @@ impl Health {
         }
     }
 
-    /// Connects once, at most [`PROBE_TIMEOUT`]; a fresh answer of another
-    /// caller's probe stands for this one.
+    /// Asks the server whether it is there, at most [`PROBE_TIMEOUT`]; a
+    /// fresh answer of another caller's probe stands for this one.
     pub(crate) async fn probe(&self) -> Result<(), String> {
         let mut last = self.probe.lock().await;
         if let Some((at, res)) = &*last
@@ -124,18 +126,9 @@ impl Health {
         {
             return res.clone();
         }
-        let res = match tokio::time::timeout(
-            PROBE_TIMEOUT,
-            sqlx::AnyConnection::connect(self.url.as_str()),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => {
-                let _ = conn.close().await;
-                Ok(())
-            }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no connection within {PROBE_TIMEOUT:?}")),
+        let res = match tokio::time::timeout(PROBE_TIMEOUT, answers(&self.url)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
         };
         match &res {
             Ok(()) => self.succeeded(),
@@ -181,5 +174,50 @@ impl Health {
                 Err(e)
             }
         }
+    }
+}
+
+/// Whether the PostgreSQL server at `url` answers: an `SSLRequest` on a
+/// fresh socket, answered `S` or `N` by the postmaster itself before any
+/// session exists — no login, no connection of the placement's budget, no
+/// line in the server's log.
+async fn answers(url: &url::Url) -> Result<(), String> {
+    /// The length (8) and the `SSLRequest` code (1234.5679).
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let opts =
+        sqlx::postgres::PgConnectOptions::from_str(url.as_str()).map_err(|e| e.to_string())?;
+    let port = opts.get_port();
+    let socket = opts.get_socket().cloned().or_else(|| {
+        opts.get_host()
+            .starts_with('/')
+            .then(|| std::path::PathBuf::from(opts.get_host()))
+    });
+    let mut reply = [0u8; 1];
+    match socket {
+        #[cfg(unix)]
+        Some(dir) => {
+            let path = if dir.is_dir() {
+                dir.join(format!(".s.PGSQL.{port}"))
+            } else {
+                dir
+            };
+            let mut s = tokio::net::UnixStream::connect(&path)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            s.write_all(&SSL_REQUEST).await.map_err(|e| e.to_string())?;
+            s.read_exact(&mut reply).await.map_err(|e| e.to_string())?;
+        }
+        _ => {
+            let host = opts.get_host().to_owned();
+            let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| format!("{host}:{port}: {e}"))?;
+            s.write_all(&SSL_REQUEST).await.map_err(|e| e.to_string())?;
+            s.read_exact(&mut reply).await.map_err(|e| e.to_string())?;
+        }
+    }
+    match reply[0] {
+        b'S' | b'N' => Ok(()),
+        other => Err(format!("unexpected answer {other:#x} to a probe")),
     }
 }
