@@ -81,15 +81,22 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.kernel.registry().ping().await {
+    // Within a second, whatever the database does: a load balancer asks
+    // because it needs an answer now.
+    match state
+        .kernel
+        .ready(std::time::Duration::from_millis(900))
+        .await
+    {
         Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
         Err(e) => {
-            tracing::warn!(error = %e, "not ready: registry unreachable");
+            tracing::warn!(error = %e, "not ready: a database is unreachable");
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_ready",
-                "the control plane is unreachable",
+                "the control plane or a tenant database is unreachable",
             )
+            .retry_after(2)
             .into_response()
         }
     }

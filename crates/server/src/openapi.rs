@@ -85,7 +85,7 @@ pub fn add_edge_errors(doc: &mut OpenApi) {
                     .or_insert_with(|| problem("`tenant_suspended`"));
                 r.entry("503".into()).or_insert_with(|| {
                     problem(
-                        "`tenant_maintenance` (writes, with `Retry-After`); `overloaded`: the tenant's database work stayed at its limit (`Retry-After`)",
+                        "`tenant_maintenance` (writes, with `Retry-After`); `overloaded`: the tenant's database work stayed at its limit (`Retry-After`); `unavailable`: the database cannot be reached now (`Retry-After`)",
                     )
                 });
                 r.entry("429".into()).or_insert_with(|| {

@@ -71,10 +71,10 @@ impl ApiError {
         )
     }
 
-    /// 503 `unavailable`: something this answer needs cannot be reached
-    /// now (the registry, a database); retrying shortly helps.
+    /// 503 `unavailable`: something this answer needs (the registry, a
+    /// database) cannot be reached now; retrying shortly helps.
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail).retry_after(1)
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail).retry_after(2)
     }
 
     pub fn invalid_body(detail: impl Into<String>) -> Self {
@@ -191,8 +191,14 @@ impl From<lms::Error> for ApiError {
                 )
                 .retry_after(1)
             }
-            E::Kernel(tenancy::Error::Unavailable) => {
-                Self::unavailable("the service cannot reach its registry; try again shortly")
+            E::Kernel(tenancy::Error::Unavailable(why)) => {
+                // The database or the registry is down, restarting, or
+                // dropped the connection: nothing to fix here, only to wait.
+                // The outage itself is logged once, when it is found
+                // (`database unreachable`); each answer only at debug.
+                tracing::debug!(reason = %why, "unavailable; answered 503 unavailable");
+                metrics::counter!("campus_db_unavailable_total").increment(1);
+                Self::unavailable("a database this request needs cannot be reached right now; try again shortly")
             }
             E::Kernel(tenancy::Error::Interrupted(why)) => {
                 tracing::info!(reason = %why, "upload interrupted");

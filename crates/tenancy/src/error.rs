@@ -44,10 +44,13 @@ pub enum Error {
     /// the deployment has one): nothing may be served or written with it.
     #[error("{0}")]
     WrongMasterKey(String),
-    /// The registry has not been read successfully for longer than the
-    /// directory may be trusted: tenants are not served from stale answers.
-    #[error("the registry cannot be read; tenants are not served from a stale directory")]
-    Unavailable,
+    /// A database this needs cannot be reached (refused, reset, terminated
+    /// by an administrator, starting up or shutting down; found down a
+    /// moment ago and not tried again until its backoff ends), or the
+    /// registry has not been read for longer than the directory may be
+    /// trusted.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error("database error: {0}")]
     Db(sqlx::Error),
     #[error("i/o error: {0}")]
@@ -58,8 +61,46 @@ impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::PoolTimedOut => Error::Overloaded,
+            e if is_busy(&e) => {
+                tracing::info!(error = %e, "database busy; answered as overloaded");
+                Error::Overloaded
+            }
+            e if is_connection_lost(&e) => Error::Unavailable(e.to_string()),
             other => Error::Db(other),
         }
+    }
+}
+
+/// SQLite's `SQLITE_BUSY` (5) or `SQLITE_LOCKED` (6), with any extended code:
+/// another writer held the lock past the busy timeout. Retrying helps.
+pub(crate) fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+                && d.code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+        }
+        _ => false,
+    }
+}
+
+/// PostgreSQL SQLSTATEs of a server that went away or is not taking
+/// connections: connection exceptions (class 08), `admin_shutdown`,
+/// `crash_shutdown`, `cannot_connect_now`, `too_many_connections`.
+const CONNECTION_STATES: &[&str] = &["57P01", "57P02", "57P03", "53300"];
+
+/// The connection to the database was lost or could not be made: the
+/// server was stopped, restarted, or is out of reach. Nothing of the
+/// statement that saw it can be trusted to have run (or not).
+pub(crate) fn is_connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(d) => d
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .map(|p| p.code())
+            .is_some_and(|c| c.starts_with("08") || CONNECTION_STATES.contains(&c)),
+        _ => false,
     }
 }
 

@@ -162,6 +162,7 @@ impl Kernel {
                     max_open_tenants: cfg.max_open_tenants,
                     pool_size: cfg.tenant_pool_size,
                     cache_kib: cfg.sqlite_cache_kib,
+                    write_wait: cfg.tenant_transaction_wait,
                 });
                 (registry, DataPlane::Embedded(files), Isolation::Database)
             }
@@ -285,7 +286,9 @@ impl Kernel {
                 && dir.refreshed_at.elapsed() > self.0.max_staleness
             {
                 count_lookup("stale");
-                return Err(Error::Unavailable);
+                return Err(Error::Unavailable(
+                    "the registry has not been read for too long; tenants are not served from a stale directory".into(),
+                ));
             }
             if let Some(t) = dir.by_slug.get(slug.as_str()) {
                 return Ok(Some(t.clone()));
@@ -307,6 +310,10 @@ impl Kernel {
             }
             dir.seen
         };
+        // The registry's server found down a moment ago: no wait for its pool.
+        if !self.0.data.registry_reachable() {
+            return Err(Error::Unavailable("the registry's database is down".into()));
+        }
         self.0.lookups.fetch_add(1, Ordering::Relaxed);
         count_lookup("registry");
         let found = self.0.registry.by_slug(slug).await?;
@@ -408,16 +415,56 @@ impl Kernel {
     }
 
     /// A transaction on `tenant`'s data.
+    ///
+    /// Cancel-safe: waiting for the tenant's share may be cut short at any
+    /// point; taking a connection and beginning on it runs on a task of its
+    /// own (see [`detached`](crate::dataplane::detached)), so a caller that
+    /// goes away half-way leaves no connection inside a transaction.
     pub async fn begin(&self, tenant: &Tenant) -> Result<TenantTx> {
         // The tenant's share first: waiting for it holds no connection.
         let share = self.0.bulkheads.enter(tenant.id).await?;
-        Ok(self.0.data.begin(tenant).await?.sharing(share))
+        let (kernel, tenant) = (self.clone(), tenant.clone());
+        crate::dataplane::detached(
+            async move { Ok(kernel.0.data.begin(&tenant).await?.sharing(share)) },
+        )
+        .await
     }
 
-    /// A transaction on `tenant`'s data that holds its write lock from the start.
+    /// A transaction on `tenant`'s data that holds its write lock from the
+    /// start. On SQLite, writers of one tenant take turns (waiting at most
+    /// the bulkhead's wait, then [`Error::Overloaded`]). Cancel-safe, as
+    /// [`begin`](Self::begin).
     pub async fn begin_write(&self, tenant: &Tenant) -> Result<TenantTx> {
+        // The write turn before the share: writers queued for their turn
+        // hold none of the shares the tenant's readers need.
+        let turn = self.0.data.write_turn(tenant).await?;
         let share = self.0.bulkheads.enter(tenant.id).await?;
-        Ok(self.0.data.begin_write(tenant).await?.sharing(share))
+        let (kernel, tenant) = (self.clone(), tenant.clone());
+        crate::dataplane::detached(async move {
+            Ok(kernel
+                .0
+                .data
+                .begin_write(&tenant)
+                .await?
+                .sharing(share)
+                .writing(turn))
+        })
+        .await
+    }
+
+    /// Whether the control plane and every database answer, within `wait`:
+    /// what `/readyz` reports. A placement found down a moment ago is not
+    /// ready without being asked again.
+    pub async fn ready(&self, wait: Duration) -> Result<()> {
+        if !self.0.data.reachable() {
+            return Err(Error::Unavailable("a database placement is down".into()));
+        }
+        match tokio::time::timeout(wait, self.0.registry.ping()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Error::Unavailable(format!(
+                "the registry did not answer within {wait:?}"
+            ))),
+        }
     }
 
     /// How many tenants the bulkheads currently track (bounded: idle ones

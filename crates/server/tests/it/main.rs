@@ -10,6 +10,7 @@ mod api_errors;
 mod auth;
 mod browser;
 mod cache;
+mod cancellation;
 mod concurrency;
 mod content;
 mod directory;

@@ -11,7 +11,10 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::{Db, TenantTx, tenant_dir};
+use crate::bulkhead::Bulkheads;
 use crate::error::{Error, Result};
 use crate::id::TenantId;
 use crate::migrate::{self, Applied, Migration, Target};
@@ -40,12 +43,20 @@ pub struct FilesConfig {
     pub pool_size: u32,
     /// Page cache per connection, in KiB.
     pub cache_kib: u32,
+    /// How long a write transaction waits for its tenant's write turn
+    /// before failing with [`Error::Overloaded`].
+    pub write_wait: Duration,
 }
 
 /// The tenants' SQLite files.
 pub struct Files {
     cfg: FilesConfig,
     pools: Mutex<LruCache<TenantId, Pool>>,
+    /// One write turn per tenant: SQLite has one writer per file at a time,
+    /// so writers queue here, in order and cancellably, rather than inside
+    /// SQLite's busy handler (which polls, holds a pooled connection while
+    /// it does, and fails with "database is locked" after its timeout).
+    writers: Bulkheads,
 }
 
 /// A pool over one SQLite file; every connection gets the pragmas.
@@ -67,6 +78,7 @@ pub(crate) fn sqlite_pool(path: &Path, create: bool, size: u32, cache_kib: u32) 
                     .map(|_| ())
             })
         })
+        .after_release(super::after_release)
         .connect_lazy(url.as_str())
         .map_err(Error::from)
 }
@@ -74,7 +86,18 @@ pub(crate) fn sqlite_pool(path: &Path, create: bool, size: u32, cache_kib: u32) 
 impl Files {
     pub fn new(cfg: FilesConfig) -> Self {
         let pools = Mutex::new(LruCache::new(cfg.max_open_tenants));
-        Self { cfg, pools }
+        let writers = Bulkheads::new(NonZeroUsize::MIN, cfg.write_wait);
+        Self {
+            cfg,
+            pools,
+            writers,
+        }
+    }
+
+    /// The tenant's write turn: waits while another transaction of the
+    /// tenant writes, at most [`FilesConfig::write_wait`].
+    pub(crate) async fn write_turn(&self, id: TenantId) -> Result<OwnedSemaphorePermit> {
+        self.writers.enter(id).await
     }
 
     /// The directory of one tenant. Built from its UUID only.

@@ -14,13 +14,14 @@
 //! The number of connections is bounded whatever the number of tenants.
 
 pub mod embedded;
+pub(crate) mod health;
 pub mod postgres;
 
 use std::path::{Path, PathBuf};
 
 use sqlx::Transaction;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::TenantId;
 use crate::migrate::{Applied, MigrationSet};
 use crate::tenant::{Isolation, Tenant};
@@ -47,6 +48,8 @@ pub struct TenantTx {
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// One of the tenant's own shares (its bulkhead), given back likewise.
     _share: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// SQLite: the tenant's one write turn, given back likewise.
+    _writer: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl TenantTx {
@@ -56,7 +59,13 @@ impl TenantTx {
             tx,
             _slot: None,
             _share: None,
+            _writer: None,
         }
+    }
+
+    pub(crate) fn writing(mut self, turn: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
+        self._writer = turn;
+        self
     }
 
     pub(crate) fn holding(mut self, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
@@ -79,9 +88,75 @@ impl TenantTx {
         &mut self.tx
     }
 
+    /// Commits. Runs to its end even if the caller is cancelled meanwhile:
+    /// a `COMMIT` cut off half-way would leave the transaction's drop to
+    /// send a `ROLLBACK` after it ("there is no transaction in progress"),
+    /// and the caller would not know whether it committed.
     pub async fn commit(self) -> Result<()> {
-        Ok(self.tx.commit().await?)
+        let Self {
+            tx,
+            _slot,
+            _share,
+            _writer,
+            ..
+        } = self;
+        detached(async move {
+            let done = tx.commit().await;
+            // The turns are given back once the connection is.
+            drop((_slot, _share, _writer));
+            Ok(done?)
+        })
+        .await
     }
+}
+
+/// Runs `work` on a task of its own and waits for it. A caller cancelled
+/// while waiting does not cut `work` short: it runs to its end, and what it
+/// returns is dropped (a transaction begun for nobody rolls back and its
+/// connection goes back to the pool whole). For the steps that must not be
+/// interrupted half-way: acquiring a connection and beginning a transaction
+/// on it, and committing.
+pub(crate) async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        // Nobody waiting any more: the result is dropped here.
+        let _ = tx.send(work.await);
+    });
+    rx.await
+        .map_err(|_| Error::Db(sqlx::Error::WorkerCrashed))?
+}
+
+/// Whether a connection may go back to its pool: never inside a transaction.
+/// A connection whose `BEGIN` went out but whose `Transaction` never came to
+/// be (cancelled or failed half-way) would otherwise be lent to the next
+/// caller inside that transaction — on SQLite holding the tenant's write lock
+/// ("attempted to call begin_with at non-zero transaction depth" for every
+/// later writer on it), on PostgreSQL "idle in transaction". Such a
+/// connection is closed instead. A rollback queued by a dropped
+/// `Transaction` has run by the time this answers: SQLite's worker takes
+/// the ping after it; PostgreSQL's driver counts it done when queued (and
+/// the pool's own ping, next, sends it).
+pub(crate) fn after_release(
+    conn: &mut DbConn,
+    _: sqlx::pool::PoolConnectionMetadata,
+) -> futures_util::future::BoxFuture<'_, std::result::Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        use sqlx::Connection;
+        if conn.backend_name() == "SQLite" {
+            // Runs after any rollback queued on the connection's worker.
+            conn.ping().await?;
+        }
+        if conn.is_in_transaction() {
+            tracing::warn!(
+                "a connection came back to its pool inside a transaction; closed instead"
+            );
+            metrics::counter!("campus_db_connections_discarded_total").increment(1);
+            return Ok(false);
+        }
+        Ok(true)
+    })
 }
 
 /// The tenants' databases, on the backend chosen at start-up.
@@ -105,6 +180,34 @@ impl DataPlane {
         match self {
             DataPlane::Embedded(f) => f.begin(t.id, "BEGIN IMMEDIATE").await,
             DataPlane::Postgres(p) => p.begin(t).await,
+        }
+    }
+
+    /// The tenant's write turn, on SQLite (one writer per file): held by
+    /// the write transaction, waited for before any connection is taken.
+    pub(crate) async fn write_turn(
+        &self,
+        t: &Tenant,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>> {
+        match self {
+            DataPlane::Embedded(f) => Ok(Some(f.write_turn(t.id).await?)),
+            DataPlane::Postgres(_) => Ok(None),
+        }
+    }
+
+    /// Whether every placement answered when last tried (always on SQLite).
+    pub fn reachable(&self) -> bool {
+        match self {
+            DataPlane::Embedded(_) => true,
+            DataPlane::Postgres(p) => p.reachable(),
+        }
+    }
+
+    /// Whether the placement holding the registry answered when last tried.
+    pub(crate) fn registry_reachable(&self) -> bool {
+        match self {
+            DataPlane::Embedded(_) => true,
+            DataPlane::Postgres(p) => p.registry_reachable(),
         }
     }
 

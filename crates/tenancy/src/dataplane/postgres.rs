@@ -28,6 +28,7 @@ use lru::LruCache;
 use sqlx::Connection;
 use sqlx::any::AnyPoolOptions;
 
+use super::health::Health;
 use super::{Db, TenantTx, quote, sql_name};
 use crate::error::{Error, Result};
 use crate::id::TenantId;
@@ -99,6 +100,8 @@ pub(crate) struct Placement {
     /// the connections to tenant databases stay within this plus the LRU's
     /// idle ones, however many tenants are served at once.
     database_slots: Arc<tokio::sync::Semaphore>,
+    /// Whether the server answered when last tried.
+    health: Health,
 }
 
 /// Every placement of this deployment.
@@ -131,6 +134,7 @@ async fn pool(url: &url::Url, size: u32) -> Result<Pool> {
         .min_connections(0)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .idle_timeout(Duration::from_secs(300))
+        .after_release(super::after_release)
         .connect(url.as_str())
         .await?)
 }
@@ -156,6 +160,18 @@ fn not_found_if(e: sqlx::Error, code: &str) -> Error {
 
 fn is_code(e: &sqlx::Error, code: &str) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some(code))
+}
+
+/// [`not_found_if`], on an error already the kernel's.
+fn not_found_if_err(e: Error, code: &str) -> Error {
+    match e {
+        Error::Db(e) => not_found_if(e, code),
+        other => other,
+    }
+}
+
+fn is_err_code(e: &Error, code: &str) -> bool {
+    matches!(e, Error::Db(d) if is_code(d, code))
 }
 
 async fn current_user(pool: &Pool) -> Result<String> {
@@ -197,6 +213,7 @@ impl Placements {
                     app,
                     owner,
                     app_role,
+                    health: Health::new(&pc.name, app_url.clone()),
                     app_url,
                     owner_url,
                     databases: Mutex::new(LruCache::new(cfg.max_open_databases)),
@@ -251,6 +268,7 @@ impl Placements {
             .min_connections(0)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .idle_timeout(Duration::from_secs(60))
+            .after_release(super::after_release)
             .connect_lazy(url.as_str())?;
         // An evicted pool is closed: its idle connections at once, those in
         // use when their transactions end. A caller about to begin on it
@@ -263,12 +281,43 @@ impl Placements {
         Ok(pool)
     }
 
+    /// Whether the default placement (the registry's) answered when last tried.
+    pub(crate) fn registry_reachable(&self) -> bool {
+        !self.default_placement().health.is_down()
+    }
+
+    /// Whether every placement answered when last tried.
+    pub(crate) fn reachable(&self) -> bool {
+        self.by_name.values().all(|p| !p.health.is_down())
+    }
+
+    /// A transaction on the tenant's data. A connection lost before any of
+    /// the caller's statements went out (the server restarted since the
+    /// pool last used it) is retried once, on a fresh connection; a second
+    /// loss marks the placement down.
     pub(crate) async fn begin(&self, t: &Tenant) -> Result<TenantTx> {
         let p = self.placement(&t.placement)?;
+        match self.begin_once(p, t).await {
+            Err(Error::Unavailable(why)) if !p.health.is_down() => {
+                tracing::warn!(placement = %p.name, error = %why,
+                    "connection lost while beginning a transaction; retrying once on a fresh connection");
+                metrics::counter!("campus_db_begin_retries_total", "placement" => p.name.clone())
+                    .increment(1);
+                let again = self.begin_once(p, t).await;
+                if let Err(Error::Unavailable(why)) = &again {
+                    p.health.failed(why);
+                }
+                again
+            }
+            begun => begun,
+        }
+    }
+
+    async fn begin_once(&self, p: &Placement, t: &Tenant) -> Result<TenantTx> {
         let name = sql_name(t.id);
         let tx = match t.isolation {
             Isolation::Schema => match self.begin_schema(p, &name).await {
-                Err(e) if is_code(&e, SET_ROLE_DENIED) => {
+                Err(e) if is_err_code(&e, SET_ROLE_DENIED) => {
                     // PostgreSQL caches, per session, the roles the login
                     // role is a member of, and loses an invalidation that
                     // arrives while it rebuilds that cache (acl.c,
@@ -286,12 +335,13 @@ impl Placements {
                         .map_err(|e| not_found_if(e, ROLE_UNKNOWN))?;
                     self.begin_schema(p, &name)
                         .await
-                        .map_err(|e| not_found_if(e, ROLE_MISSING))?
+                        .map_err(|e| not_found_if_err(e, ROLE_MISSING))?
                 }
-                scoped => scoped.map_err(|e| not_found_if(e, ROLE_MISSING))?,
+                scoped => scoped.map_err(|e| not_found_if_err(e, ROLE_MISSING))?,
             },
             Isolation::Pool => {
-                let mut tx = p.app.begin().await?;
+                let mut tx =
+                    sqlx::Transaction::begin(p.health.acquire(&p.app).await?, None).await?;
                 sqlx::query(
                     "SELECT set_config('app.tenant_id', $1, true), set_config('search_path', $2, true)",
                 )
@@ -319,8 +369,8 @@ impl Placements {
         &self,
         p: &Placement,
         name: &str,
-    ) -> std::result::Result<sqlx::Transaction<'static, Db>, sqlx::Error> {
-        let mut tx = p.app.begin().await?;
+    ) -> Result<sqlx::Transaction<'static, Db>> {
+        let mut tx = sqlx::Transaction::begin(p.health.acquire(&p.app).await?, None).await?;
         sqlx::query("SELECT set_config('role', $1, true), set_config('search_path', $2, true)")
             .bind(name)
             .bind(quote(name))
@@ -338,10 +388,10 @@ impl Placements {
         // the registry moved, say the tenant was just activated: the retry
         // opens a fresh one.
         for _ in 0..3 {
-            match self.database_pool(p, id)?.begin().await {
-                Ok(tx) => return Ok(tx),
-                Err(sqlx::Error::PoolClosed) => continue,
-                Err(e) => return Err(not_found_if(e, DATABASE_MISSING)),
+            match p.health.acquire(&self.database_pool(p, id)?).await {
+                Ok(conn) => return Ok(sqlx::Transaction::begin(conn, None).await?),
+                Err(Error::Db(sqlx::Error::PoolClosed)) => continue,
+                Err(e) => return Err(not_found_if_err(e, DATABASE_MISSING)),
             }
         }
         Err(Error::Db(sqlx::Error::PoolClosed))
