@@ -11,6 +11,7 @@ mod auth;
 mod browser;
 mod cache;
 mod concurrency;
+mod connections;
 mod content;
 mod isolation;
 mod learning;
