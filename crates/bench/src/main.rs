@@ -8,10 +8,11 @@
 //!     [--clients 64] [--duration 20] [--isolation pool|schema]
 //! cargo build --release -p campus -p campus-bench &&
 //!     target/release/campus-bench upload [--mb 500] [--rounds 1] [--campus target/release/campus]
+//! target/release/campus-bench slow-clients [--connections 1000] [--duration 20]
 //! ```
 //!
-//! `upload` needs no PostgreSQL: it runs the real `campus serve` on the
-//! embedded default (see `upload.rs`).
+//! `upload` and `slow-clients` need no PostgreSQL: they run the real
+//! `campus serve` on the embedded default (see `upload.rs`, `slow.rs`).
 //!
 //! Each run makes a fresh database `campus_bench_<hex>` (owned by the owner
 //! role `campus_owner`, served by `campus_app`; both made if missing), and at
@@ -21,6 +22,7 @@
 //! trust authentication).
 
 mod noisy;
+mod slow;
 mod upload;
 
 use std::path::PathBuf;
@@ -71,7 +73,8 @@ const WITH_SMALL: MigrationSet = MigrationSet {
     pool: lms::TENANT_MIGRATIONS.pool,
 };
 
-const USAGE: &str = "usage: campus-bench <provision|migrate|connections|upload|noisy> [options]
+const USAGE: &str =
+    "usage: campus-bench <provision|migrate|connections|upload|noisy|slow-clients> [options]
 
   provision    [--n 50]                  median/p90 time to provision one tenant in each
                                          mode (schema, pool, database), kernel-level and
@@ -90,6 +93,11 @@ const USAGE: &str = "usage: campus-bench <provision|migrate|connections|upload|n
                                          tenant B's latency alone, then while tenant A
                                          floods with --clients clients (schema tenants);
                                          cache and limits in Redis with --redis-url
+  slow-clients [--connections 1000] [--duration 20] [--campus PATH]
+                                         /healthz and tenant B's latency alone, then while
+                                         --connections slow connections (slowloris: half
+                                         never finish headers, half trickle bodies) are held
+                                         open against a real `campus serve` (embedded)
 
   --setup-concurrency 8   tenants provisioned at once while setting up
   --keep                  leave the database, roles and tenant databases in place
@@ -106,6 +114,7 @@ struct Args {
     setup_concurrency: usize,
     pool_size: u32,
     clients: usize,
+    connections: usize,
     duration: Duration,
     isolation: Isolation,
     keep: bool,
@@ -122,7 +131,7 @@ fn parse_args() -> Result<Args> {
     };
     if !matches!(
         scenario.as_str(),
-        "provision" | "migrate" | "connections" | "upload" | "noisy"
+        "provision" | "migrate" | "connections" | "upload" | "noisy" | "slow-clients"
     ) {
         bail!("unknown scenario `{scenario}`\n\n{USAGE}");
     }
@@ -134,6 +143,7 @@ fn parse_args() -> Result<Args> {
         setup_concurrency: 8,
         pool_size: 16,
         clients: 64,
+        connections: 1000,
         duration: Duration::from_secs(20),
         isolation: Isolation::Pool,
         keep: false,
@@ -168,6 +178,7 @@ fn parse_args() -> Result<Args> {
             "--setup-concurrency" => a.setup_concurrency = num()?,
             "--pool-size" => a.pool_size = u32::try_from(num()?)?,
             "--clients" => a.clients = num()?,
+            "--connections" => a.connections = num()?,
             "--duration" => a.duration = Duration::from_secs(u64::try_from(num()?)?),
             "--isolation" => {
                 a.isolation = match value.as_str() {
@@ -191,9 +202,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.scenario == "upload" {
+    if args.scenario == "upload" || args.scenario == "slow-clients" {
         println!("load average at start: {}", load_average());
-        let result = upload::run(args.mb, args.rounds, args.campus.as_ref()).await;
+        let result = if args.scenario == "upload" {
+            upload::run(args.mb, args.rounds, args.campus.as_ref()).await
+        } else {
+            slow::run(args.connections, args.duration, args.campus.as_ref()).await
+        };
         println!("load average at end: {}", load_average());
         return match result {
             Ok(()) => ExitCode::SUCCESS,

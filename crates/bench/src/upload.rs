@@ -17,16 +17,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
-const TOKEN: &str = "bench-operator-token-0123456789";
-const PASSWORD: &str = "correct horse battery";
+pub(crate) const TOKEN: &str = "bench-operator-token-0123456789";
+pub(crate) const PASSWORD: &str = "correct horse battery";
 const MB: u64 = 1024 * 1024;
 /// The size of each piece of the generated body.
 const PIECE: usize = 64 * 1024;
 
 /// `campus serve`, killed when dropped.
-struct Server {
-    child: Child,
-    base: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
     _data: tempfile::TempDir,
 }
 
@@ -40,7 +40,7 @@ impl Drop for Server {
 /// The `campus` binary: `--campus PATH`, else the one next to this binary
 /// (`cargo build --release -p campus -p campus-bench` puts both in
 /// `target/release`).
-fn campus_binary(given: Option<&PathBuf>) -> Result<PathBuf> {
+pub(crate) fn campus_binary(given: Option<&PathBuf>) -> Result<PathBuf> {
     let path = match given {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
@@ -57,7 +57,17 @@ fn campus_binary(given: Option<&PathBuf>) -> Result<PathBuf> {
 }
 
 async fn start_server(binary: &PathBuf, http: &reqwest::Client) -> Result<Server> {
+    start_server_with(binary, http, "").await
+}
+
+/// `campus serve` with `config` as its `campus.toml`.
+pub(crate) async fn start_server_with(
+    binary: &PathBuf,
+    http: &reqwest::Client,
+    config: &str,
+) -> Result<Server> {
     let data = tempfile::tempdir()?;
+    std::fs::write(data.path().join("campus.toml"), config)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -98,7 +108,7 @@ async fn start_server(binary: &PathBuf, http: &reqwest::Client) -> Result<Server
 }
 
 /// The resident set of `pid`, in bytes.
-fn rss(pid: u32) -> Option<u64> {
+pub(crate) fn rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: u64 = status
         .lines()
