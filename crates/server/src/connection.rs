@@ -560,6 +560,13 @@ fn hyper_answer(first: &[u8]) -> Option<Vec<u8>> {
         ),
         _ => return None,
     };
+    // Its shape exactly: a bare head. The app's own answers always carry a
+    // content type, so a response of the app is never mistaken for one.
+    let end = first.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&first[..end]).to_ascii_lowercase();
+    if head.contains("\r\ncontent-type:") || !head.contains("\r\ncontent-length: 0") {
+        return None;
+    }
     Some(raw_problem(&ApiError::new(status, code, detail), None))
 }
 
@@ -759,6 +766,13 @@ mod tests {
         assert!(text.contains("application/problem+json"), "{text}");
         assert!(text.contains("\"code\":\"headers_too_large\""), "{text}");
         assert!(hyper_answer(b"HTTP/1.1 200 OK\r\n\r\n").is_none());
+        // One of the app's own 400s is left alone.
+        assert!(
+            hyper_answer(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\ncontent-length: 99\r\n\r\n{"
+            )
+            .is_none()
+        );
         assert!(hyper_answer(b"garbage").is_none());
     }
 }
