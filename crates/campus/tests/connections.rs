@@ -169,3 +169,51 @@ fn an_unknown_connections_setting_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("header_timeout"), "{err}");
 }
+
+#[test]
+fn at_the_open_files_limit_the_server_backs_off_and_recovers() {
+    // A cap above what the process may open: accepting hits EMFILE.
+    let tmp = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        tmp.path().join("campus.toml"),
+        "[connections]\nmax_connections = 1000\n",
+    )
+    .expect("campus.toml");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 64 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_campus"));
+    for (var, _) in std::env::vars() {
+        if var.starts_with("CAMPUS_") {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.current_dir(tmp.path())
+        .env("CAMPUS_OPERATOR_TOKEN", TOKEN)
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"));
+    let srv = Server::start(cmd, &[]);
+    // More connections than the process has descriptors for.
+    let held: Vec<TcpStream> = (0..100).map(|_| connect(&srv)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(held);
+    // Once they are gone, the server serves again: the loop neither died
+    // nor spun, and the errors were counted.
+    let start = Instant::now();
+    let metrics = loop {
+        let m = get(
+            &srv,
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        );
+        if m.starts_with("HTTP/1.1 200 ") {
+            break m;
+        }
+        assert!(start.elapsed() < GUARD, "not serving again: {m}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        metrics.contains("campus_accept_errors_total"),
+        "{metrics}\n{}",
+        srv.log()
+    );
+}
