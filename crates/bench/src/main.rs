@@ -8,16 +8,17 @@
 //!     [--clients 64] [--duration 20] [--isolation pool|schema]
 //! cargo build --release -p campus -p campus-bench &&
 //!     target/release/campus-bench upload [--mb 500] [--rounds 1] [--campus target/release/campus]
-//!
 //! cargo build --release -p campus -p campus-bench &&
 //!     target/release/campus-bench memory [--tenants 1000] [--backend embedded|schema|pool]
 //! cargo build --release -p campus -p campus-bench &&
 //!     target/release/campus-bench burst [--tenants 100] [--clients 64] [--duration 30]
+//! cargo build --release -p campus -p campus-bench &&
+//!     target/release/campus-bench slow-clients [--connections 1000] [--duration 20]
 //! ```
 //!
-//! `upload` needs no PostgreSQL: it runs the real `campus serve` on the
-//! embedded default (see `upload.rs`); neither do `memory` and `burst` on
-//! `--backend embedded` (see `load.rs`).
+//! `upload` and `slow-clients` need no PostgreSQL: they run the real
+//! `campus serve` on the embedded default (see `upload.rs`, `slow.rs`); neither
+//! do `memory` and `burst` on `--backend embedded` (see `load.rs`).
 //!
 //! Each run makes a fresh database `campus_bench_<hex>` (owned by the owner
 //! role `campus_owner`, served by `campus_app`; both made if missing), and at
@@ -29,6 +30,7 @@
 mod load;
 mod noisy;
 mod process;
+mod slow;
 mod upload;
 
 use std::path::PathBuf;
@@ -80,7 +82,7 @@ const WITH_SMALL: MigrationSet = MigrationSet {
 };
 
 const USAGE: &str =
-    "usage: campus-bench <provision|migrate|connections|upload|noisy|memory|burst> [options]
+    "usage: campus-bench <provision|migrate|connections|upload|noisy|memory|burst|slow-clients> [options]
 
   provision    [--n 50]                  median/p90 time to provision one tenant in each
                                          mode (schema, pool, database), kernel-level and
@@ -111,6 +113,11 @@ const USAGE: &str =
                                          a write burst over N tenants in which half the
                                          clients give up mid-request, then one write per
                                          tenant: failures, and acknowledged writes lost
+  slow-clients [--connections 1000] [--duration 20] [--campus PATH]
+                                         /healthz and tenant B's latency alone, then while
+                                         --connections slow connections (slowloris: half
+                                         never finish headers, half trickle bodies) are held
+                                         open against a real `campus serve` (embedded)
 
   --setup-concurrency 8   tenants provisioned at once while setting up
   --keep                  leave the database, roles and tenant databases in place
@@ -127,6 +134,7 @@ struct Args {
     setup_concurrency: usize,
     pool_size: u32,
     clients: usize,
+    connections: usize,
     duration: Duration,
     isolation: Isolation,
     keep: bool,
@@ -149,6 +157,7 @@ fn parse_args() -> Result<Args> {
     if !matches!(
         scenario.as_str(),
         "provision" | "migrate" | "connections" | "upload" | "noisy" | "memory" | "burst"
+            | "slow-clients"
     ) {
         bail!("unknown scenario `{scenario}`\n\n{USAGE}");
     }
@@ -160,6 +169,7 @@ fn parse_args() -> Result<Args> {
         setup_concurrency: 8,
         pool_size: 16,
         clients: 64,
+        connections: 1000,
         duration: Duration::from_secs(20),
         isolation: Isolation::Pool,
         keep: false,
@@ -211,6 +221,7 @@ fn parse_args() -> Result<Args> {
             "--setup-concurrency" => a.setup_concurrency = num()?,
             "--pool-size" => a.pool_size = u32::try_from(num()?)?,
             "--clients" => a.clients = num()?,
+            "--connections" => a.connections = num()?,
             "--duration" => a.duration = Duration::from_secs(u64::try_from(num()?)?),
             "--isolation" => {
                 a.isolation = match value.as_str() {
@@ -234,9 +245,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.scenario == "upload" {
+    if args.scenario == "upload" || args.scenario == "slow-clients" {
         println!("load average at start: {}", load_average());
-        let result = upload::run(args.mb, args.rounds, args.campus.as_ref()).await;
+        let result = if args.scenario == "upload" {
+            upload::run(args.mb, args.rounds, args.campus.as_ref()).await
+        } else {
+            slow::run(args.connections, args.duration, args.campus.as_ref()).await
+        };
         println!("load average at end: {}", load_average());
         return match result {
             Ok(()) => ExitCode::SUCCESS,

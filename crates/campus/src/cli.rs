@@ -109,6 +109,39 @@ pub struct ServeArgs {
     /// Default 5000.
     #[arg(long, env = "CAMPUS_REGISTRY_MAX_STALENESS_MS")]
     pub registry_max_staleness_ms: Option<u64>,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+}
+
+/// Connections and slow clients (docs/operations.md); each also in
+/// `[connections]` of `campus.toml`.
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionArgs {
+    /// Connections served at once; past it new ones are answered 503
+    /// (default: three quarters of the open-files limit, at most 10000).
+    #[arg(long, env = "CAMPUS_MAX_CONNECTIONS")]
+    pub max_connections: Option<std::num::NonZeroUsize>,
+    /// Milliseconds from a request's first byte to the end of its headers
+    /// (default 10000).
+    #[arg(long, env = "CAMPUS_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<std::num::NonZeroU64>,
+    /// Milliseconds a request body may go without a byte; also its
+    /// allowance before the minimum rate applies (default 30000).
+    #[arg(long, env = "CAMPUS_BODY_READ_TIMEOUT_MS")]
+    pub body_read_timeout_ms: Option<std::num::NonZeroU64>,
+    /// Bytes per second a request body must average after that allowance;
+    /// 0 turns the rate off (default 500).
+    #[arg(long, env = "CAMPUS_BODY_MIN_BYTES_PER_SECOND")]
+    pub body_min_bytes_per_second: Option<u64>,
+    /// Milliseconds a connection may stay without a request, or with a
+    /// response its client does not read (default 60000).
+    #[arg(long, env = "CAMPUS_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<std::num::NonZeroU64>,
+    /// Milliseconds requests in flight may take to finish after SIGTERM or
+    /// Ctrl-C (default 10000).
+    #[arg(long, env = "CAMPUS_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +248,9 @@ pub struct FileConfig {
     /// `[rate_limits.<plan>]`: each tenant's allowance on that plan.
     #[serde(default)]
     pub rate_limits: std::collections::BTreeMap<String, RateFile>,
+    /// `[connections]`: the connection cap and the slow-client timeouts.
+    #[serde(default)]
+    pub connections: ConnectionArgs,
     /// `[memory]`: the bounds that keep the server's memory flat whatever
     /// the number of tenants.
     #[serde(default)]

@@ -456,6 +456,16 @@ async fn serve(
             r.user_burst.unwrap_or(user.burst),
         );
     }
+    config.connections = connection_limits(&args.connections, &file.connections);
+    let limits = &config.connections;
+    tracing::info!(
+        max_connections = limits.max_connections,
+        header_read_timeout_ms = limits.header_read_timeout.as_millis() as u64,
+        body_read_timeout_ms = limits.body.read_timeout.as_millis() as u64,
+        body_min_bytes_per_second = limits.body.min_rate,
+        idle_timeout_ms = limits.idle_timeout.as_millis() as u64,
+        "connection limits"
+    );
     let listen = args
         .listen
         .or(file.listen)
@@ -468,6 +478,52 @@ async fn serve(
     server::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The connection limits: flag (or env) over `[connections]` over the
+/// default. Without a configured cap, the open-files limit is first raised
+/// to its hard limit (as Go's runtime does), and the cap follows it.
+fn connection_limits(
+    flags: &cli::ConnectionArgs,
+    file: &cli::ConnectionArgs,
+) -> server::connection::ConnectionLimits {
+    let ms = |flag: Option<std::num::NonZeroU64>, file: Option<std::num::NonZeroU64>| {
+        flag.or(file).map(|n| Duration::from_millis(n.get()))
+    };
+    let mut l = server::connection::ConnectionLimits::default();
+    match flags.max_connections.or(file.max_connections) {
+        Some(n) => l.max_connections = n.get(),
+        None =>
+        {
+            #[cfg(unix)]
+            match rlimit::increase_nofile_limit(u64::MAX) {
+                Ok(n) => {
+                    l.max_connections = server::connection::max_connections_for(n);
+                    tracing::info!(open_files_limit = n, "open-files limit");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-files limit"),
+            }
+        }
+    }
+    if let Some(d) = ms(flags.header_read_timeout_ms, file.header_read_timeout_ms) {
+        l.header_read_timeout = d;
+    }
+    if let Some(d) = ms(flags.body_read_timeout_ms, file.body_read_timeout_ms) {
+        l.body.read_timeout = d;
+    }
+    if let Some(r) = flags
+        .body_min_bytes_per_second
+        .or(file.body_min_bytes_per_second)
+    {
+        l.body.min_rate = r;
+    }
+    if let Some(d) = ms(flags.idle_timeout_ms, file.idle_timeout_ms) {
+        l.idle_timeout = d;
+    }
+    if let Some(g) = flags.shutdown_grace_ms.or(file.shutdown_grace_ms) {
+        l.shutdown_grace = Duration::from_millis(g);
+    }
+    l
 }
 
 async fn shutdown_signal() {

@@ -7,6 +7,7 @@
 //! * [`problem`] — RFC 9457 errors with stable codes.
 
 pub mod admin;
+pub mod connection;
 pub mod edge;
 pub mod openapi;
 pub mod problem;
@@ -72,6 +73,10 @@ pub fn router(state: AppState) -> Router {
         )
     })
     .layer(DefaultBodyLimit::max(json_limit))
+    .layer(middleware::from_fn_with_state(
+        state.clone(),
+        edge::guard::layer,
+    ))
     .layer(middleware::from_fn(edge::request::layer))
     .with_state(state)
 }
@@ -110,8 +115,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Serves `router(state)` on `listener` until `shutdown` resolves, with the
-/// registry watched so that changes made elsewhere are seen within a second.
+/// Serves `router(state)` on `listener` until `shutdown` resolves (then for
+/// at most the shutdown grace period), under the connection limits of
+/// [`connection`], with the registry watched so that changes made elsewhere
+/// are seen within a second.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -128,9 +135,8 @@ pub async fn serve(
             }
         })
     };
-    let res = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let limits = state.config.connections;
+    let res = connection::run(listener, router(state), limits, shutdown).await;
     watcher.abort();
     upkeep.abort();
     res

@@ -97,6 +97,9 @@ pub fn add_edge_errors(doc: &mut OpenApi) {
             if op.request_body.is_some() {
                 r.entry("413".into())
                     .or_insert_with(|| problem("`payload_too_large`"));
+                r.entry("408".into()).or_insert_with(|| {
+                    problem("`request_timeout`: the body stalled or arrived too slowly; the connection is closed")
+                });
                 r.entry("415".into())
                     .or_insert_with(|| problem("`unsupported_media_type`: not JSON"));
                 r.entry("400".into())

@@ -27,6 +27,8 @@ pub struct ServerConfig {
     /// Requests per second (and burst) each user or API key may send
     /// inside its tenant's allowance, by plan.
     pub user_rates: crate::edge::limits::PlanRates,
+    /// Connections: cap, header/body/idle timeouts, shutdown grace.
+    pub connections: crate::connection::ConnectionLimits,
 }
 
 impl ServerConfig {
@@ -39,6 +41,7 @@ impl ServerConfig {
             upload_limit: 2 * 1024 * 1024 * 1024,
             rates: crate::edge::limits::default_rates(),
             user_rates: crate::edge::limits::default_user_rates(),
+            connections: crate::connection::ConnectionLimits::default(),
         }
     }
 }

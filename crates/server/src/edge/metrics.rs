@@ -33,9 +33,27 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
-pub fn request(method: &str, route: &str, status: u16, elapsed: Duration) {
+/// A method as a label: the standard ones by name, any other as `other`,
+/// so that clients cannot add series (or kilobytes of label) at will.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// `route` is the matched route (`/api/v1/courses/{cid}`) or `unmatched`,
+/// never the raw path.
+pub fn request(method: &axum::http::Method, route: &str, status: u16, elapsed: Duration) {
     let labels = [
-        ("method", method.to_owned()),
+        ("method", method_label(method).to_owned()),
         ("route", route.to_owned()),
         ("status", status.to_string()),
     ];

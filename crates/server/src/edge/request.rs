@@ -43,7 +43,7 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     let span = tracing::info_span!(
         "request",
         request_id = %id,
-        method = %method,
+        method = super::metrics::method_label(&method),
         path = %req.uri().path(),
         tenant = tracing::field::Empty,
     );
@@ -66,9 +66,15 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(HEADER, v);
     }
+    // No response is to be sniffed into something else (a JSON body read as
+    // HTML by an old browser).
+    res.headers_mut().insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
 
     let status = res.status().as_u16();
-    super::metrics::request(method.as_str(), &route, status, elapsed);
+    super::metrics::request(&method, &route, status, elapsed);
     span.in_scope(|| {
         let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
         if status == 429 {

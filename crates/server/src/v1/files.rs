@@ -29,6 +29,17 @@ fn content_type(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
+/// The body limit of the routes that stream a body in (uploads), for the
+/// edge's early refusal of a larger declared `Content-Length`; `None` for the
+/// others (they take JSON, under `json_limit`).
+pub fn body_limit(route: &str, config: &crate::state::ServerConfig) -> Option<u64> {
+    match route {
+        "/api/v1/courses/{cid}/lessons/{lid}/content" => Some(config.upload_limit),
+        "/api/v1/users/{id}/avatar" => Some(lms::files::AVATAR_MAX),
+        _ => None,
+    }
+}
+
 /// Refuses a body whose declared length is already over `limit`, before
 /// reading a byte of it.
 fn check_length(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {

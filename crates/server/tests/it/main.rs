@@ -12,6 +12,7 @@ mod browser;
 mod cache;
 mod cancellation;
 mod concurrency;
+mod connections;
 mod content;
 mod directory;
 mod isolation;
