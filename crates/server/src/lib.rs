@@ -121,7 +121,9 @@ pub async fn serve(
             }
         })
     };
-    let res = axum::serve(listener, router(state))
+    // The peer's address reaches handlers as `ConnectInfo` (edge::client).
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let res = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     watcher.abort();

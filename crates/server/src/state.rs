@@ -27,6 +27,18 @@ pub struct ServerConfig {
     /// Requests per second (and burst) each user or API key may send
     /// inside its tenant's allowance, by plan.
     pub user_rates: crate::edge::limits::PlanRates,
+    /// Requests per second (and burst) of unauthenticated requests (logins,
+    /// signed links, missing or bad tokens) to each tenant, by plan.
+    pub anonymous_rates: crate::edge::limits::PlanRates,
+    /// Requests per second (and burst) of unauthenticated requests from one
+    /// client address, over every tenant.
+    pub address_rate: crate::edge::limits::Rate,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: crate::edge::client::TrustedProxies,
+    /// The login throttle's budgets.
+    pub login_throttle: lms::throttle::ThrottleConfig,
+    /// How much password hashing may run at once.
+    pub hashing: lms::hashing::HashingConfig,
 }
 
 impl ServerConfig {
@@ -39,6 +51,11 @@ impl ServerConfig {
             upload_limit: 2 * 1024 * 1024 * 1024,
             rates: crate::edge::limits::default_rates(),
             user_rates: crate::edge::limits::default_user_rates(),
+            anonymous_rates: crate::edge::limits::default_anonymous_rates(),
+            address_rate: crate::edge::limits::default_address_rate(),
+            trusted_proxies: Default::default(),
+            login_throttle: Default::default(),
+            hashing: Default::default(),
         }
     }
 }
@@ -56,11 +73,17 @@ pub struct Inner {
 
 impl AppState {
     pub fn new(kernel: Kernel, config: ServerConfig) -> Self {
-        let sessions = Sessions {
-            ttl: config.session_ttl,
-            ..Sessions::default()
-        };
-        let limits = crate::edge::limits::Limits::new(config.rates, config.user_rates);
+        let sessions = Sessions::new(
+            config.session_ttl,
+            lms::throttle::LoginThrottle::new(config.login_throttle),
+            lms::hashing::Hasher::new(config.hashing),
+        );
+        let limits = crate::edge::limits::Limits::with_anonymous(
+            config.rates,
+            config.user_rates,
+            config.anonymous_rates,
+            config.address_rate,
+        );
         let state = Self(Arc::new(Inner {
             kernel,
             config,
@@ -77,7 +100,10 @@ impl AppState {
                 loop {
                     tick.tick().await;
                     match weak.upgrade() {
-                        Some(inner) => inner.limits.forget_idle(),
+                        Some(inner) => {
+                            inner.limits.forget_idle();
+                            inner.sessions.forget_idle();
+                        }
                         None => break,
                     }
                 }

@@ -1,10 +1,12 @@
 //! The edge: everything a request passes before a handler.
 //!
-//! request id → trace span → metrics → [`tenant`] (resolve and gate) →
-//! [`limits`] (the tenant's rate limit) → [`auth`] (the `Caller` extractor)
-//! → handler.
+//! request id → trace span → metrics → [`tenant`] (resolve and gate; the
+//! credential looked up) → [`limits`] (the tenant's rate limit for signed-in
+//! callers, the anonymous allowance per [`client`] address and tenant for
+//! the others) → [`auth`] (the `Caller` extractor) → handler.
 
 pub mod auth;
+pub mod client;
 pub mod extract;
 pub mod limits;
 pub mod metrics;
