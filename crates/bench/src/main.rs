@@ -87,9 +87,12 @@ const USAGE: &str = "usage: campus-bench <provision|migrate|connections|upload|n
                                          --mb MiB video stream in, --rounds times; PATH
                                          defaults to the `campus` next to this binary
   noisy        [--clients 64] [--duration 20] [--pool-size 16] [--redis-url URL]
-                                         tenant B's latency alone, then while tenant A
+               [--login-flood]           tenant B's latency alone, then while tenant A
                                          floods with --clients clients (schema tenants);
-                                         cache and limits in Redis with --redis-url
+                                         cache and limits in Redis with --redis-url;
+                                         --login-flood: A gets anonymous logins with
+                                         wrong passwords from many addresses instead,
+                                         and the process's peak RSS is reported
 
   --setup-concurrency 8   tenants provisioned at once while setting up
   --keep                  leave the database, roles and tenant databases in place
@@ -113,6 +116,7 @@ struct Args {
     rounds: usize,
     campus: Option<PathBuf>,
     redis_url: Option<String>,
+    login_flood: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -141,10 +145,15 @@ fn parse_args() -> Result<Args> {
         rounds: 1,
         campus: None,
         redis_url: None,
+        login_flood: false,
     };
     while let Some(flag) = it.next() {
         if flag == "--keep" {
             a.keep = true;
+            continue;
+        }
+        if flag == "--login-flood" {
+            a.login_flood = true;
             continue;
         }
         let value = it
