@@ -134,7 +134,16 @@ impl NewTenant {
             slug: parse_slug(&self.slug)?,
             name: tenancy::lifecycle::validate_name(&self.name).map_err(lifecycle)?,
             isolation,
-            placement: self.placement.clone(),
+            placement: match &self.placement {
+                // A placement is a name from the configuration: anything
+                // longer is no such name (and is not echoed back whole).
+                Some(p) if p.len() > 64 => {
+                    return Err(Error::Validation(
+                        "placement must be a configured placement's name".into(),
+                    ));
+                }
+                other => other.clone(),
+            },
             plan: self
                 .plan
                 .as_deref()
