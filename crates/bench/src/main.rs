@@ -98,9 +98,12 @@ const USAGE: &str =
                                          --mb MiB video stream in, --rounds times; PATH
                                          defaults to the `campus` next to this binary
   noisy        [--clients 64] [--duration 20] [--pool-size 16] [--redis-url URL]
-                                         tenant B's latency alone, then while tenant A
+               [--login-flood]           tenant B's latency alone, then while tenant A
                                          floods with --clients clients (schema tenants);
-                                         cache and limits in Redis with --redis-url
+                                         cache and limits in Redis with --redis-url;
+                                         --login-flood: A gets anonymous logins with
+                                         wrong passwords from many addresses instead,
+                                         and the process's peak RSS is reported
   memory       [--tenants 1000] [--courses 20] [--clients 64] [--duration 20]
                [--backend embedded|schema|pool] [--campus PATH]
                                          the resident memory of a real `campus serve`
@@ -147,6 +150,7 @@ struct Args {
     server_config: String,
     courses: usize,
     give_up_ms: u64,
+    login_flood: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -181,6 +185,7 @@ fn parse_args() -> Result<Args> {
         server_config: String::new(),
         courses: 20,
         give_up_ms: 20,
+        login_flood: false,
     };
     if a.scenario == "burst" {
         a.duration = Duration::from_secs(30);
@@ -188,6 +193,10 @@ fn parse_args() -> Result<Args> {
     while let Some(flag) = it.next() {
         if flag == "--keep" {
             a.keep = true;
+            continue;
+        }
+        if flag == "--login-flood" {
+            a.login_flood = true;
             continue;
         }
         let value = it

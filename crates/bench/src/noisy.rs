@@ -68,11 +68,54 @@ where
         .map_err(|_| anyhow::anyhow!("a client thread panicked"))?
 }
 
+/// A kibibyte figure of `/proc/self/status` (`VmRSS`, `VmHWM`), in MiB.
+fn proc_status_mib(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// One flood request of A: a `GET` with A's token, or (`--login-flood`) an
+/// anonymous login with a wrong password for an unknown email, from one of
+/// 65,536 addresses (the server believes `X-Forwarded-For` from 127.0.0.1).
+fn flood_request(
+    client: &reqwest::Client,
+    base: &str,
+    (slug, token): &(String, String),
+    login: bool,
+    n: u64,
+) -> reqwest::RequestBuilder {
+    if !login {
+        return client
+            .get(format!("{base}/api/v1/courses"))
+            .header("X-Tenant", slug)
+            .bearer_auth(token);
+    }
+    client
+        .post(format!("{base}/api/v1/auth/login"))
+        .header("X-Tenant", slug)
+        .header(
+            "X-Forwarded-For",
+            format!("10.77.{}.{}", (n >> 8) & 0xff, n & 0xff),
+        )
+        .json(&serde_json::json!({
+            "email": format!("guess{}@flood.test", n % 1000),
+            "password": format!("wrong password {n}"),
+        }))
+}
+
 pub(crate) async fn run(bench: &Bench, args: &Args) -> Result<()> {
     let flooders = args.clients;
+    let login = args.login_flood;
     println!(
-        "\nnoisy: tenant B at one request per {} alone, then while tenant A floods with {flooders} clients, {} each",
+        "\nnoisy: tenant B at one request per {} alone, then while tenant A floods with {flooders} clients{}, {} each",
         ms(B_EVERY),
+        if login {
+            " sending anonymous logins with wrong passwords"
+        } else {
+            ""
+        },
         crate::secs(args.duration)
     );
     let mut kc = bench.kernel_config(lms::TENANT_MIGRATIONS, args.pool_size);
@@ -94,7 +137,34 @@ pub(crate) async fn run(bench: &Bench, args: &Args) -> Result<()> {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let config = server::ServerConfig::new("campus-bench-operator-token-0123456789");
+    let mut config = server::ServerConfig::new("campus-bench-operator-token-0123456789");
+    if login {
+        config.trusted_proxies = server::edge::client::TrustedProxies::parse(&["127.0.0.1"])
+            .map_err(|e| anyhow::anyhow!(e))?;
+        // CAMPUS_BENCH_LIFT_ANONYMOUS=1: the unauthenticated allowances out
+        // of the way, so that every login reaches password hashing and only
+        // its bounds stand between A's flood and B.
+        if std::env::var("CAMPUS_BENCH_LIFT_ANONYMOUS").as_deref() == Ok("1") {
+            let lots = tenancy::shared::Rate::new(
+                std::num::NonZeroU32::new(1_000_000).unwrap_or(std::num::NonZeroU32::MIN),
+                std::num::NonZeroU32::new(1_000_000).unwrap_or(std::num::NonZeroU32::MIN),
+            );
+            config.address_rate = lots;
+            config.anonymous_rates.standard = lots;
+            config.login_throttle.per_account =
+                lms::throttle::Budget::new(1_000_000, Duration::from_secs(3600));
+        }
+        let (anon, h) = (config.anonymous_rates.standard, config.hashing);
+        println!(
+            "  login flood: unauthenticated allowance {}/s with a burst of {} per tenant, {}/s per address; password hashing {} at once, {} per tenant, wait {}",
+            anon.requests_per_second,
+            anon.burst,
+            config.address_rate.requests_per_second,
+            h.global,
+            h.per_tenant,
+            ms(h.wait)
+        );
+    }
     let (rate, user) = (config.rates.standard, config.user_rates.standard);
     println!(
         "  server: serving pool {}, tenant A's plan allows {}/s with a burst of {} ({}/s, {} per user); bulkhead {} transactions per tenant",
@@ -140,12 +210,28 @@ pub(crate) async fn run(bench: &Bench, args: &Args) -> Result<()> {
     measure_b(Duration::from_secs(2)).await?;
     let (alone, b_refused_alone) = measure_b(args.duration).await?;
 
-    // A floods; B keeps its pace.
+    // A floods; B keeps its pace; the process's resident memory is sampled.
+    let rss_before = proc_status_mib("VmRSS:").unwrap_or(0.0);
+    let hwm_before = proc_status_mib("VmHWM:").unwrap_or(0.0);
     let flooding = Arc::new(AtomicBool::new(true));
+    let rss_peak = {
+        let flooding = flooding.clone();
+        std::thread::spawn(move || {
+            let mut peak: f64 = 0.0;
+            while flooding.load(Ordering::Relaxed) {
+                peak = peak.max(proc_status_mib("VmRSS:").unwrap_or(0.0));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        })
+    };
     let (a_ok, a_429) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (a_401, a_503) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let sent = Arc::new(AtomicU64::new(0));
     let flood = {
         let (base, a) = (base.clone(), a.clone());
         let (flooding, a_ok, a_429) = (flooding.clone(), a_ok.clone(), a_429.clone());
+        let (a_401, a_503, sent) = (a_401.clone(), a_503.clone(), sent.clone());
         tokio::spawn(own_runtime(move || async move {
             let client = reqwest::Client::builder()
                 .pool_max_idle_per_host(flooders)
@@ -154,19 +240,18 @@ pub(crate) async fn run(bench: &Bench, args: &Args) -> Result<()> {
             for _ in 0..flooders {
                 let (client, base, a) = (client.clone(), base.clone(), a.clone());
                 let (flooding, a_ok, a_429) = (flooding.clone(), a_ok.clone(), a_429.clone());
+                let (a_401, a_503, sent) = (a_401.clone(), a_503.clone(), sent.clone());
                 flood.spawn(async move {
                     while flooding.load(Ordering::Relaxed) {
-                        let Ok(res) = client
-                            .get(format!("{base}/api/v1/courses"))
-                            .header("X-Tenant", &a.0)
-                            .bearer_auth(&a.1)
-                            .send()
-                            .await
+                        let n = sent.fetch_add(1, Ordering::Relaxed);
+                        let Ok(res) = flood_request(&client, &base, &a, login, n).send().await
                         else {
                             continue;
                         };
                         match res.status().as_u16() {
                             429 => a_429.fetch_add(1, Ordering::Relaxed),
+                            401 => a_401.fetch_add(1, Ordering::Relaxed),
+                            503 => a_503.fetch_add(1, Ordering::Relaxed),
                             _ => a_ok.fetch_add(1, Ordering::Relaxed),
                         };
                         let _ = res.bytes().await;
@@ -180,11 +265,15 @@ pub(crate) async fn run(bench: &Bench, args: &Args) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t0 = Instant::now();
     let (a_ok0, a_4290) = (a_ok.load(Ordering::Relaxed), a_429.load(Ordering::Relaxed));
+    let (a_4010, a_5030) = (a_401.load(Ordering::Relaxed), a_503.load(Ordering::Relaxed));
     let (flooded, b_refused) = measure_b(args.duration).await?;
     let window = t0.elapsed().as_secs_f64();
     let (a_ok1, a_4291) = (a_ok.load(Ordering::Relaxed), a_429.load(Ordering::Relaxed));
+    let (a_4011, a_5031) = (a_401.load(Ordering::Relaxed), a_503.load(Ordering::Relaxed));
     flooding.store(false, Ordering::Relaxed);
     flood.await??;
+    let rss_peak = rss_peak.join().unwrap_or(0.0);
+    let hwm_after = proc_status_mib("VmHWM:").unwrap_or(0.0);
     let _ = stop_server.send(());
     let _ = served.await;
 
@@ -199,12 +288,18 @@ pub(crate) async fn run(bench: &Bench, args: &Args) -> Result<()> {
     };
     row("B alone", &alone);
     row("B while A floods", &flooded);
-    let a_sent = (a_ok1 - a_ok0) + (a_4291 - a_4290);
+    let (a_served, a_denied) = (a_ok1 - a_ok0, a_4011 - a_4010);
+    let a_sent = a_served + a_denied + (a_4291 - a_4290) + (a_5031 - a_5030);
     println!(
-        "  A during B's measurement: {:.0} requests/s sent, {:.0}/s served, {:.0}/s refused with 429",
+        "  A during B's measurement: {:.0} requests/s sent, {:.0}/s served, {:.0}/s answered 401 (password checked), {:.0}/s refused with 429, {:.0}/s 503 overloaded",
         a_sent as f64 / window,
-        (a_ok1 - a_ok0) as f64 / window,
-        (a_4291 - a_4290) as f64 / window
+        a_served as f64 / window,
+        a_denied as f64 / window,
+        (a_4291 - a_4290) as f64 / window,
+        (a_5031 - a_5030) as f64 / window
+    );
+    println!(
+        "  process RSS (server and clients, /proc/self/status): {rss_before:.0} MiB before the flood, peak {rss_peak:.0} MiB during it (sampled every 50 ms); VmHWM {hwm_before:.0} → {hwm_after:.0} MiB"
     );
     println!("  B refused with 429: {b_refused_alone} alone, {b_refused} while A flooded");
     if logging {

@@ -109,6 +109,10 @@ pub struct ServeArgs {
     /// Default 5000.
     #[arg(long, env = "CAMPUS_REGISTRY_MAX_STALENESS_MS")]
     pub registry_max_staleness_ms: Option<u64>,
+    /// Proxies (addresses or networks, comma-separated) whose
+    /// `X-Forwarded-For` names the client; without, the socket's peer is.
+    #[arg(long, env = "CAMPUS_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
     #[command(flatten)]
     pub connections: ConnectionArgs,
 }
@@ -255,6 +259,47 @@ pub struct FileConfig {
     /// the number of tenants.
     #[serde(default)]
     pub memory: MemoryFile,
+    /// Proxies (addresses or networks) whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// `[address_limit]`: unauthenticated requests from one client address.
+    pub address_limit: Option<AddressLimitFile>,
+    /// `[login_throttle]`: failed logins allowed before attempts wait.
+    pub login_throttle: Option<LoginThrottleFile>,
+    /// `[password_hashing]`: how much Argon2 work runs at once.
+    pub password_hashing: Option<PasswordHashingFile>,
+}
+
+/// `[address_limit]` in `campus.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressLimitFile {
+    pub requests_per_second: Option<std::num::NonZeroU32>,
+    pub burst: Option<std::num::NonZeroU32>,
+}
+
+/// `[login_throttle]` in `campus.toml`: each budget is so many failures at
+/// once, then one more per window / failures.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginThrottleFile {
+    pub per_account_address: Option<std::num::NonZeroU32>,
+    pub per_account_address_window_s: Option<std::num::NonZeroU64>,
+    pub per_address: Option<std::num::NonZeroU32>,
+    pub per_address_window_s: Option<std::num::NonZeroU64>,
+    pub per_account: Option<std::num::NonZeroU32>,
+    pub per_account_window_s: Option<std::num::NonZeroU64>,
+}
+
+/// `[password_hashing]` in `campus.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordHashingFile {
+    /// Hashes at once in the process (its threads).
+    pub concurrency: Option<std::num::NonZeroUsize>,
+    /// Hashes at once for one tenant.
+    pub per_tenant: Option<std::num::NonZeroUsize>,
+    /// How long a login waits for its turn before 503 `overloaded`.
+    pub wait_ms: Option<u64>,
 }
 
 /// `[memory]` in `campus.toml`.
@@ -281,6 +326,9 @@ pub struct RateFile {
     /// Each user's (or API key's) share inside the tenant's allowance.
     pub user_requests_per_second: Option<std::num::NonZeroU32>,
     pub user_burst: Option<std::num::NonZeroU32>,
+    /// Unauthenticated requests (logins, bad tokens) to one tenant.
+    pub anonymous_requests_per_second: Option<std::num::NonZeroU32>,
+    pub anonymous_burst: Option<std::num::NonZeroU32>,
 }
 
 /// `[placements.<name>]` in `campus.toml`.

@@ -124,6 +124,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     config.storage.master_key = master_key(&cli, &file)?;
+    // Provisioning hashes its first admin's password with the same bounds.
+    lms::hashing::configure(hashing_config(&file));
     let what = match &config.postgres {
         Some(_) => "PostgreSQL".to_owned(),
         None => format!("the data directory {}", data_dir.display()),
@@ -436,6 +438,7 @@ async fn serve(
              or give every node the same --redis-url"
         );
     }
+    let hashing = hashing_config(&file);
     let mut config = server::ServerConfig::new("");
     config.operator_token_sha256 =
         operator_token_hash(&kernel, data_dir, file.operator_token.clone()).await?;
@@ -455,6 +458,12 @@ async fn serve(
                 .unwrap_or(user.requests_per_second),
             r.user_burst.unwrap_or(user.burst),
         );
+        let anonymous = config.anonymous_rates.get_mut(plan);
+        *anonymous = server::edge::limits::Rate::new(
+            r.anonymous_requests_per_second
+                .unwrap_or(anonymous.requests_per_second),
+            r.anonymous_burst.unwrap_or(anonymous.burst),
+        );
     }
     config.connections = connection_limits(&args.connections, &file.connections);
     let limits = &config.connections;
@@ -466,6 +475,38 @@ async fn serve(
         idle_timeout_ms = limits.idle_timeout.as_millis() as u64,
         "connection limits"
     );
+    if let Some(a) = &file.address_limit {
+        let r = config.address_rate;
+        config.address_rate = server::edge::limits::Rate::new(
+            a.requests_per_second.unwrap_or(r.requests_per_second),
+            a.burst.unwrap_or(r.burst),
+        );
+    }
+    let proxies = args
+        .trusted_proxies
+        .or(file.trusted_proxies.clone())
+        .unwrap_or_default();
+    config.trusted_proxies = server::edge::client::TrustedProxies::parse(&proxies)
+        .map_err(|e| anyhow::anyhow!("trusted_proxies: {e}"))?;
+    if let Some(t) = &file.login_throttle {
+        let budget = |b: lms::throttle::Budget,
+                      n: Option<std::num::NonZeroU32>,
+                      w: Option<std::num::NonZeroU64>| {
+            lms::throttle::Budget::new(
+                n.map_or(b.max_failures, |n| n.get()),
+                w.map_or(b.window, |w| Duration::from_secs(w.get())),
+            )
+        };
+        let c = &mut config.login_throttle;
+        c.per_account_address = budget(
+            c.per_account_address,
+            t.per_account_address,
+            t.per_account_address_window_s,
+        );
+        c.per_address = budget(c.per_address, t.per_address, t.per_address_window_s);
+        c.per_account = budget(c.per_account, t.per_account, t.per_account_window_s);
+    }
+    config.hashing = hashing;
     let listen = args
         .listen
         .or(file.listen)
@@ -524,6 +565,25 @@ fn connection_limits(
         l.shutdown_grace = Duration::from_millis(g);
     }
     l
+}
+
+/// `[password_hashing]` over the defaults.
+fn hashing_config(file: &FileConfig) -> lms::hashing::HashingConfig {
+    let mut c = lms::hashing::HashingConfig::default();
+    if let Some(h) = &file.password_hashing {
+        if let Some(n) = h.concurrency {
+            c.global = n;
+            c.per_tenant = std::num::NonZeroUsize::new(n.get().div_ceil(2))
+                .unwrap_or(std::num::NonZeroUsize::MIN);
+        }
+        if let Some(n) = h.per_tenant {
+            c.per_tenant = n;
+        }
+        if let Some(ms) = h.wait_ms {
+            c.wait = Duration::from_millis(ms);
+        }
+    }
+    c
 }
 
 async fn shutdown_signal() {

@@ -7,11 +7,9 @@
 //! in the tenant the request named.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
@@ -22,6 +20,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::hashing::Hasher;
+use crate::throttle::{ClientAddr, LoginThrottle};
 use crate::users::{self, User};
 
 /// A role inside one tenant.
@@ -92,48 +92,13 @@ impl Principal {
 // ---------------------------------------------------------------------------
 // Passwords
 
-fn argon() -> Argon2<'static> {
-    Argon2::default()
-}
-
-/// Hashes a password with Argon2id, off the async threads.
+/// Hashes a password with Argon2id on the process's hashing pool (see
+/// [`crate::hashing`]); for tools and tests. The server hashes through its
+/// own [`crate::hashing::Hasher`], in each tenant's turn.
 pub async fn hash_password(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        argon()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| Error::Internal(format!("password hashing failed: {e}")))
-    })
-    .await
-    .map_err(|e| Error::Internal(e.to_string()))?
-}
-
-/// Verifies a password against a stored hash, off the async threads. With no
-/// stored hash it still does the work, so that an unknown email costs the
-/// same time as a wrong password.
-pub async fn verify_password(password: String, stored: Option<String>) -> bool {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    let known = stored.is_some();
-    tokio::task::spawn_blocking(move || {
-        let hash = stored.unwrap_or_else(|| {
-            DUMMY
-                .get_or_init(|| {
-                    let salt = SaltString::generate(&mut rand::rngs::OsRng);
-                    argon()
-                        .hash_password(b"not a password anyone has", &salt)
-                        .map(|h| h.to_string())
-                        .unwrap_or_default()
-                })
-                .clone()
-        });
-        let ok = PasswordHash::new(&hash)
-            .map(|h| argon().verify_password(password.as_bytes(), &h).is_ok())
-            .unwrap_or(false);
-        ok && known
-    })
-    .await
-    .unwrap_or(false)
+    crate::hashing::global()
+        .hash(uuid::Uuid::nil().into(), password)
+        .await
 }
 
 /// A random password for a generated first admin.
@@ -266,8 +231,13 @@ pub async fn authenticate(
             }
         }
         Credential::ApiKey(_) => {
+            // A key acts only while its creator is still an admin (keys
+            // are revoked when their creator is demoted or deleted; this
+            // holds for keys from before that, too).
             let row: Option<(String, String)> = sqlx::query_as(
-                "SELECT id, role FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+                "SELECT k.id, k.role FROM api_keys k LEFT JOIN users u ON u.id = k.created_by
+                 WHERE k.key_hash = $1 AND k.revoked_at IS NULL
+                   AND (k.created_by IS NULL OR u.role = 'admin')",
             )
             .bind(&hash)
             .fetch_optional(tx.conn())
@@ -294,6 +264,20 @@ pub async fn authenticate(
     Ok(Ok(known.principal))
 }
 
+/// The tenant that issued `bearer` — refused elsewhere as another tenant's —
+/// when it really is a live credential of that tenant; `None` for a
+/// fabricated one (which must not be reported as that tenant's token).
+/// The lookup goes through the issuer's cache first.
+pub async fn real_issuer(kernel: &Kernel, bearer: &str) -> Option<Tenant> {
+    let issuer = bearer.split('_').nth(1)?;
+    let id = TenantId::from(Uuid::try_parse(issuer).ok()?);
+    let tenant = kernel.registry().by_id(id).await.ok()??;
+    match authenticate(kernel, &tenant, bearer).await {
+        Ok(Ok(_)) => Some(tenant),
+        _ => None,
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Login and logout
 
@@ -314,124 +298,82 @@ pub struct LoginResponse {
     pub user: User,
 }
 
-/// Counts logins per (tenant, email) that have not succeeded: `max_failures`
-/// at once, then one more per `window / max_failures` (GCRA). An attempt
-/// counts before its password is checked — so that guesses sent at once
-/// each count — and a successful login forgets the count. With Redis the count is shared
-/// by every node (one atomic script); without it, or while Redis is
-/// unavailable, each node counts on its own.
-pub struct LoginThrottle {
-    max_failures: u32,
-    window: Duration,
-    /// Per (tenant, email): the GCRA's theoretical arrival time. By hand,
-    /// because the throttle must forget a key on success, which `governor`
-    /// does not offer; the same arithmetic as the Redis script.
-    failures: Mutex<HashMap<(TenantId, String), Instant>>,
-}
-
-impl Default for LoginThrottle {
-    fn default() -> Self {
-        Self::new(5, Duration::from_secs(15 * 60))
-    }
-}
-
-impl LoginThrottle {
-    pub fn new(max_failures: u32, window: Duration) -> Self {
-        Self {
-            max_failures,
-            window,
-            failures: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(TenantId, String), Instant>> {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The name of a (tenant, email)'s count in Redis: the email hashed.
-    fn shared_name(email: &str) -> String {
-        format!("login:{}", digest(email))
-    }
-
-    fn interval(&self) -> Duration {
-        self.window / self.max_failures.max(1)
-    }
-
-    /// Counts one attempt of this (tenant, email); Err with the seconds to
-    /// wait when it is throttled (and then nothing is counted).
-    async fn attempt(
-        &self,
-        shared: Option<&tenancy::Redis>,
-        key: &(TenantId, String),
-    ) -> Result<()> {
-        if let Some(redis) = shared
-            && let Some(v) = redis
-                .gcra(
-                    key.0,
-                    &Self::shared_name(&key.1),
-                    self.interval(),
-                    self.max_failures,
-                    true,
-                )
-                .await
-        {
-            return if v.allowed {
-                Ok(())
-            } else {
-                Err(Error::RateLimited {
-                    retry_after_s: v.wait.as_secs().max(1),
-                })
-            };
-        }
-        self.attempt_here(key)
-    }
-
-    async fn succeeded(&self, shared: Option<&tenancy::Redis>, key: &(TenantId, String)) {
-        if let Some(redis) = shared {
-            redis.forget_limit(key.0, &Self::shared_name(&key.1)).await;
-        }
-        self.succeeded_here(key);
-    }
-
-    fn attempt_here(&self, key: &(TenantId, String)) -> Result<()> {
-        let now = Instant::now();
-        let mut map = self.map();
-        if map.len() > 100_000 {
-            map.retain(|_, tat| *tat > now);
-        }
-        let tat = map.get(key).map_or(now, |tat| (*tat).max(now)) + self.interval();
-        // Past the burst: the attempt would arrive before its turn.
-        if let Some(allow_at) = tat.checked_sub(self.window)
-            && allow_at > now
-        {
-            let retry_after_s = (allow_at - now).as_secs().max(1);
-            return Err(Error::RateLimited { retry_after_s });
-        }
-        map.insert(key.clone(), tat);
-        Ok(())
-    }
-
-    fn succeeded_here(&self, key: &(TenantId, String)) {
-        self.map().remove(key);
-    }
-}
-
 /// How long a session token lives, unless configured otherwise.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 60 * 60);
 
-/// The session policy of a server: token lifetime and the login throttle.
+/// The session policy of a server: token lifetime, the login throttle and
+/// the password hashing pool.
 pub struct Sessions {
     pub ttl: Duration,
     pub throttle: LoginThrottle,
+    pub hasher: Hasher,
+    /// When each tenant's expired sessions were last deleted (by this node).
+    swept: Mutex<HashMap<TenantId, Instant>>,
 }
 
 impl Default for Sessions {
     fn default() -> Self {
+        Self::new(
+            SESSION_TTL,
+            LoginThrottle::default(),
+            Hasher::new(Default::default()),
+        )
+    }
+}
+
+/// How many expired sessions one sweep deletes at most (bounded work per
+/// login; the next sweep takes the rest).
+const SWEEP_BATCH: i64 = 500;
+
+impl Sessions {
+    pub fn new(ttl: Duration, throttle: LoginThrottle, hasher: Hasher) -> Self {
         Self {
-            ttl: SESSION_TTL,
-            throttle: LoginThrottle::default(),
+            ttl,
+            throttle,
+            hasher,
+            swept: Mutex::new(HashMap::new()),
         }
     }
+
+    /// Whether `tenant`'s expired sessions are due to be deleted: at most
+    /// once per session lifetime (and per 10 minutes) per tenant and node.
+    fn sweep_due(&self, tenant: TenantId) -> bool {
+        let every = self.ttl.min(Duration::from_secs(600));
+        let now = Instant::now();
+        let mut m = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() > 10_000 {
+            m.retain(|_, at| now.duration_since(*at) < every);
+        }
+        match m.get(&tenant) {
+            Some(at) if now.duration_since(*at) < every => false,
+            _ => {
+                m.insert(tenant, now);
+                true
+            }
+        }
+    }
+
+    /// Forgets idle state (bounded memory).
+    pub fn forget_idle(&self) {
+        self.throttle.forget_idle();
+        let every = self.ttl.min(Duration::from_secs(600));
+        let now = Instant::now();
+        let mut m = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, at| now.duration_since(*at) < every);
+        m.shrink_to_fit();
+    }
+}
+
+/// Deletes up to [`SWEEP_BATCH`] expired sessions of the tenant.
+async fn delete_expired(tx: &mut TenantTx, now: &str) -> Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE expires_at <= $1 LIMIT $2)",
+    )
+    .bind(now)
+    .bind(SWEEP_BATCH)
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Logs a user in: checks the password and issues a session token.
@@ -439,14 +381,16 @@ pub async fn login(
     kernel: &Kernel,
     tenant: &Tenant,
     sessions: &Sessions,
+    client: &ClientAddr,
     request_id: &str,
     req: LoginRequest,
 ) -> Result<LoginResponse> {
+    // Bounded before anything is counted, hashed, stored or logged.
+    let email = crate::validate::email(&req.email)?;
+    crate::validate::password_to_check(&req.password)?;
     let throttle = &sessions.throttle;
-    let email = req.email.trim().to_lowercase();
-    let key = (tenant.id, email.clone());
     let shared = kernel.shared();
-    throttle.attempt(shared, &key).await?;
+    let attempt = throttle.attempt(shared, tenant.id, &email, client).await?;
 
     let mut tx = kernel.begin(tenant).await?;
     let found = users::find_by_email(&mut tx, &email).await?;
@@ -455,7 +399,14 @@ pub async fn login(
         Some((u, h)) => (Some(u), h),
         None => (None, None),
     };
-    if !verify_password(req.password, hash).await {
+    let checked = match sessions.hasher.verify(tenant.id, req.password, hash).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            throttle.not_checked(shared, &attempt).await;
+            return Err(e);
+        }
+    };
+    if !checked {
         let mut tx = kernel.begin_write(tenant).await?;
         crate::audit::record_anonymous(
             &mut tx,
@@ -470,17 +421,31 @@ pub async fn login(
     let Some(user) = user else {
         return Err(Error::InvalidCredentials);
     };
-    throttle.succeeded(shared, &key).await;
+    throttle.succeeded(shared, &attempt).await;
 
     let token = new_secret(SESSION_PREFIX, tenant.id);
     let session_id = Uuid::now_v7().to_string();
+    let now = tenancy::clock::now();
     let expires_at = tenancy::clock::after(sessions.ttl);
     let mut tx = kernel.begin_write(tenant).await?;
+    // Expired sessions go: the user's own at each login (indexed), the
+    // tenant's in bounded batches now and then.
+    sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND expires_at <= $2")
+        .bind(&user.id)
+        .bind(&now)
+        .execute(tx.conn())
+        .await?;
+    if sessions.sweep_due(tenant.id) {
+        let n = delete_expired(&mut tx, &now).await?;
+        if n > 0 {
+            tracing::debug!(deleted = n, "expired sessions deleted");
+        }
+    }
     sqlx::query("INSERT INTO sessions (id, user_id, token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(&session_id)
         .bind(&user.id)
         .bind(digest(&token))
-        .bind(tenancy::clock::now())
+        .bind(&now)
         .bind(&expires_at)
         .execute(tx.conn())
         .await?;

@@ -23,6 +23,10 @@ pub enum Error {
     /// A signed link altered, expired, or signed for another tenant.
     #[error("invalid signature")]
     InvalidSignature,
+    /// A shared resource (password hashing) stayed at its limit for as long
+    /// as the request could wait: 503 `overloaded`.
+    #[error("overloaded: {0}")]
+    Overloaded(&'static str),
     #[error(transparent)]
     Kernel(#[from] tenancy::Error),
     #[error("internal error: {0}")]

@@ -12,11 +12,13 @@ pub mod cx;
 pub mod enrollments;
 pub mod error;
 pub mod files;
+pub mod hashing;
 pub mod ops;
 pub mod page;
 pub mod progress;
+pub mod throttle;
 pub mod users;
-mod validate;
+pub mod validate;
 
 pub use cx::Cx;
 pub use error::{Error, Result};

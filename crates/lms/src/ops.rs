@@ -134,7 +134,16 @@ impl NewTenant {
             slug: parse_slug(&self.slug)?,
             name: tenancy::lifecycle::validate_name(&self.name).map_err(lifecycle)?,
             isolation,
-            placement: self.placement.clone(),
+            placement: match &self.placement {
+                // A placement is a name from the configuration: anything
+                // longer is no such name (and is not echoed back whole).
+                Some(p) if p.len() > 64 => {
+                    return Err(Error::Validation(
+                        "placement must be a configured placement's name".into(),
+                    ));
+                }
+                other => other.clone(),
+            },
             plan: self
                 .plan
                 .as_deref()
@@ -162,6 +171,15 @@ impl NewTenant {
 /// at any point: it finishes what an interrupted run started.
 #[tracing::instrument(skip_all, fields(tenant = %req.slug))]
 pub async fn create_tenant(kernel: &Kernel, req: NewTenant) -> Result<Provisioned> {
+    create_tenant_with(kernel, crate::hashing::global(), req).await
+}
+
+/// [`create_tenant`], hashing the first admin's password on `hasher`.
+pub async fn create_tenant_with(
+    kernel: &Kernel,
+    hasher: &crate::hashing::Hasher,
+    req: NewTenant,
+) -> Result<Provisioned> {
     // Everything the client sent is checked before anything changes.
     let spec = req.spec()?;
     let generated = req.admin.password.is_none().then(auth::generate_password);
@@ -176,6 +194,8 @@ pub async fn create_tenant(kernel: &Kernel, req: NewTenant) -> Result<Provisione
     if let Some(p) = &admin.password {
         crate::validate::password(p)?;
     }
+    // Hashed before any transaction is open; provisionings share one turn.
+    let admin = users::check(admin, hasher, uuid::Uuid::nil().into()).await?;
 
     let reservation = kernel.reserve(&spec).await.map_err(lifecycle)?;
     if reservation.resumed {
@@ -198,11 +218,12 @@ pub async fn create_tenant(kernel: &Kernel, req: NewTenant) -> Result<Provisione
 /// the same request answers the tenant the first call made.
 pub async fn create_tenant_idempotent(
     kernel: &Kernel,
+    hasher: &crate::hashing::Hasher,
     key: Option<&str>,
     req: NewTenant,
 ) -> Result<Provisioned> {
     let Some(key) = key else {
-        return create_tenant(kernel, req).await;
+        return create_tenant_with(kernel, hasher, req).await;
     };
     if key.is_empty() || key.len() > 200 || !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Error::Validation(
@@ -222,7 +243,7 @@ pub async fn create_tenant_idempotent(
             admin_password: None,
         });
     }
-    let done = create_tenant(kernel, req).await?;
+    let done = create_tenant_with(kernel, hasher, req).await?;
     let id = tenancy::TenantId::parse(&done.tenant.id)
         .ok_or_else(|| Error::Internal("tenant id".into()))?;
     kernel

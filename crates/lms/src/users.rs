@@ -39,8 +39,12 @@ pub struct UserPatch {
     pub email: Option<String>,
     /// Admins only.
     pub role: Option<Role>,
-    /// Ends the user's other sessions.
+    /// Ends the user's other sessions. Changing one's own password needs
+    /// `current_password`; an admin setting another user's does not.
     pub password: Option<String>,
+    /// The caller's current password: required with `password` when the
+    /// caller changes their own (403 `forbidden` when wrong).
+    pub current_password: Option<String>,
 }
 
 const COLUMNS: &str = "id, email, name, role, created_at, updated_at";
@@ -85,13 +89,17 @@ pub(crate) struct Checked {
     password_hash: Option<String>,
 }
 
-pub(crate) async fn check(req: NewUser) -> Result<Checked> {
+pub(crate) async fn check(
+    req: NewUser,
+    hasher: &crate::hashing::Hasher,
+    tenant: tenancy::TenantId,
+) -> Result<Checked> {
     let name = validate::text("name", &req.name, 200)?;
     let email = validate::email(&req.email)?;
     let password_hash = match req.password {
         Some(p) => {
             validate::password(&p)?;
-            Some(auth::hash_password(p).await?)
+            Some(hasher.hash(tenant, p).await?)
         }
         None => None,
     };
@@ -135,8 +143,7 @@ pub(crate) async fn insert(tx: &mut TenantTx, u: Checked) -> Result<User> {
 
 /// Creates the first admin of a tenant being provisioned, or — when an
 /// interrupted run already did — sets their name and password again.
-pub(crate) async fn upsert_admin(tx: &mut TenantTx, req: NewUser) -> Result<User> {
-    let u = check(req).await?;
+pub(crate) async fn upsert_admin(tx: &mut TenantTx, u: Checked) -> Result<User> {
     let email = u.email.clone();
     match find_by_email(tx, &email).await? {
         Some((existing, _)) => {
@@ -178,9 +185,9 @@ pub async fn list(cx: &Cx, page: &PageRequest) -> Result<Page<User>> {
     Ok(Page::from_rows(users, page, |u| u.id.clone()))
 }
 
-pub async fn create(cx: &Cx, req: NewUser) -> Result<User> {
+pub async fn create(cx: &Cx, hasher: &crate::hashing::Hasher, req: NewUser) -> Result<User> {
     cx.require(&[Role::Admin])?;
-    let checked = check(req).await?;
+    let checked = check(req, hasher, cx.tenant.id).await?;
     let mut tx = cx.write().await?;
     let user = insert(&mut tx, checked).await?;
     cx.audit(
@@ -214,7 +221,37 @@ async fn admins(tx: &mut TenantTx) -> Result<i64> {
     )
 }
 
-pub async fn update(cx: &Cx, id: &str, patch: UserPatch) -> Result<User> {
+/// Revokes the API keys `user_id` created (they were demoted or deleted:
+/// what they granted goes with them); how many.
+async fn revoke_keys_of(tx: &mut TenantTx, user_id: &str) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE api_keys SET revoked_at = $2 WHERE created_by = $1 AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(tenancy::clock::now())
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// The stored password hash of a user.
+async fn password_hash_of(cx: &Cx, id: &str) -> Result<Option<String>> {
+    let mut tx = cx.read().await?;
+    Ok(
+        sqlx::query_scalar::<_, Option<String>>("SELECT password_hash FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(tx.conn())
+            .await?
+            .flatten(),
+    )
+}
+
+pub async fn update(
+    cx: &Cx,
+    hasher: &crate::hashing::Hasher,
+    id: &str,
+    patch: UserPatch,
+) -> Result<User> {
     let admin = cx.actor.role() == Role::Admin;
     if !admin {
         if !is_self(cx, id) {
@@ -232,10 +269,26 @@ pub async fn update(cx: &Cx, id: &str, patch: UserPatch) -> Result<User> {
         .map(|n| validate::text("name", n, 200))
         .transpose()?;
     let email = patch.email.as_deref().map(validate::email).transpose()?;
+    if let Some(current) = &patch.current_password {
+        validate::password_to_check(current)?;
+    }
     let password_hash = match patch.password {
         Some(p) => {
             validate::password(&p)?;
-            Some(auth::hash_password(p).await?)
+            // One's own password needs the current one: a stolen token
+            // alone must not be enough to take the account over.
+            if is_self(cx, id) {
+                let Some(current) = patch.current_password else {
+                    return Err(Error::Validation(
+                        "current_password is required to change your own password".into(),
+                    ));
+                };
+                let stored = password_hash_of(cx, id).await?;
+                if !hasher.verify(cx.tenant.id, current, stored).await? {
+                    return Err(Error::Forbidden("current_password is wrong"));
+                }
+            }
+            Some(hasher.hash(cx.tenant.id, p).await?)
         }
         None => None,
     };
@@ -268,6 +321,12 @@ pub async fn update(cx: &Cx, id: &str, patch: UserPatch) -> Result<User> {
             e
         });
     }
+    let demoted = before.role == Role::Admin && patch.role.is_some_and(|r| r != Role::Admin);
+    let revoked_keys = if demoted {
+        revoke_keys_of(&mut tx, id).await?
+    } else {
+        0
+    };
     if password_hash.is_some() {
         let keep = match &cx.actor {
             Principal::User {
@@ -292,7 +351,7 @@ pub async fn update(cx: &Cx, id: &str, patch: UserPatch) -> Result<User> {
         &mut tx,
         "user.updated",
         Some(("user", id)),
-        Some(serde_json::json!({ "changed": changed })),
+        Some(serde_json::json!({ "changed": changed, "revoked_api_keys": revoked_keys })),
     )
     .await?;
     let user = get(&mut tx, id).await?.ok_or(Error::NotFound)?;
@@ -309,12 +368,18 @@ pub async fn delete(cx: &Cx, id: &str) -> Result<()> {
     if user.role == Role::Admin && admins(&mut tx).await? <= 1 {
         return Err(Error::Conflict("a tenant keeps at least one admin".into()));
     }
+    let revoked_keys = revoke_keys_of(&mut tx, id).await?;
     sqlx::query("DELETE FROM users WHERE id = $1")
         .bind(id)
         .execute(tx.conn())
         .await?;
-    cx.audit(&mut tx, "user.deleted", Some(("user", id)), None)
-        .await?;
+    cx.audit(
+        &mut tx,
+        "user.deleted",
+        Some(("user", id)),
+        Some(serde_json::json!({ "revoked_api_keys": revoked_keys })),
+    )
+    .await?;
     tx.commit().await?;
     cx.flush_cache().await;
     crate::files::forget_avatar(cx, id).await;

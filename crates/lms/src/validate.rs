@@ -2,8 +2,19 @@
 
 use crate::error::{Error, Result};
 
+/// At most this many bytes may a text of `max` characters take (UTF-8):
+/// anything longer is refused before it is looked at further.
+fn too_long(value: &str, max: usize) -> bool {
+    value.len() > max.saturating_mul(4)
+}
+
 /// A trimmed, non-empty text of at most `max` characters, without control characters.
 pub fn text(field: &str, value: &str, max: usize) -> Result<String> {
+    if too_long(value.trim(), max) {
+        return Err(Error::Validation(format!(
+            "{field} must be 1 to {max} characters, without control characters"
+        )));
+    }
     let v = value.trim();
     if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
         return Err(Error::Validation(format!(
@@ -15,7 +26,8 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<String> {
 
 /// A longer free text (may be empty; newlines and tabs allowed).
 pub fn long_text(field: &str, value: &str, max: usize) -> Result<String> {
-    if value.chars().count() > max
+    if too_long(value, max)
+        || value.chars().count() > max
         || value
             .chars()
             .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
@@ -30,6 +42,10 @@ pub fn long_text(field: &str, value: &str, max: usize) -> Result<String> {
 /// An email address, normalised to lower case. Deliberately loose: one `@`,
 /// something on each side, a dot in the domain, no spaces.
 pub fn email(value: &str) -> Result<String> {
+    // Bounded before it is copied: a megabyte of "email" is refused as is.
+    if value.trim().len() > MAX_EMAIL {
+        return Err(Error::Validation("email is not a valid address".into()));
+    }
     let v = value.trim().to_lowercase();
     let ok = v.len() <= 254
         && v.split_once('@').is_some_and(|(local, domain)| {
@@ -46,8 +62,30 @@ pub fn email(value: &str) -> Result<String> {
     Ok(v)
 }
 
+/// The longest email accepted (RFC 5321's path limit).
+pub const MAX_EMAIL: usize = 254;
+
+/// The longest password accepted, in characters.
+pub const MAX_PASSWORD: usize = 1024;
+
+/// A password offered at login (or as the current one): at most
+/// [`MAX_PASSWORD`] characters, so that no more is ever hashed.
+pub fn password_to_check(value: &str) -> Result<()> {
+    if too_long(value, MAX_PASSWORD) || value.chars().count() > MAX_PASSWORD {
+        return Err(Error::Validation(format!(
+            "password must be at most {MAX_PASSWORD} characters"
+        )));
+    }
+    Ok(())
+}
+
 /// A password: 8 to 1024 characters.
 pub fn password(value: &str) -> Result<()> {
+    if too_long(value, MAX_PASSWORD) {
+        return Err(Error::Validation(
+            "password must be 8 to 1024 characters".into(),
+        ));
+    }
     let n = value.chars().count();
     if !(8..=1024).contains(&n) {
         return Err(Error::Validation(

@@ -65,9 +65,16 @@ async fn create_tenant(
         })?),
         None => None,
     };
-    let mut done = lms::ops::create_tenant_idempotent(&state.kernel, key, req).await?;
+    let mut done =
+        lms::ops::create_tenant_idempotent(&state.kernel, &state.sessions.hasher, key, req).await?;
     done.tenant = with_limits(&state, done.tenant);
-    Ok((StatusCode::CREATED, Json(done)).into_response())
+    let mut res = (StatusCode::CREATED, Json(done)).into_response();
+    // It may carry the generated first password.
+    res.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(res)
 }
 
 /// Every tenant, with status, isolation, placement, schema version and usage.

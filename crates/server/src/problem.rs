@@ -164,6 +164,10 @@ impl From<lms::Error> for ApiError {
                 "invalid_signature",
                 "the link is not valid here, or has expired",
             ),
+            // Summed in the log where it is refused (lms::hashing).
+            E::Overloaded(why) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", why).retry_after(1)
+            }
             E::Kernel(tenancy::Error::NotFound) => Self::not_found(),
             E::Kernel(tenancy::Error::QuotaExceeded) => Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -29,6 +29,18 @@ pub struct ServerConfig {
     pub user_rates: crate::edge::limits::PlanRates,
     /// Connections: cap, header/body/idle timeouts, shutdown grace.
     pub connections: crate::connection::ConnectionLimits,
+    /// Requests per second (and burst) of unauthenticated requests (logins,
+    /// signed links, missing or bad tokens) to each tenant, by plan.
+    pub anonymous_rates: crate::edge::limits::PlanRates,
+    /// Requests per second (and burst) of unauthenticated requests from one
+    /// client address, over every tenant.
+    pub address_rate: crate::edge::limits::Rate,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: crate::edge::client::TrustedProxies,
+    /// The login throttle's budgets.
+    pub login_throttle: lms::throttle::ThrottleConfig,
+    /// How much password hashing may run at once.
+    pub hashing: lms::hashing::HashingConfig,
 }
 
 impl ServerConfig {
@@ -42,6 +54,11 @@ impl ServerConfig {
             rates: crate::edge::limits::default_rates(),
             user_rates: crate::edge::limits::default_user_rates(),
             connections: crate::connection::ConnectionLimits::default(),
+            anonymous_rates: crate::edge::limits::default_anonymous_rates(),
+            address_rate: crate::edge::limits::default_address_rate(),
+            trusted_proxies: Default::default(),
+            login_throttle: Default::default(),
+            hashing: Default::default(),
         }
     }
 }
@@ -59,11 +76,17 @@ pub struct Inner {
 
 impl AppState {
     pub fn new(kernel: Kernel, config: ServerConfig) -> Self {
-        let sessions = Sessions {
-            ttl: config.session_ttl,
-            ..Sessions::default()
-        };
-        let limits = crate::edge::limits::Limits::new(config.rates, config.user_rates);
+        let sessions = Sessions::new(
+            config.session_ttl,
+            lms::throttle::LoginThrottle::new(config.login_throttle),
+            lms::hashing::Hasher::new(config.hashing),
+        );
+        let limits = crate::edge::limits::Limits::with_anonymous(
+            config.rates,
+            config.user_rates,
+            config.anonymous_rates,
+            config.address_rate,
+        );
         let state = Self(Arc::new(Inner {
             kernel,
             config,
@@ -80,7 +103,10 @@ impl AppState {
                 loop {
                     tick.tick().await;
                     match weak.upgrade() {
-                        Some(inner) => inner.limits.forget_idle(),
+                        Some(inner) => {
+                            inner.limits.forget_idle();
+                            inner.sessions.forget_idle();
+                        }
                         None => break,
                     }
                 }

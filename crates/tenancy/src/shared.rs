@@ -10,7 +10,8 @@
 //! connection is re-established on its own: no restart is needed.
 //!
 //! Keys are `<environment>:<tenant uuid>:…`, built here from a [`TenantId`]
-//! and parts the code names (never raw input).
+//! and parts the code names (never raw input). Limits that belong to no
+//! tenant (per client address) use the nil UUID.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -70,11 +71,28 @@ end
 return {1, math.floor((now - allow_at) / interval), new_tat - now}
 ";
 
+/// Gives one request's worth back to a GCRA state (a login that succeeded
+/// after it was counted). KEYS[1]: the theoretical arrival time (µs); ARGV[1]:
+/// the emission interval (µs).
+const REFUND: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local new_tat = tat - tonumber(ARGV[1])
+if new_tat <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+end
+return 1
+";
+
 /// The connection to Redis, with its circuit breaker.
 pub struct Redis {
     env: String,
     conn: ConnectionManager,
     gcra: Script,
+    refund: Script,
     epoch: Instant,
     /// Calls skip Redis until this instant (ms since `epoch`).
     skip_until_ms: AtomicU64,
@@ -145,6 +163,7 @@ impl Redis {
             env: env.to_owned(),
             conn,
             gcra: Script::new(GCRA),
+            refund: Script::new(REFUND),
             epoch: Instant::now(),
             skip_until_ms: AtomicU64::new(0),
             down: AtomicBool::new(false),
@@ -276,6 +295,24 @@ impl Redis {
             remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
             wait: Duration::from_micros(u64::try_from(micros.max(0)).unwrap_or(0)),
         })
+    }
+
+    /// Gives one `interval` back to `<environment>:<tenant>:limit:<name>`.
+    /// `false` when Redis is unavailable.
+    pub async fn refund_limit(&self, tenant: TenantId, name: &str, interval: Duration) -> bool {
+        let key = format!("{}limit:{name}", self.prefix(tenant));
+        let interval = u64::try_from(interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.call("rate_limit", |mut c| async move {
+            self.refund
+                .key(&key)
+                .arg(interval)
+                .invoke_async::<i64>(&mut c)
+                .await
+        })
+        .await
+        .is_some()
     }
 
     /// Forgets `<environment>:<tenant>:limit:<name>` (a login that succeeded

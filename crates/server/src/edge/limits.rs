@@ -114,10 +114,36 @@ impl<K: Hash + Eq + Clone> Local<K> {
     }
 }
 
-/// A server's rate limits: per tenant, and per user inside a tenant.
+/// What unauthenticated requests (logins, signed links, missing or bad
+/// tokens) of a tenant may send, unless configured otherwise: their own
+/// allowance, apart from (and smaller than) what its signed-in users spend.
+pub fn default_anonymous_rates() -> PlanRates {
+    PerPlan {
+        free: Rate::new(nz(5), nz(20)),
+        standard: Rate::new(nz(20), nz(50)),
+        enterprise: Rate::new(nz(50), nz(100)),
+    }
+}
+
+/// What unauthenticated requests from one client address may send, over
+/// every tenant, unless configured otherwise.
+pub fn default_address_rate() -> Rate {
+    Rate::new(nz(10), nz(50))
+}
+
+/// The scope of limits that belong to no tenant (per client address).
+fn everyone() -> TenantId {
+    uuid::Uuid::nil().into()
+}
+
+/// A server's rate limits: per tenant, and per user inside a tenant; for
+/// unauthenticated requests, per client address and per tenant.
 pub struct Limits {
     tenants: Local<TenantId>,
     users: Local<(TenantId, String)>,
+    anonymous: Local<TenantId>,
+    addresses: Local<String>,
+    address_rate: Rate,
     refused: Refused,
     /// Refusals being held back (see [`Limits::refuse`]): at most
     /// `MAX_HELD` in all, and how many of each tenant's.
@@ -357,9 +383,30 @@ impl Verdict {
 
 impl Limits {
     pub fn new(tenant_rates: PlanRates, user_rates: PlanRates) -> Self {
+        Self::with_anonymous(
+            tenant_rates,
+            user_rates,
+            default_anonymous_rates(),
+            default_address_rate(),
+        )
+    }
+
+    pub fn with_anonymous(
+        tenant_rates: PlanRates,
+        user_rates: PlanRates,
+        anonymous_rates: PlanRates,
+        address_rate: Rate,
+    ) -> Self {
         Self {
             tenants: Local::new(tenant_rates),
             users: Local::new(user_rates),
+            anonymous: Local::new(anonymous_rates),
+            addresses: Local::new(PerPlan {
+                free: address_rate,
+                standard: address_rate,
+                enterprise: address_rate,
+            }),
+            address_rate,
             refused: Refused::default(),
             held: tokio::sync::Semaphore::new(MAX_HELD),
             held_by_tenant: Default::default(),
@@ -397,15 +444,67 @@ impl Limits {
         name: String,
         rate: Rate,
     ) -> Option<Verdict> {
-        let key = (tenant.id, name);
+        self.shared_in(redis, tenant.id, name, rate).await
+    }
+
+    /// [`Limits::shared`] in any scope (a tenant, or [`everyone`]).
+    async fn shared_in(
+        &self,
+        redis: &Redis,
+        scope: TenantId,
+        name: String,
+        rate: Rate,
+    ) -> Option<Verdict> {
+        let key = (scope, name);
         if let Some(v) = self.refused.get(&key, rate) {
             return Some(v);
         }
         let v = redis
-            .gcra(tenant.id, &key.1, rate.interval(), rate.burst.get(), true)
+            .gcra(scope, &key.1, rate.interval(), rate.burst.get(), true)
             .await?;
         self.refused.note(key, &v, rate);
         Some(Verdict::from_shared(rate, v))
+    }
+
+    /// Each plan's allowance per tenant for unauthenticated requests.
+    pub fn anonymous_rates(&self) -> &PlanRates {
+        &self.anonymous.rates
+    }
+
+    /// Counts one unauthenticated request of `tenant` from `client`: first
+    /// the address's allowance (over every tenant), then the tenant's
+    /// anonymous one — never the allowance its signed-in users spend. `Err`
+    /// names the limit that refused (`address` or `anonymous`).
+    pub async fn check_anonymous(
+        &self,
+        shared: Option<&Redis>,
+        tenant: &Tenant,
+        client: &lms::throttle::ClientAddr,
+    ) -> Result<Verdict, (Verdict, &'static str)> {
+        let name = format!("address:{}", client.as_str());
+        let rate = self.address_rate;
+        let by_address = match shared {
+            Some(redis) => self.shared_in(redis, everyone(), name.clone(), rate).await,
+            None => None,
+        }
+        .unwrap_or_else(|| self.addresses.check(Plan::Free, &name));
+        if !by_address.allowed() {
+            return Err((by_address, "address"));
+        }
+        let rate = *self.anonymous.rates.get(tenant.plan);
+        let v = match shared {
+            Some(redis) => {
+                self.shared_in(redis, tenant.id, "anonymous".into(), rate)
+                    .await
+            }
+            None => None,
+        }
+        .unwrap_or_else(|| self.anonymous.check(tenant.plan, &tenant.id));
+        if v.allowed() {
+            Ok(v)
+        } else {
+            Err((v, "anonymous"))
+        }
     }
 
     /// Counts one request of a user (or API key) of `tenant`.
@@ -428,7 +527,8 @@ impl Limits {
         self.users.check(tenant.plan, &(tenant.id, name))
     }
 
-    /// A request of `tenant` refused by its `limit` (`tenant` or `user`):
+    /// A request of `tenant` refused by its `limit` (`tenant`, `user`,
+    /// `anonymous` or `address`):
     /// counted, logged (summed, see [`RefusalLog`]), then held for a moment
     /// before its 429 leaves (see [`HOLD`]: longer the more of the tenant's
     /// refusals are held already). A client looping as fast as it is answered —
@@ -456,6 +556,8 @@ impl Limits {
     pub fn forget_idle(&self) {
         self.tenants.forget_idle();
         self.users.forget_idle();
+        self.anonymous.forget_idle();
+        self.addresses.forget_idle();
         self.refused.forget_idle();
         self.log.flush();
     }

@@ -75,3 +75,11 @@ pub fn rate_limited(tenant: &tenancy::TenantId, limit: &'static str) {
 pub fn security_event(kind: &'static str) {
     metrics::counter!("campus_security_events_total", "kind" => kind).increment(1);
 }
+
+/// A real token of `issuer` presented under another tenant (made-up tokens
+/// are `security_event("forged_token")`, never labelled: their "issuer" is
+/// whatever the client wrote).
+pub fn cross_tenant_token(issuer: &tenancy::TenantId) {
+    metrics::counter!("campus_cross_tenant_tokens_total", "issued_by" => issuer.to_string())
+        .increment(1);
+}

@@ -18,6 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tenancy::{Slug, Tenant, TenantStatus};
 
+use super::auth::Credential;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -111,12 +112,50 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     };
     tracing::Span::current().record("tenant", tenant.slug.as_str());
     super::metrics::tenant_request(&tenant.id);
-    // The tenant's own allowance: a flood here spends nobody else's.
-    let verdict = state.limits.check(state.kernel.shared(), &tenant).await;
-    if !verdict.allowed() {
-        state.limits.refuse(&tenant, "tenant").await;
-        return verdict.refusal("this organisation").into_response();
-    }
+    let client = super::client::address(
+        req.headers(),
+        req.extensions(),
+        &state.config.trusted_proxies,
+    );
+    let credential = match super::auth::bearer_of(req.headers()) {
+        None => Credential::Missing,
+        Some(token) => match lms::auth::authenticate(&state.kernel, &tenant, token).await {
+            Ok(Ok(p)) => Credential::Valid(p),
+            Ok(Err(r)) => Credential::Refused(r),
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+    };
+    let verdict = if matches!(credential, Credential::Valid(_)) {
+        // The tenant's own allowance: a flood here spends nobody else's.
+        let verdict = state.limits.check(state.kernel.shared(), &tenant).await;
+        if !verdict.allowed() {
+            state.limits.refuse(&tenant, "tenant").await;
+            return verdict.refusal("this organisation").into_response();
+        }
+        verdict
+    } else {
+        // Logins, signed links, missing or bad tokens: an allowance of
+        // their own, per client address and per tenant, so that nobody
+        // signed out can spend what the signed-in users have.
+        match state
+            .limits
+            .check_anonymous(state.kernel.shared(), &tenant, &client)
+            .await
+        {
+            Ok(v) => v,
+            Err((v, limit)) => {
+                state.limits.refuse(&tenant, limit).await;
+                let whose = if limit == "address" {
+                    "this address"
+                } else {
+                    "unauthenticated traffic to this organisation"
+                };
+                return v.refusal(whose).into_response();
+            }
+        }
+    };
+    req.extensions_mut().insert(client);
+    req.extensions_mut().insert(credential);
     req.extensions_mut().insert(ResolvedTenant(tenant));
     let mut res = next.run(req).await;
     // A user's own limit, when it refused, speaks for itself.

@@ -23,21 +23,43 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_api_key))
 }
 
-/// Log in with email and password; returns a bearer token.
+/// Log in with email and password; returns a bearer token (with
+/// `Cache-Control: no-store`). Failed logins are throttled per account and
+/// client address, per address, and (more loosely) per account.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses(
         (status = 200, body = LoginResponse),
         (status = 401, description = "`invalid_credentials` (wrong email or password, same answer for both)", body = Problem),
-        (status = 429, description = "`rate_limited`: too many failed logins for this email", body = Problem),
+        (status = 422, description = "`validation_failed`: the email is not an address, or a field is too long", body = Problem),
+        (status = 429, description = "`rate_limited`: too many failed logins from this address, for this account, or too much unauthenticated traffic (`Retry-After`)", body = Problem),
+        (status = 503, description = "`overloaded`: password hashing at its limit (`Retry-After`)", body = Problem),
     ))]
 async fn login(
     axum::extract::State(state): axum::extract::State<AppState>,
     TenantOnly(tenant, request_id): TenantOnly,
+    client: Option<axum::Extension<lms::throttle::ClientAddr>>,
     Body(req): Body<LoginRequest>,
-) -> Result<Json<LoginResponse>, ApiError> {
-    Ok(Json(
-        lms::auth::login(&state.kernel, &tenant, &state.sessions, &request_id, req).await?,
-    ))
+) -> Result<Response, ApiError> {
+    let client = client.map_or_else(lms::throttle::ClientAddr::unknown, |c| c.0);
+    let done = lms::auth::login(
+        &state.kernel,
+        &tenant,
+        &state.sessions,
+        &client,
+        &request_id,
+        req,
+    )
+    .await?;
+    Ok(no_store(Json(done).into_response()))
+}
+
+/// A response carrying a secret is never kept by a cache.
+fn no_store(mut res: Response) -> Response {
+    res.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    res
 }
 
 /// End the caller's session; the token stops working at once.
@@ -56,7 +78,9 @@ async fn me(Caller(cx): Caller) -> Result<Json<User>, ApiError> {
     Ok(Json(lms::users::me(&cx).await?))
 }
 
-/// Create an API key (admin). The key is shown once.
+/// Create an API key (admin). The key is shown once (`Cache-Control:
+/// no-store`); it acts only while its creator is an admin: it is revoked
+/// when they are demoted or deleted.
 #[utoipa::path(post, path = "/api/v1/api-keys", tag = "api-keys", security(("bearer" = [])),
     request_body = NewApiKey,
     responses((status = 201, body = CreatedApiKey),
@@ -67,7 +91,7 @@ async fn create_api_key(
     Body(req): Body<NewApiKey>,
 ) -> Result<Response, ApiError> {
     let key = lms::auth::create_api_key(&cx, req).await?;
-    Ok((StatusCode::CREATED, Json(key)).into_response())
+    Ok(no_store((StatusCode::CREATED, Json(key)).into_response()))
 }
 
 /// List API keys (admin).

@@ -35,9 +35,14 @@ async fn list_users(Caller(cx): Caller, q: Query) -> Result<Response, ApiError> 
     responses((status = 201, body = User),
         (status = 403, description = "`forbidden`", body = Problem),
         (status = 409, description = "`conflict`: the email is taken in this tenant", body = Problem),
-        (status = 422, description = "`validation_failed`", body = Problem)))]
-async fn create_user(Caller(cx): Caller, Body(req): Body<NewUser>) -> Result<Response, ApiError> {
-    let user = lms::users::create(&cx, req).await?;
+        (status = 422, description = "`validation_failed`", body = Problem),
+        (status = 503, description = "`overloaded`: password hashing at its limit (`Retry-After`)", body = Problem)))]
+async fn create_user(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    Caller(cx): Caller,
+    Body(req): Body<NewUser>,
+) -> Result<Response, ApiError> {
+    let user = lms::users::create(&cx, &state.sessions.hasher, req).await?;
     Ok((StatusCode::CREATED, Json(user)).into_response())
 }
 
@@ -51,23 +56,30 @@ async fn get_user(Caller(cx): Caller, Path(user): Path<String>) -> Result<Json<U
     Ok(Json(lms::users::fetch(&cx, &id(&user)?).await?))
 }
 
-/// Change a user (admin; self for `name` and `password`).
+/// Change a user (admin; self for `name` and `password`). Changing one's
+/// own password needs `current_password`; an admin setting another user's
+/// password does not. A password change ends the user's other sessions; an
+/// admin demoted loses the API keys they created (revoked).
 #[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = String, Path)), request_body = UserPatch,
     responses((status = 200, body = User),
-        (status = 403, description = "`forbidden`", body = Problem),
+        (status = 403, description = "`forbidden` (also: `current_password` wrong)", body = Problem),
+        (status = 503, description = "`overloaded`: password hashing at its limit (`Retry-After`)", body = Problem),
         (status = 404, description = "`not_found`", body = Problem),
         (status = 409, description = "`conflict`: email taken, or the last admin", body = Problem),
         (status = 422, description = "`validation_failed`", body = Problem)))]
 async fn patch_user(
+    axum::extract::State(state): axum::extract::State<AppState>,
     Caller(cx): Caller,
     Path(user): Path<String>,
     Body(patch): Body<UserPatch>,
 ) -> Result<Json<User>, ApiError> {
-    Ok(Json(lms::users::update(&cx, &id(&user)?, patch).await?))
+    Ok(Json(
+        lms::users::update(&cx, &state.sessions.hasher, &id(&user)?, patch).await?,
+    ))
 }
 
-/// Delete a user (admin).
+/// Delete a user (admin). The API keys they created are revoked.
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = String, Path)),
     responses((status = 204, description = "Deleted"),

@@ -142,7 +142,7 @@ async fn changing_a_password_ends_other_sessions() {
         .patch(
             &learner,
             &format!("/api/v1/users/{}", learner.user_id),
-            json!({ "password": "a brand new one" }),
+            json!({ "password": "a brand new one", "current_password": PASSWORD }),
         )
         .send()
         .await

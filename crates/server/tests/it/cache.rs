@@ -116,7 +116,7 @@ async fn writes_are_never_followed_by_stale_reads(at: CacheAt) {
         .patch(
             &a,
             &format!("/api/v1/users/{}", a.user_id),
-            json!({ "password": "another good passphrase" }),
+            json!({ "password": "another good passphrase", "current_password": PASSWORD }),
         )
         .send()
         .await

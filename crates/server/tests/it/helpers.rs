@@ -688,3 +688,18 @@ pub fn use_cache(k: &mut KernelConfig, at: CacheAt) {
         k.cache.redis_url = Some(redis_url());
     }
 }
+
+/// Raises the allowances of unauthenticated traffic (per client address and
+/// per tenant) out of the way, for tests that send much of it on purpose.
+pub fn lift_anonymous_limits(s: &mut ServerConfig) {
+    let lots = server::edge::limits::Rate::new(
+        std::num::NonZeroU32::new(10_000).expect("non-zero"),
+        std::num::NonZeroU32::new(10_000).expect("non-zero"),
+    );
+    s.address_rate = lots;
+    s.anonymous_rates = tenancy::PerPlan {
+        free: lots,
+        standard: lots,
+        enterprise: lots,
+    };
+}

@@ -609,12 +609,16 @@ async fn a_non_admin_may_change_own_name_and_password_but_not_role_or_email() {
         assert_eq!(now["email"], me.email.to_lowercase().as_str());
         app.login(&s.t.slug, &me.email, PASSWORD).await;
 
-        // The password, alone, may be changed: the new one logs in, the old one not.
+        // The password, with the current one, may be changed: the new one
+        // logs in, the old one not.
         let new_password = format!("{role}'s new password");
         expect(
             &app,
             me,
-            &r::patch(&path, json!({ "password": new_password })),
+            &r::patch(
+                &path,
+                json!({ "password": new_password, "current_password": PASSWORD }),
+            ),
             200,
             None,
         )
