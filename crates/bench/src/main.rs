@@ -160,7 +160,13 @@ fn parse_args() -> Result<Args> {
     };
     if !matches!(
         scenario.as_str(),
-        "provision" | "migrate" | "connections" | "upload" | "noisy" | "memory" | "burst"
+        "provision"
+            | "migrate"
+            | "connections"
+            | "upload"
+            | "noisy"
+            | "memory"
+            | "burst"
             | "slow-clients"
     ) {
         bail!("unknown scenario `{scenario}`\n\n{USAGE}");

@@ -202,7 +202,9 @@ impl From<lms::Error> for ApiError {
                 // (`database unreachable`); each answer only at debug.
                 tracing::debug!(reason = %why, "unavailable; answered 503 unavailable");
                 metrics::counter!("campus_db_unavailable_total").increment(1);
-                Self::unavailable("a database this request needs cannot be reached right now; try again shortly")
+                Self::unavailable(
+                    "a database this request needs cannot be reached right now; try again shortly",
+                )
             }
             E::Kernel(tenancy::Error::Interrupted(why)) => {
                 tracing::info!(reason = %why, "upload interrupted");
