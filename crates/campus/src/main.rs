@@ -16,12 +16,16 @@ use tenancy::{Kernel, KernelConfig};
 
 use cli::{Cli, Command, FileConfig, LogFormat, TenantCommand};
 
-/// mimalloc rather than glibc's allocator: glibc kept Argon2's 19 MiB blocks
+/// jemalloc rather than glibc's allocator: glibc kept Argon2's 19 MiB blocks
 /// (and SQLite's per-connection buffers) in per-thread arenas long after they
 /// were freed, so a burst of logins left the server at over a gigabyte.
-/// mimalloc returns freed pages to the system (docs/operations.md, Memory).
+/// jemalloc's background threads give freed pages back to the system after
+/// a second (`.cargo/config.toml`), also when the thread that freed them —
+/// a password-hashing thread after a burst — stays idle; mimalloc, tried
+/// first, kept them until that thread allocated again (docs/operations.md,
+/// Memory).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     // Everything Campus writes is its user's alone (files 0600, directories 0700).

@@ -66,8 +66,8 @@ impl KernelConfig {
         Self {
             data_dir: data_dir.into(),
             tenant_migrations,
-            max_open_tenants: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
-            tenant_pool_size: 4,
+            max_open_tenants: NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN),
+            tenant_pool_size: 2,
             sqlite_cache_kib: crate::dataplane::embedded::CACHE_KIB,
             postgres: None,
             default_isolation: None,

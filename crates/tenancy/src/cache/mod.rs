@@ -55,7 +55,7 @@ impl Default for CacheConfig {
         Self {
             environment: "campus".into(),
             redis_url: None,
-            local_bytes: 64 * 1024 * 1024,
+            local_bytes: 16 * 1024 * 1024,
         }
     }
 }
