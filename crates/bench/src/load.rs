@@ -143,6 +143,17 @@ async fn provision(
     Ok(all)
 }
 
+/// `e`, with the server's log lines at `WARN` or `ERROR` (at most 20).
+fn with_log(e: anyhow::Error, server: &Server) -> anyhow::Error {
+    let log = server.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+        .take(20)
+        .collect();
+    e.context(format!("the server's log:\n{}", lines.join("\n")))
+}
+
 /// `memory`: RSS idle, after provisioning, under read load, after it.
 pub async fn memory(args: &Args, bench: Option<&Bench>) -> Result<()> {
     let n = args.tenants.unwrap_or(1000);
@@ -155,7 +166,11 @@ pub async fn memory(args: &Args, bench: Option<&Bench>) -> Result<()> {
     println!("RSS idle, no tenant: {}", mib(idle));
 
     let t0 = Instant::now();
-    let tenants = Arc::new(provision(&server, &http, args, "mem", n, args.courses).await?);
+    let tenants = Arc::new(
+        provision(&server, &http, args, "mem", n, args.courses)
+            .await
+            .map_err(|e| with_log(e, &server))?,
+    );
     let provisioned_in = t0.elapsed();
     // Let the allocator give back what provisioning's hashing used.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -274,7 +289,11 @@ pub async fn burst(args: &Args, bench: Option<&Bench>) -> Result<()> {
             })
             .collect::<String>();
     let server = Arc::new(start(args, bench, &http, &config).await?);
-    let tenants = Arc::new(provision(&server, &http, args, "burst", n, 0).await?);
+    let tenants = Arc::new(
+        provision(&server, &http, args, "burst", n, 0)
+            .await
+            .map_err(|e| with_log(e, &server))?,
+    );
     println!(
         "burst: {} clients for {} s over {n} tenants; every other client gives up after 1-{} ms",
         args.clients,

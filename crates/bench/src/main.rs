@@ -27,6 +27,12 @@
 //! as a superuser (default `postgres://postgres@127.0.0.1:5432/postgres`,
 //! trust authentication).
 
+/// The allocator of `campus` (see crates/campus/src/main.rs), so that the
+/// scenarios that run the server in this process (`noisy`) measure the
+/// memory it would use.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod load;
 mod noisy;
 mod process;
@@ -260,28 +266,18 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.scenario == "upload" || args.scenario == "slow-clients" {
-        println!("load average at start: {}", load_average());
-        let result = if args.scenario == "upload" {
-            upload::run(args.mb, args.rounds, args.campus.as_ref()).await
-        } else {
-            slow::run(args.connections, args.duration, args.campus.as_ref()).await
-        };
-        println!("load average at end: {}", load_average());
-        return match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
     sqlx::any::install_default_drivers();
-    if matches!(args.scenario.as_str(), "memory" | "burst")
-        && args.backend == load::Backend::Embedded
-    {
+    // The scenarios that need no PostgreSQL: the real binary on the embedded default.
+    let embedded = matches!(args.scenario.as_str(), "upload" | "slow-clients")
+        || (matches!(args.scenario.as_str(), "memory" | "burst")
+            && args.backend == load::Backend::Embedded);
+    if embedded {
         println!("load average at start: {}", load_average());
         let result = match args.scenario.as_str() {
+            "upload" => upload::run(args.mb, args.rounds, args.campus.as_ref()).await,
+            "slow-clients" => {
+                slow::run(args.connections, args.duration, args.campus.as_ref()).await
+            }
             "memory" => load::memory(&args, None).await,
             _ => load::burst(&args, None).await,
         };

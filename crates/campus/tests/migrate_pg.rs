@@ -167,6 +167,8 @@ impl Fixture {
             "CAMPUS_POOL_SIZE",
             "CAMPUS_LOG_FORMAT",
             "CAMPUS_LOG",
+            "CAMPUS_MASTER_KEY",
+            "CAMPUS_MASTER_KEY_FILE",
         ] {
             c.env_remove(var);
         }
@@ -175,6 +177,9 @@ impl Fixture {
                 c.arg("--data-dir").arg(data);
             }
             Store::Postgres { owner, app, .. } => {
+                // The kernel's data directory: its master key is the
+                // deployment's, and a node without it is refused.
+                c.arg("--data-dir").arg(self.work.join("unused"));
                 c.args(["--database-url", app, "--owner-database-url", owner]);
             }
         }
