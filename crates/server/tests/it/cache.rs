@@ -218,8 +218,19 @@ async fn keys(c: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Vec<St
     }
 }
 
+/// `GET key`; a Redis that has just been restarted answers `LOADING` for a
+/// moment, which is waited out (at most 10 s), not a failure of the test.
 async fn get(c: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
-    redis::cmd("GET").arg(key).query_async(c).await.unwrap()
+    let start = Instant::now();
+    loop {
+        match redis::cmd("GET").arg(key).query_async(c).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading) => {
+                assert!(start.elapsed() < Duration::from_secs(10), "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other.unwrap(),
+        }
+    }
 }
 
 #[tokio::test]
@@ -401,9 +412,22 @@ impl Drop for OwnRedis {
 async fn redis_killed_and_restarted_is_not_an_outage_and_nothing_is_served_stale() {
     let mut redis = OwnRedis::start();
     let url = redis.url();
-    let app = spawn_app_with(|k, _| {
+    let app = spawn_app_with(|k, s| {
         use_cache(k, CacheAt::Redis);
         k.cache.redis_url = Some(url.clone());
+        // One request a second with a large burst: no request of this test
+        // is refused, and each one keeps its tenant's limit key in Redis
+        // for a second (at the default rate it expires within milliseconds,
+        // before a busy machine gets to look for it below).
+        let slow = server::edge::limits::Rate::new(
+            std::num::NonZeroU32::MIN,
+            std::num::NonZeroU32::new(10_000).expect("non-zero"),
+        );
+        s.rates = tenancy::PerPlan {
+            free: slow,
+            standard: slow,
+            enterprise: slow,
+        };
     })
     .await;
     let env = app.config.cache.environment.clone();

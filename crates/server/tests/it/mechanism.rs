@@ -1446,8 +1446,16 @@ fn campus_binary() -> Option<PathBuf> {
 
 /// Runs `campus <args>` against a database (serving `url`, `owner_url`);
 /// returns its exit status and standard error (stdout appended). Kills it
-/// if it still runs after a minute (it would be serving).
-async fn run_campus(bin: &PathBuf, url: &str, owner_url: &str, args: &[&str]) -> (bool, String) {
+/// if it still runs after a minute (it would be serving). It is a node of
+/// the scratch deployment: the kernel's data directory holds its master
+/// key, without which a node is refused.
+async fn run_campus(
+    bin: &PathBuf,
+    scratch: &Scratch,
+    url: &str,
+    owner_url: &str,
+    args: &[&str],
+) -> (bool, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut child = std::process::Command::new(bin)
         .arg("--database-url")
@@ -1455,7 +1463,9 @@ async fn run_campus(bin: &PathBuf, url: &str, owner_url: &str, args: &[&str]) ->
         .arg("--owner-database-url")
         .arg(owner_url)
         .arg("--data-dir")
-        .arg(dir.path())
+        .arg(scratch._dir.path())
+        .env_remove("CAMPUS_MASTER_KEY")
+        .env_remove("CAMPUS_MASTER_KEY_FILE")
         .args(args)
         .current_dir(dir.path())
         .env("CAMPUS_OPERATOR_TOKEN", OPERATOR_TOKEN)
@@ -1503,7 +1513,7 @@ async fn the_audit_refuses_unforced_or_disabled_rls_and_stray_schema_grants() {
     if not_on_postgres("the_audit_refuses_unforced_or_disabled_rls_and_stray_schema_grants") {
         return;
     }
-    let (kernel, db, _dir) = pg_kernel(2, |_| {}).await;
+    let (kernel, db, scratch) = pg_kernel(2, |_| {}).await;
     let _own = kernel_tenant(&kernel, "audit", None).await;
     // A schema tenant whatever the backend: a schema to grant on.
     let s = kernel_tenant(&kernel, "audit-s", Some("schema")).await;
@@ -1516,7 +1526,7 @@ async fn the_audit_refuses_unforced_or_disabled_rls_and_stray_schema_grants() {
     let bin = campus_binary();
     let (url, owner_url) = (pg_url(PG_APP, &db), pg_url(PG_OWNER, &db));
     if let Some(bin) = &bin {
-        let (ok, out) = run_campus(bin, &url, &owner_url, &["doctor"]).await;
+        let (ok, out) = run_campus(bin, &scratch, &url, &owner_url, &["doctor"]).await;
         assert!(ok, "campus doctor on a clean database: {out}");
     } else {
         // `cargo test --workspace` builds it; CI must never skip this part.
@@ -1558,8 +1568,14 @@ async fn the_audit_refuses_unforced_or_disabled_rls_and_stray_schema_grants() {
             "after {tamper}: {found:?}"
         );
         if let Some(bin) = &bin {
-            let (ok, out) =
-                run_campus(bin, &url, &owner_url, &["serve", "--listen", "127.0.0.1:0"]).await;
+            let (ok, out) = run_campus(
+                bin,
+                &scratch,
+                &url,
+                &owner_url,
+                &["serve", "--listen", "127.0.0.1:0"],
+            )
+            .await;
             assert!(!ok, "campus serve started after {tamper}: {out}");
             assert!(out.contains("refusing to serve"), "{out}");
             assert!(out.contains(finding.as_str()), "{out}");
@@ -1670,6 +1686,7 @@ async fn the_audit_refuses_a_serving_role_with_bypassrls() {
     if let Some(bin) = campus_binary() {
         let (ok, out) = run_campus(
             &bin,
+            &scratch,
             &pg_url(&role.name, &db),
             &pg_url(PG_OWNER, &db),
             &["serve", "--listen", "127.0.0.1:0"],
