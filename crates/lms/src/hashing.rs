@@ -228,7 +228,8 @@ static GLOBAL: OnceLock<Hasher> = OnceLock::new();
 
 /// Sets the settings of [`global`]; only before its first use.
 pub fn configure(config: HashingConfig) {
-    let _ = GLOBAL.set(Hasher::new(config));
+    // Its threads are started only if it is the one kept.
+    GLOBAL.get_or_init(|| Hasher::new(config));
 }
 
 fn argon() -> Argon2<'static> {

@@ -288,6 +288,16 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut KernelConfig, &mut ServerConf
     }
     let mut kcfg = kernel_config(dir.path());
     let mut scfg = ServerConfig::new(OPERATOR_TOKEN);
+    // Tests provision and log in many tenants at once on a shared, busy
+    // machine: a hash may wait its turn longer than the production default
+    // (2 s) without that being what a test is about. The tests of the
+    // hashing bounds set their own (sign_in.rs).
+    scfg.hashing.wait = std::time::Duration::from_secs(60);
+    // Likewise the process-wide pool that kernel-level provisioning uses.
+    lms::hashing::configure(lms::hashing::HashingConfig {
+        wait: std::time::Duration::from_secs(60),
+        ..Default::default()
+    });
     tune(&mut kcfg, &mut scfg);
     let kernel = Kernel::open(kcfg.clone()).await.expect("kernel");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
