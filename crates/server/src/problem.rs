@@ -195,6 +195,17 @@ impl From<lms::Error> for ApiError {
                 )
                 .retry_after(1)
             }
+            E::Kernel(tenancy::Error::Conflict(why)) => {
+                // Rolled back whole; the client's retry runs it again.
+                tracing::warn!(reason = %why, "transaction conflicted with concurrent work; answered 503 overloaded");
+                metrics::counter!("campus_db_conflicts_total").increment(1);
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "this request conflicted with concurrent work and changed nothing; try again",
+                )
+                .retry_after(1)
+            }
             E::Kernel(tenancy::Error::Unavailable(why)) => {
                 // The database or the registry is down, restarting, or
                 // dropped the connection: nothing to fix here, only to wait.

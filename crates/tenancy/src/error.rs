@@ -40,6 +40,12 @@ pub enum Error {
     /// pool itself, stayed taken for as long as a transaction may wait.
     #[error("too much database work at once; try again shortly")]
     Overloaded,
+    /// The transaction lost a race with concurrent work (deadlock,
+    /// serialization failure, a catalog row changed by another session) and
+    /// was rolled back whole: trying again helps. Provisioning retries it
+    /// itself; a request is answered 503 `overloaded` with `Retry-After`.
+    #[error("concurrent work conflicted; try again: {0}")]
+    Conflict(String),
     /// This node's master key is not the deployment's (or it has none while
     /// the deployment has one): nothing may be served or written with it.
     #[error("{0}")]
@@ -66,6 +72,7 @@ impl From<sqlx::Error> for Error {
                 Error::Overloaded
             }
             e if is_connection_lost(&e) => Error::Unavailable(e.to_string()),
+            e if is_conflict(&e) => Error::Conflict(e.to_string()),
             other => Error::Db(other),
         }
     }
@@ -83,6 +90,26 @@ pub(crate) fn is_busy(e: &sqlx::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// PostgreSQL SQLSTATEs of work that lost a race with other work and may
+/// simply be tried again: `serialization_failure`, `deadlock_detected`,
+/// `lock_not_available`.
+const CONFLICT_STATES: &[&str] = &["40001", "40P01", "55P03"];
+
+/// The statement lost a race with concurrent work (a deadlock, a
+/// serialization failure, or PostgreSQL's "tuple concurrently updated" when
+/// two sessions change one catalog row at once): nothing of it was applied
+/// and trying again helps ([`Error::Conflict`]).
+pub(crate) fn is_conflict(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(d) = e else {
+        return false;
+    };
+    let Some(p) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() else {
+        return false;
+    };
+    CONFLICT_STATES.contains(&p.code())
+        || (p.code() == "XX000" && p.message().contains("concurrently"))
 }
 
 /// PostgreSQL SQLSTATEs of a server that went away or is not taking

@@ -17,6 +17,12 @@ use crate::kernel::Kernel;
 use crate::registry::Change;
 use crate::tenant::{Isolation, Plan, Tenant, TenantStatus};
 
+use std::time::Duration;
+
+/// How many times a build that lost a race with concurrent work
+/// ([`Error::Conflict`]) is run again before its error is returned.
+const BUILD_RETRIES: u32 = 3;
+
 /// What to provision.
 #[derive(Debug, Clone)]
 pub struct ProvisionSpec {
@@ -111,10 +117,21 @@ impl Kernel {
     /// key (so that no request ever has to). Idempotent.
     pub async fn build(&self, r: &Reservation) -> Result<()> {
         let inner = self.inner();
-        let applied = inner
-            .data
-            .build(&r.tenant, &inner.tenant_migrations)
-            .await?;
+        // A build is one transaction per step and idempotent: one that lost
+        // a race with concurrent DDL (other tenants' roles and grants made at
+        // the same moment) rolled back whole and is simply run again.
+        let mut attempt = 0;
+        let applied = loop {
+            match inner.data.build(&r.tenant, &inner.tenant_migrations).await {
+                Err(Error::Conflict(why)) if attempt < BUILD_RETRIES => {
+                    attempt += 1;
+                    tracing::warn!(tenant = %r.tenant.id, attempt, reason = %why,
+                        "tenant build conflicted with concurrent work; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+                built => break built?,
+            }
+        };
         inner
             .storage
             .ensure_data_key(&inner.registry, r.tenant.id)

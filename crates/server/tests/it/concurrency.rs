@@ -538,3 +538,57 @@ async fn a_tenant_at_its_share_waits_while_another_tenant_is_served() {
         drop_pg_database(&db);
     }
 }
+
+/// Two transactions of one tenant that cross (each changes a row, then the
+/// other's) deadlock on PostgreSQL: the one the server picks as the victim
+/// is rolled back whole and comes back as [`tenancy::Error::Conflict`] —
+/// answered 503 `overloaded` with `Retry-After`, never a 500 — while the
+/// other commits. (On SQLite one writer at a time holds a tenant's database,
+/// so the same two wait their turn instead: `cancellation.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deadlock_is_a_conflict_to_retry_not_an_internal_error() {
+    if !backend().is_postgres() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = kernel_config(dir.path());
+    let database = pg_database_of(&cfg);
+    let kernel = Kernel::open(cfg).await.expect("kernel");
+    let t = kernel_tenants(&kernel, 1).await.remove(0);
+    let mut tx = kernel.begin_write(&t).await.expect("begin");
+    add_course(&mut tx, "b").await;
+    tx.commit().await.expect("commit");
+    let rename = |title: &'static str| {
+        format!(
+            "UPDATE courses SET description = 'x' WHERE title = '{title}' OR title LIKE '% {title}'"
+        )
+    };
+    // `kernel_tenants` made "<slug> 0"; this test made "b".
+    let (a, b) = (rename("0"), rename("b"));
+
+    let mut one = kernel.begin(&t).await.expect("begin one");
+    let mut two = kernel.begin(&t).await.expect("begin two");
+    sqlx::query(&a).execute(one.conn()).await.expect("one: a");
+    sqlx::query(&b).execute(two.conn()).await.expect("two: b");
+    let (r1, r2) = tokio::join!(
+        sqlx::query(&b).execute(one.conn()),
+        sqlx::query(&a).execute(two.conn()),
+    );
+    let (loser, winner) = match (r1, r2) {
+        (Err(e), Ok(_)) => (e, two),
+        (Ok(_), Err(e)) => (e, one),
+        other => panic!("exactly one of the crossing transactions must fail: {other:?}"),
+    };
+    winner.commit().await.expect("the other commits");
+    let err = tenancy::Error::from(loser);
+    assert!(matches!(err, tenancy::Error::Conflict(_)), "{err:?}");
+    let answer = server::problem::ApiError::from(err);
+    assert_eq!(answer.status.as_u16(), 503);
+    assert_eq!(answer.code, "overloaded");
+    assert!(answer.retry_after_s.is_some());
+
+    drop(kernel);
+    if let Some(db) = database {
+        drop_pg_database(&db);
+    }
+}
