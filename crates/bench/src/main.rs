@@ -13,7 +13,7 @@
 //! cargo build --release -p campus -p campus-bench &&
 //!     target/release/campus-bench burst [--tenants 100] [--clients 64] [--duration 30]
 //! cargo build --release -p campus -p campus-bench &&
-//!     target/release/campus-bench slow-clients [--connections 1000] [--duration 20]
+//!     target/release/campus-bench slow-clients [--connections 1000] [--packet-clients 20] [--duration 20]
 //! ```
 //!
 //! `upload` and `slow-clients` need no PostgreSQL: they run the real
@@ -122,11 +122,12 @@ const USAGE: &str =
                                          a write burst over N tenants in which half the
                                          clients give up mid-request, then one write per
                                          tenant: failures, and acknowledged writes lost
-  slow-clients [--connections 1000] [--duration 20] [--campus PATH]
+  slow-clients [--connections 1000] [--packet-clients 20] [--duration 20] [--campus PATH]
                                          /healthz and tenant B's latency alone, then while
                                          --connections slow connections (slowloris: half
-                                         never finish headers, half trickle bodies) are held
-                                         open against a real `campus serve` (embedded)
+                                         never finish headers, half trickle bodies) and
+                                         --packet-clients sending bodies in 1-byte packets
+                                         are held open against a real `campus serve` (embedded)
 
   --setup-concurrency 8   tenants provisioned at once while setting up
   --keep                  leave the database, roles and tenant databases in place
@@ -144,6 +145,8 @@ struct Args {
     pool_size: u32,
     clients: usize,
     connections: usize,
+    /// `slow-clients`: connections sending a body in 1-byte packets.
+    packet_clients: usize,
     duration: Duration,
     isolation: Isolation,
     keep: bool,
@@ -186,6 +189,7 @@ fn parse_args() -> Result<Args> {
         pool_size: 16,
         clients: 64,
         connections: 1000,
+        packet_clients: 20,
         duration: Duration::from_secs(20),
         isolation: Isolation::Pool,
         keep: false,
@@ -243,6 +247,9 @@ fn parse_args() -> Result<Args> {
             "--pool-size" => a.pool_size = u32::try_from(num()?)?,
             "--clients" => a.clients = num()?,
             "--connections" => a.connections = num()?,
+            "--packet-clients" => {
+                a.packet_clients = value.parse().context("--packet-clients: a number")?
+            }
             "--duration" => a.duration = Duration::from_secs(u64::try_from(num()?)?),
             "--isolation" => {
                 a.isolation = match value.as_str() {
@@ -276,7 +283,13 @@ async fn main() -> ExitCode {
         let result = match args.scenario.as_str() {
             "upload" => upload::run(args.mb, args.rounds, args.campus.as_ref()).await,
             "slow-clients" => {
-                slow::run(args.connections, args.duration, args.campus.as_ref()).await
+                slow::run(
+                    args.connections,
+                    args.packet_clients,
+                    args.duration,
+                    args.campus.as_ref(),
+                )
+                .await
             }
             "memory" => load::memory(&args, None).await,
             _ => load::burst(&args, None).await,

@@ -11,6 +11,12 @@
 //! connections the server closed, how (closed, or 408) and after how long;
 //! the server's resident set (`VmRSS`) before, at its peak and after.
 //!
+//! Beside them, `--packet-clients` connections (default 20) send A a JSON
+//! body one byte per TCP packet, 250 bytes a second (under the 500 B/s
+//! minimum rate, so each is cut after about 60 s): each piece of a body the
+//! server reads is a separate chunk, which is what once made a body held
+//! piece by piece cost a whole read buffer per byte.
+//!
 //! A's rate limits are raised out of the way in `campus.toml`, so that its
 //! trickles reach the body reading rather than a 429 (B keeps the defaults).
 
@@ -39,7 +45,11 @@ user_burst = 1000000
 enum Kind {
     Headers,
     Body,
+    Packets,
 }
+
+/// How often a `Packets` connection sends its next byte.
+const PACKET_EVERY: Duration = Duration::from_millis(4);
 
 /// How one slow connection ended.
 struct Ended {
@@ -49,10 +59,19 @@ struct Ended {
     status: Option<u16>,
 }
 
-pub async fn run(connections: usize, duration: Duration, campus: Option<&PathBuf>) -> Result<()> {
+pub async fn run(
+    connections: usize,
+    packets: usize,
+    duration: Duration,
+    campus: Option<&PathBuf>,
+) -> Result<()> {
     ensure!(
         connections <= 5000,
         "--connections: at most 5000 (loopback, one machine)"
+    );
+    ensure!(
+        packets <= 200,
+        "--packet-clients: at most 200 (each sends 250 packets a second)"
     );
     ensure!(
         duration <= Duration::from_secs(120),
@@ -110,12 +129,12 @@ pub async fn run(connections: usize, duration: Duration, campus: Option<&PathBuf
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(hold_slow(connections, base, a, stop, open, ended))
+                .block_on(hold_slow(connections, packets, base, a, stop, open, ended))
         })
     };
     // Wait until they are all open (at most 20 s).
     let deadline = Instant::now() + Duration::from_secs(20);
-    while open.load(Ordering::Relaxed) < connections && Instant::now() < deadline {
+    while open.load(Ordering::Relaxed) < connections + packets && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let ramp = started.elapsed();
@@ -161,9 +180,10 @@ pub async fn run(connections: usize, duration: Duration, campus: Option<&PathBuf
         );
     };
     println!(
-        "\n{connections} slow connections ({} never finishing headers, {} trickling bodies) opened in {}; \
-         during the {} measurement at least {} of them were open (at its end {open_at_end}), \
-         and the server closed {ended_during}",
+        "\n{} slow connections ({} never finishing headers, {} trickling bodies, {packets} sending \
+         bodies in 1-byte packets) opened in {}; during the {} measurement at least {} of them were \
+         open (at its end {open_at_end}), and the server closed {ended_during}",
+        connections + packets,
         connections.div_ceil(2),
         connections / 2,
         crate::secs(ramp),
@@ -199,6 +219,7 @@ pub async fn run(connections: usize, duration: Duration, campus: Option<&PathBuf
     for (kind, name) in [
         (Kind::Headers, "never finishing headers"),
         (Kind::Body, "trickling a body at 1 B/s"),
+        (Kind::Packets, "a body in 1-byte packets, 250 B/s"),
     ] {
         let mut lived: Vec<Duration> = ended
             .iter()
@@ -339,6 +360,7 @@ async fn measure(base: &str, b: &(String, String), duration: Duration) -> Result
 /// server closes.
 async fn hold_slow(
     n: usize,
+    packets: usize,
     base: String,
     a: (String, String),
     stop: Arc<AtomicBool>,
@@ -347,8 +369,10 @@ async fn hold_slow(
 ) -> Result<()> {
     let addr = base.trim_start_matches("http://").to_owned();
     let mut set = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let kind = if i % 2 == 0 {
+    for i in 0..n + packets {
+        let kind = if i >= n {
+            Kind::Packets
+        } else if i % 2 == 0 {
             Kind::Headers
         } else {
             Kind::Body
@@ -406,6 +430,8 @@ async fn one_slow(
     open: &AtomicUsize,
 ) -> Result<Option<u16>> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
+    // One write, one packet: the server reads each byte as a chunk of its own.
+    stream.set_nodelay(true)?;
     let (mut rd, mut wr) = stream.into_split();
     let (first, every): (String, Duration) = match kind {
         Kind::Headers => (
@@ -419,6 +445,14 @@ async fn one_slow(
                 a.0, a.1
             ),
             Duration::from_secs(1),
+        ),
+        Kind::Packets => (
+            format!(
+                "POST /api/v1/courses HTTP/1.1\r\nHost: localhost\r\nX-Tenant: {}\r\n\
+                 Authorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{",
+                a.0, a.1
+            ),
+            PACKET_EVERY,
         ),
     };
     wr.write_all(first.as_bytes()).await?;
@@ -439,7 +473,7 @@ async fn one_slow(
                 i += 1;
                 let more = match kind {
                     Kind::Headers => format!("X-Slow-{i}: a\r\n"),
-                    Kind::Body => " ".into(),
+                    Kind::Body | Kind::Packets => " ".into(),
                 };
                 // A failed write means the server is gone: read what it said.
                 let _ = wr.write_all(more.as_bytes()).await;
