@@ -123,7 +123,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 pub struct ConnectionArgs {
     /// Connections served at once; past it new ones are answered 503
-    /// (default: three quarters of the open-files limit, at most 10000).
+    /// (default: three quarters of the open-files limit, at most 4096).
     #[arg(long, env = "CAMPUS_MAX_CONNECTIONS")]
     pub max_connections: Option<std::num::NonZeroUsize>,
     /// Milliseconds from a request's first byte to the end of its headers

@@ -16,6 +16,14 @@
 //!   a response the client does not read (a write pending) for
 //!   `idle_timeout` closes it too. Request **bodies** have their own rules
 //!   ([`crate::edge::body`]): cut with 408.
+//! * **under pressure** — when fewer than a quarter of the slots are free —
+//!   connections that are not inside a request get [`PRESSED_TIMEOUT`] at
+//!   most, for their headers or between requests, until half the slots are
+//!   free again ([`Pressure`]): connections held open doing nothing (a
+//!   slowloris from many addresses, idle keep-alives) then give way within
+//!   seconds to clients that send requests, instead of holding every slot
+//!   for the full timeouts. A request being served or a body being read
+//!   keeps its own rules.
 //! * hyper's own answers to a request it cannot parse (400, 414, 431 when
 //!   the head exceeds [`MAX_HEAD`]) are replaced on the way out by the same
 //!   answers as problem+json ([`Watched`]).
@@ -32,7 +40,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -102,9 +110,20 @@ pub const REFUSING_AT_ONCE: usize = 64;
 /// so that closing it does not reset the answer away.
 const LINGER: Duration = Duration::from_secs(1);
 
+/// Timeouts for headers and between requests while the server is under
+/// [`Pressure`]: a client that means to send a request sends its head in
+/// milliseconds.
+pub const PRESSED_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The most connections the default cap allows: each held connection costs
+/// about 20 KiB of memory while it waits (measured, `docs/benchmarks.md`),
+/// and up to [`MAX_HEAD`] more while a large head arrives, so 4,096 of them
+/// stay within about 100–350 MiB.
+pub const DEFAULT_CAP_MAX: u64 = 4096;
+
 /// The cap when none is configured: three quarters of the open-files limit
 /// (at least 64 kept for the databases, tenants' files and logs), at least
-/// 16, at most 10,000 (each open connection costs some memory).
+/// 16, at most [`DEFAULT_CAP_MAX`] (memory).
 pub fn default_max_connections() -> usize {
     #[cfg(unix)]
     let nofile = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
@@ -115,8 +134,8 @@ pub fn default_max_connections() -> usize {
 
 pub fn max_connections_for(nofile: u64) -> usize {
     let reserve = (nofile / 4).max(64);
-    let n = nofile.saturating_sub(reserve).clamp(16, 10_000);
-    usize::try_from(n).unwrap_or(10_000)
+    let n = nofile.saturating_sub(reserve).clamp(16, DEFAULT_CAP_MAX);
+    usize::try_from(n).unwrap_or(4096)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then for at most
@@ -128,6 +147,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let pressure = Arc::new(Pressure::default());
+    let cap = limits.max_connections;
     let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
     let (stop, stopping) = watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -149,23 +170,30 @@ pub async fn run(
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                pressure.update(slots.available_permits(), cap);
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     backoff = BACKOFF_MIN;
                     match slots.clone().try_acquire_owned() {
                         Ok(slot) => {
+                            pressure.update(slots.available_permits(), cap);
                             let conn = Conn {
                                 addr,
                                 app: app.clone(),
                                 http: http.clone(),
                                 limits,
+                                pressure: pressure.clone(),
                                 stopping: stopping.clone(),
                                 _slot: slot,
                             };
                             tasks.spawn(conn.serve(stream));
                         }
-                        Err(_) => refuse(stream, &refusing),
+                        Err(_) => {
+                            pressure.update(0, cap);
+                            refuse(stream, &refusing);
+                        }
                     }
                 }
                 Err(e) if is_connection_error(&e) => {}
@@ -279,8 +307,40 @@ struct Conn {
     app: Router,
     http: Arc<hyper::server::conn::http1::Builder>,
     limits: ConnectionLimits,
+    pressure: Arc<Pressure>,
     stopping: watch::Receiver<bool>,
     _slot: OwnedSemaphorePermit,
+}
+
+/// Whether the server is short of connection slots: on when at most a
+/// quarter of them are free, off again when half are (so that it does not
+/// flap). While it is on, a connection's headers and the wait between its
+/// requests get at most [`PRESSED_TIMEOUT`].
+#[derive(Default)]
+struct Pressure {
+    on: AtomicBool,
+    /// Wakes every watchdog when the pressure comes on.
+    raised: Notify,
+}
+
+impl Pressure {
+    fn update(&self, free: usize, cap: usize) {
+        let on = self.on.load(Ordering::Relaxed);
+        if !on && free <= cap / 4 {
+            if self.on.swap(true, Ordering::Relaxed) {
+                return;
+            }
+            metrics::gauge!("campus_connections_pressure").set(1.0);
+            tally().pressure.fetch_add(1, Ordering::Relaxed);
+            self.raised.notify_waiters();
+        } else if on && free >= cap / 2 && self.on.swap(false, Ordering::Relaxed) {
+            metrics::gauge!("campus_connections_pressure").set(0.0);
+        }
+    }
+
+    fn on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
 }
 
 impl Conn {
@@ -311,7 +371,7 @@ impl Conn {
                     }
                     return;
                 }
-                why = activity.expired(&self.limits) => {
+                why = activity.expired(&self.limits, &self.pressure) => {
                     tally().timed_out(why);
                     return; // dropping the connection closes it
                 }
@@ -440,9 +500,11 @@ impl Activity {
         }
     }
 
-    /// The next deadline and what it is for; `None` while busy.
-    fn deadline(&self, l: &ConnectionLimits) -> Option<(Expired, u64)> {
+    /// The next deadline and what it is for; `None` while busy. `pressed`:
+    /// headers and idle waits get at most [`PRESSED_TIMEOUT`].
+    fn deadline(&self, l: &ConnectionLimits, pressed: bool) -> Option<(Expired, u64)> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4);
+        let short = |d: Duration| if pressed { d.min(PRESSED_TIMEOUT) } else { d };
         let mut next: Option<(Expired, u64)> = None;
         let mut consider = |why, at: u64| {
             if next.is_none_or(|(_, n)| at < n) {
@@ -457,19 +519,23 @@ impl Activity {
             match self.head_at.load(Ordering::Relaxed) {
                 0 => consider(
                     Expired::Idle,
-                    self.idle_since.load(Ordering::Relaxed) + ms(l.idle_timeout),
+                    self.idle_since.load(Ordering::Relaxed) + ms(short(l.idle_timeout)),
                 ),
-                head => consider(Expired::Headers, head - 1 + ms(l.header_read_timeout)),
+                head => consider(
+                    Expired::Headers,
+                    head - 1 + ms(short(l.header_read_timeout)),
+                ),
             }
         }
         next
     }
 
     /// Resolves when the client has run out of time.
-    async fn expired(&self, l: &ConnectionLimits) -> Expired {
+    async fn expired(&self, l: &ConnectionLimits, pressure: &Pressure) -> Expired {
         loop {
             let changed = self.changed.notified();
-            let wake = match self.deadline(l) {
+            let raised = pressure.raised.notified();
+            let wake = match self.deadline(l, pressure.on()) {
                 Some((why, at)) if at <= self.now() => return why,
                 Some((_, at)) => self.born + Duration::from_millis(at),
                 None => Instant::now() + l.idle_timeout,
@@ -477,6 +543,7 @@ impl Activity {
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
                 () = changed => {}
+                () = raised => {}
             }
         }
     }
@@ -654,6 +721,8 @@ impl Drop for OpenGauge {
 #[derive(Default)]
 pub struct Tally {
     refused: AtomicU64,
+    /// Times the pressure came on.
+    pressure: AtomicU64,
     headers: AtomicU64,
     idle: AtomicU64,
     send: AtomicU64,
@@ -714,6 +783,15 @@ async fn log_tally(max_connections: usize) {
                 "connection cap reached: new connections answered 503 overloaded in the last 10 s"
             );
         }
+        let pressed = take(&t.pressure);
+        if pressed > 0 {
+            tracing::warn!(
+                times = pressed,
+                max_connections,
+                timeout_s = PRESSED_TIMEOUT.as_secs_f64(),
+                "few connection slots left: headers and idle connections got shorter timeouts in the last 10 s"
+            );
+        }
         let errors = take(&t.accept_errors);
         if errors > 0 {
             let last = t.last_accept_error.lock().ok().and_then(|mut l| l.take());
@@ -751,7 +829,7 @@ mod tests {
     fn the_default_cap_follows_the_open_files_limit() {
         assert_eq!(max_connections_for(96), 32);
         assert_eq!(max_connections_for(1024), 768);
-        assert_eq!(max_connections_for(20_000), 10_000);
+        assert_eq!(max_connections_for(20_000), 4096);
         assert_eq!(max_connections_for(10), 16);
     }
 

@@ -12,6 +12,7 @@ mod browser;
 mod cache;
 mod cancellation;
 mod concurrency;
+mod connection_cap;
 mod connections;
 mod content;
 mod credentials;
