@@ -148,6 +148,67 @@ pub async fn content_url(cx: &Cx, course_id: &str, lesson_id: &str) -> Result<Co
     })
 }
 
+/// Whether a link's signature is `storage`'s for these ids and expiry, and
+/// the expiry is between now and [`LINK_TTL`] from now.
+fn link_holds(
+    storage: &TenantStorage,
+    course_id: &str,
+    lesson_id: &str,
+    expires: &str,
+    sig: &str,
+) -> bool {
+    let exp: i64 = match expires.parse::<i64>() {
+        // One spelling only: `+5` or `05` would sign the same value.
+        Ok(e) if e.to_string() == expires => e,
+        _ => return false,
+    };
+    if !storage.verify(LINK_PURPOSE, &[course_id, lesson_id], exp, sig) {
+        return false;
+    }
+    let now = unix_now();
+    exp >= now && exp <= now + i64::try_from(LINK_TTL.as_secs()).unwrap_or(900)
+}
+
+/// Whether a request for `path` and `query`, exactly as sent, is a signed
+/// link to lesson content of `tenant` that holds now: a link the tenant
+/// handed to one of its users ([`content_url`]). Cheap — an HMAC over the
+/// ids, nothing looked up but the tenant's (cached) key — so that the edge
+/// can count such requests (a video's many range requests, from a whole
+/// school behind one address) like the tenant's signed-in traffic rather
+/// than as anonymous. `false` for anything else, including a link spelled
+/// differently from how it was signed; the handler checks it again.
+pub async fn is_signed_link(
+    kernel: &Kernel,
+    tenant: &Tenant,
+    path: &str,
+    query: Option<&str>,
+) -> bool {
+    let Some(rest) = path.strip_prefix("/api/v1/courses/") else {
+        return false;
+    };
+    let mut seg = rest.split('/');
+    let (Some(course), Some("lessons"), Some(lesson), Some("content"), None) =
+        (seg.next(), seg.next(), seg.next(), seg.next(), seg.next())
+    else {
+        return false;
+    };
+    let (mut expires, mut sig) = (None, None);
+    for pair in query.unwrap_or_default().split('&') {
+        match pair.split_once('=') {
+            Some(("expires", v)) => expires = Some(v),
+            Some(("sig", v)) => sig = Some(v),
+            _ => {}
+        }
+    }
+    let (Some(expires), Some(sig)) = (expires, sig) else {
+        return false;
+    };
+    match kernel.storage(tenant).await {
+        Ok(storage) => link_holds(&storage, course, lesson, expires, sig),
+        Err(_) => false,
+    }
+}
+
 /// Opens a lesson's content for a signed link. The signature is checked over
 /// the path's ids exactly as sent, before anything is looked up; a link
 /// altered, expired, or signed for another tenant → [`Error::InvalidSignature`].
@@ -160,16 +221,7 @@ pub async fn signed_lesson_content(
     sig: &str,
 ) -> Result<Opened> {
     let storage = kernel.storage(tenant).await?;
-    let exp: i64 = match expires.parse::<i64>() {
-        // One spelling only: `+5` or `05` would sign the same value.
-        Ok(e) if e.to_string() == expires => e,
-        _ => return Err(Error::InvalidSignature),
-    };
-    if !storage.verify(LINK_PURPOSE, &[course_id, lesson_id], exp, sig) {
-        return Err(Error::InvalidSignature);
-    }
-    let max = unix_now() + i64::try_from(LINK_TTL.as_secs()).unwrap_or(900);
-    if exp < unix_now() || exp > max {
+    if !link_holds(&storage, course_id, lesson_id, expires, sig) {
         return Err(Error::InvalidSignature);
     }
     {

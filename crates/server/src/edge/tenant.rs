@@ -125,7 +125,15 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
             Err(e) => return ApiError::from(e).into_response(),
         },
     };
-    let verdict = if matches!(credential, Credential::Valid(_)) {
+    // A signed content link that holds was handed by the tenant to one of
+    // its users: its requests (a video's range requests, a whole school
+    // behind one address) spend the tenant's allowance like its signed-in
+    // users', not the small anonymous one of an address.
+    let signed_link = matches!(credential, Credential::Missing)
+        && req.uri().query().is_some_and(|q| q.contains("sig="))
+        && lms::files::is_signed_link(&state.kernel, &tenant, req.uri().path(), req.uri().query())
+            .await;
+    let verdict = if matches!(credential, Credential::Valid(_)) || signed_link {
         // The tenant's own allowance: a flood here spends nobody else's.
         let verdict = state.limits.check(state.kernel.shared(), &tenant).await;
         if !verdict.allowed() {
@@ -134,7 +142,7 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
         }
         verdict
     } else {
-        // Logins, signed links, missing or bad tokens: an allowance of
+        // Logins, missing or bad tokens, links that do not hold: an allowance of
         // their own, per client address and per tenant, so that nobody
         // signed out can spend what the signed-in users have.
         match state

@@ -532,6 +532,74 @@ async fn signed_links_work_without_a_token_only_as_signed() {
     assert_problem(res, 403, "invalid_signature").await;
 }
 
+#[tokio::test]
+async fn a_signed_link_spends_the_tenants_allowance_not_an_addresss() {
+    // A tiny anonymous allowance (per address and per tenant): a video
+    // played through a signed link sends many range requests from one
+    // address (a school behind NAT), and must not run into it.
+    let tiny = server::edge::limits::Rate::new(
+        std::num::NonZeroU32::new(1).expect("non-zero"),
+        std::num::NonZeroU32::new(3).expect("non-zero"),
+    );
+    let app = spawn_app_with(|_, s| {
+        s.address_rate = tiny;
+        s.anonymous_rates = tenancy::PerPlan {
+            free: tiny,
+            standard: tiny,
+            enterprise: tiny,
+        };
+    })
+    .await;
+    let f = fixture(&app, "nat").await;
+    let file = mp4(3 * CHUNK);
+    let res = upload(&app, &f.t.admin, &f.content(), "video/mp4", file.clone()).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = app
+        .req(Method::POST, &f.t.admin, &format!("{}-url", f.content()))
+        .send()
+        .await
+        .unwrap();
+    let url = json_ok(res, 200).await["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let get = |url: &str, range: String| {
+        app.client
+            .get(app.url(url))
+            .header("X-Tenant", f.t.slug.clone())
+            .header("range", range)
+    };
+    // Ten times the anonymous burst, as a player would fetch it.
+    for i in 0..30 {
+        let res = get(&url, format!("bytes={}-{}", i * 100, i * 100 + 99))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT, "request {i}");
+        assert_eq!(
+            &res.bytes().await.unwrap()[..],
+            &file[i * 100..i * 100 + 100]
+        );
+    }
+    // A link that does not hold is anonymous traffic: refused past the burst.
+    let (before_sig, sig) = url.split_once("&sig=").expect("sig");
+    let flipped = if sig.starts_with('0') { "1" } else { "0" };
+    let bad = format!("{before_sig}&sig={flipped}{}", &sig[1..]);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            get(&bad, "bytes=0-9".into())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(&statuses[..3], &[403, 403, 403], "{statuses:?}");
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+}
+
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
