@@ -134,6 +134,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(_) => "PostgreSQL".to_owned(),
         None => format!("the data directory {}", data_dir.display()),
     };
+    // The metrics recorder before the kernel: what the kernel records while
+    // it opens (each placement's `campus_database_up`) is kept.
+    let _ = server::edge::metrics::handle();
     let kernel = Kernel::open(config)
         .await
         .with_context(|| format!("cannot open {what}"))?;

@@ -228,6 +228,28 @@ fn slug(prefix: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_nodes_metrics_show_its_placement_up_from_the_start() {
+    // Before any outage (the gauge used to appear only after the first).
+    let c = Cluster::start(1000, 1000);
+    for n in [1, 2] {
+        let text = c
+            .client
+            .get(c.node(n).url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("campus_database_up{") && l.ends_with(" 1")),
+            "node {n}: no campus_database_up at 1 in\n{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_on_one_node_takes_effect_on_the_other_within_one_second() {
     // Polled at a fast pace: a generous allowance.
     let c = Cluster::start(1000, 1000);
