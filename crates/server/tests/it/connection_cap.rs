@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::connections::{GUARD, answer, closed, connect, quick};
-use crate::helpers::spawn_app_with;
+use crate::helpers::{TestApp, spawn_app_with};
 
 #[tokio::test]
 async fn past_the_connection_cap_new_connections_get_a_clean_503_and_healthz_answers_once_a_slot_frees()
@@ -30,10 +30,7 @@ async fn past_the_connection_cap_new_connections_get_a_clean_503_and_healthz_ans
         slow.push(s);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut s = connect(&app).await;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = healthz_request(&app).await;
     let a = answer(&mut s).await.expect("an answer, not a reset");
     assert_eq!(a.status, 503, "{a:?}");
     assert_eq!(a.problem()["code"], "overloaded");
@@ -45,16 +42,22 @@ async fn past_the_connection_cap_new_connections_get_a_clean_503_and_healthz_ans
     }
     let deadline = tokio::time::Instant::now() + GUARD;
     loop {
-        let mut s = connect(&app).await;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .await
-            .unwrap();
+        let mut s = healthz_request(&app).await;
         if answer(&mut s).await.is_some_and(|a| a.status == 200) {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "no slot freed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A new connection with a whole `GET /healthz` sent on it.
+async fn healthz_request(app: &TestApp) -> TcpStream {
+    let mut s = connect(app).await;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    s
 }
 
 /// Whether the server still holds `s` open: nothing to read, no end.
@@ -84,10 +87,7 @@ async fn near_the_cap_connections_doing_nothing_give_way_within_seconds() {
         held.push(s);
     }
     for _ in 0..2 {
-        let mut s = connect(&app).await;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .await
-            .unwrap();
+        let mut s = healthz_request(&app).await;
         let a = answer(&mut s).await.expect("an answer");
         assert_eq!(a.status, 200, "{a:?}");
         held.push(s);
@@ -119,10 +119,7 @@ async fn near_the_cap_connections_doing_nothing_give_way_within_seconds() {
         assert!(still_open(s).await, "the pressure is off again");
     }
     // A client with a request to send is served.
-    let mut s = connect(&app).await;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = healthz_request(&app).await;
     let a = answer(&mut s).await.expect("an answer");
     assert_eq!(a.status, 200, "{a:?}");
 }
