@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::Server;
+use support::{Server, campus_in};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -37,25 +37,8 @@ impl Env {
     /// `campus --data-dir <data>`, isolated from the caller's environment and
     /// from any `campus.toml` in the caller's working directory.
     fn campus(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_campus"));
-        c.current_dir(&self.work).arg("--data-dir").arg(&self.data);
-        for var in [
-            "CAMPUS_DATA_DIR",
-            "CAMPUS_CONFIG",
-            "CAMPUS_DATABASE_URL",
-            "CAMPUS_LOG_FORMAT",
-            "CAMPUS_LOG",
-            "CAMPUS_LISTEN",
-            "CAMPUS_BASE_DOMAIN",
-            "CAMPUS_REDIS_URL",
-            "CAMPUS_STORAGE_URL",
-            "CAMPUS_MASTER_KEY",
-            "CAMPUS_MASTER_KEY_FILE",
-            "CAMPUS_ADMIN_PASSWORD",
-            "CAMPUS_OPERATOR_TOKEN",
-        ] {
-            c.env_remove(var);
-        }
+        let mut c = campus_in(&self.work);
+        c.arg("--data-dir").arg(&self.data);
         c
     }
 
@@ -701,7 +684,12 @@ async fn migrate_brings_every_tenant_up_and_names_failures() {
 #[tokio::test]
 async fn serve_generates_an_operator_token_once_and_it_works() {
     let env = Env::new();
-    let client = reqwest::Client::new();
+    // No kept-alive connections: the next server may get the port of the
+    // one just stopped, and a pooled connection to that one is dead.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
     let list = |token: String, srv: &Server| {
         client
             .get(srv.url("/admin/api/v1/tenants"))

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::Server;
+use support::{Server, campus_in, clean_env};
 
 const TOKEN: &str = "conn-test-operator-token-0123456789";
 const GUARD: Duration = Duration::from_secs(15);
@@ -18,14 +18,8 @@ const GUARD: Duration = Duration::from_secs(15);
 fn serve(toml: &str) -> (Server, tempfile::TempDir) {
     let tmp = tempfile::tempdir().expect("temp dir");
     std::fs::write(tmp.path().join("campus.toml"), toml).expect("campus.toml");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_campus"));
-    for (var, _) in std::env::vars() {
-        if var.starts_with("CAMPUS_") {
-            cmd.env_remove(var);
-        }
-    }
-    cmd.current_dir(tmp.path())
-        .env("CAMPUS_OPERATOR_TOKEN", TOKEN)
+    let mut cmd = campus_in(tmp.path());
+    cmd.env("CAMPUS_OPERATOR_TOKEN", TOKEN)
         .arg("--data-dir")
         .arg(tmp.path().join("data"));
     (Server::start(cmd, &[]), tmp)
@@ -183,12 +177,8 @@ fn at_the_open_files_limit_the_server_backs_off_and_recovers() {
     cmd.arg("-c")
         .arg("ulimit -n 64 && exec \"$0\" \"$@\"")
         .arg(env!("CARGO_BIN_EXE_campus"));
-    for (var, _) in std::env::vars() {
-        if var.starts_with("CAMPUS_") {
-            cmd.env_remove(var);
-        }
-    }
-    cmd.current_dir(tmp.path())
+    clean_env(&mut cmd)
+        .current_dir(tmp.path())
         .env("CAMPUS_OPERATOR_TOKEN", TOKEN)
         .arg("--data-dir")
         .arg(tmp.path().join("data"));

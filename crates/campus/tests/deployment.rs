@@ -10,31 +10,14 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 
 mod support;
-use support::{Server, fresh_pg_database, pg_admin_url, psql, psql_ok};
+use support::{Server, campus_in, fresh_pg_database, pg_admin_url, psql, psql_ok};
 
 const PASSWORD: &str = "correct horse battery";
 
 /// `campus --data-dir <data>`, isolated from the caller's environment.
 fn campus(work: &Path, data: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_campus"));
-    c.current_dir(work).arg("--data-dir").arg(data);
-    for var in [
-        "CAMPUS_DATA_DIR",
-        "CAMPUS_CONFIG",
-        "CAMPUS_DATABASE_URL",
-        "CAMPUS_OWNER_DATABASE_URL",
-        "CAMPUS_LOG_FORMAT",
-        "CAMPUS_LOG",
-        "CAMPUS_LISTEN",
-        "CAMPUS_REDIS_URL",
-        "CAMPUS_STORAGE_URL",
-        "CAMPUS_MASTER_KEY",
-        "CAMPUS_MASTER_KEY_FILE",
-        "CAMPUS_ADMIN_PASSWORD",
-        "CAMPUS_OPERATOR_TOKEN",
-    ] {
-        c.env_remove(var);
-    }
+    let mut c = campus_in(work);
+    c.arg("--data-dir").arg(data);
     c
 }
 

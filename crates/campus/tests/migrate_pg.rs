@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 
 mod support;
 use std::time::{Duration, Instant};
-use support::{fresh_pg_database, pg_admin_url, pg_url, psql, psql_ok};
+use support::{campus_in, fresh_pg_database, pg_admin_url, pg_url, psql, psql_ok};
 
 use futures_util::StreamExt;
 use sqlx::Connection;
@@ -157,21 +157,8 @@ impl Fixture {
 
     /// `campus` on this store, isolated from the caller's environment.
     fn campus(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_campus"));
-        c.current_dir(&self.work).stdin(Stdio::null());
-        for var in [
-            "CAMPUS_DATA_DIR",
-            "CAMPUS_CONFIG",
-            "CAMPUS_DATABASE_URL",
-            "CAMPUS_OWNER_DATABASE_URL",
-            "CAMPUS_POOL_SIZE",
-            "CAMPUS_LOG_FORMAT",
-            "CAMPUS_LOG",
-            "CAMPUS_MASTER_KEY",
-            "CAMPUS_MASTER_KEY_FILE",
-        ] {
-            c.env_remove(var);
-        }
+        let mut c = campus_in(&self.work);
+        c.stdin(Stdio::null());
         match &self.store {
             Store::Sqlite { data } => {
                 c.arg("--data-dir").arg(data);

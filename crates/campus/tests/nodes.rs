@@ -10,14 +10,13 @@
 //! when it is unset or `sqlite`).
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 mod support;
-use support::{Server, fresh_pg_database, pg_admin_url, psql};
+use support::{Server, campus_in, fresh_pg_database, pg_admin_url, psql};
 
 const TOKEN: &str = "nodes-test-operator-token-0123456789";
 const PASSWORD: &str = "correct horse battery";
@@ -72,24 +71,7 @@ impl Cluster {
             std::env::var("CAMPUS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         let environment = format!("n{}", &tenancy::TenantId::new().simple()[20..]);
         let node = || {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_campus"));
-            c.current_dir(&work);
-            for var in [
-                "CAMPUS_DATA_DIR",
-                "CAMPUS_CONFIG",
-                "CAMPUS_DATABASE_URL",
-                "CAMPUS_OWNER_DATABASE_URL",
-                "CAMPUS_LOG_FORMAT",
-                "CAMPUS_LOG",
-                "CAMPUS_LISTEN",
-                "CAMPUS_REDIS_URL",
-                "CAMPUS_ENVIRONMENT",
-                "CAMPUS_STORAGE_URL",
-                "CAMPUS_MASTER_KEY",
-                "CAMPUS_MASTER_KEY_FILE",
-            ] {
-                c.env_remove(var);
-            }
+            let mut c = campus_in(&work);
             c.env("CAMPUS_OPERATOR_TOKEN", TOKEN)
                 .arg("--config")
                 .arg(&config)

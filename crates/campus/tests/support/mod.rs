@@ -10,6 +10,26 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// `cmd` without any of this environment's `CAMPUS_*` settings: the test
+/// says everything it means (a `CAMPUS_DATABASE_URL` of the developer's
+/// shell must not turn an embedded test into a PostgreSQL one).
+pub fn clean_env(cmd: &mut Command) -> &mut Command {
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("CAMPUS_") {
+            cmd.env_remove(var);
+        }
+    }
+    cmd
+}
+
+/// The `campus` binary under test, run in `work`, with a clean environment
+/// ([`clean_env`]).
+pub fn campus_in(work: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_campus"));
+    clean_env(&mut c).current_dir(work);
+    c
+}
+
 /// `campus serve`, killed when dropped.
 pub struct Server {
     child: Child,
