@@ -185,8 +185,10 @@ async fn resolve(
         .resolve(&slug)
         .await
         .map_err(|e| {
-            // Expected while the registry is down: not an internal error.
-            tracing::warn!(error = %e, "tenant not resolved: the registry cannot be read");
+            // Expected while the registry is down: not an internal error,
+            // and logged once by the registry's watcher when it starts
+            // failing (`registry refresh failed`), not once per request.
+            tracing::debug!(error = %e, "tenant not resolved: the registry cannot be read");
             ApiError::unavailable("the service cannot reach its registry; try again shortly")
         })?
         .ok_or_else(ApiError::invalid_tenant)?;
