@@ -195,6 +195,14 @@ impl DataPlane {
         }
     }
 
+    /// Closes every connection, for a clean stop.
+    pub(crate) async fn close(&self) {
+        match self {
+            DataPlane::Embedded(f) => f.close().await,
+            DataPlane::Postgres(p) => p.close().await,
+        }
+    }
+
     /// Whether every placement answered when last tried (always on SQLite).
     pub fn reachable(&self) -> bool {
         match self {

@@ -197,6 +197,21 @@ async fn migrate_database(
 }
 
 impl Placements {
+    /// Closes every placement's pools, for a clean stop.
+    pub(crate) async fn close(&self) {
+        for p in self.by_name.values() {
+            let databases: Vec<Pool> = {
+                let mut open = p.databases.lock().unwrap_or_else(|e| e.into_inner());
+                std::iter::from_fn(|| open.pop_lru().map(|(_, pool)| pool)).collect()
+            };
+            for pool in databases {
+                pool.close().await;
+            }
+            p.app.close().await;
+            p.owner.close().await;
+        }
+    }
+
     /// Connects to every placement (failing fast if one does not answer).
     pub async fn connect(cfg: &PgConfig) -> Result<Self> {
         let mut by_name = HashMap::new();
