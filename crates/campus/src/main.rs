@@ -151,10 +151,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     // A clean stop: the embedded registry's and tenants' write-ahead logs
     // are checkpointed into their files (a copy of `registry.db` alone then
-    // has every wrapped data key).
-    closing.close().await;
+    // has every wrapped data key). Bounded: a connection still held by work
+    // cut off at the end of the shutdown grace must not keep the process.
+    if tokio::time::timeout(CLOSE_WAIT, closing.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            wait_s = CLOSE_WAIT.as_secs(),
+            "databases not closed in time; exiting anyway (nothing acknowledged is lost)"
+        );
+    }
     done
 }
+
+/// How long closing the databases may take at the end of a command.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// `[memory]` of `campus.toml` over the kernel's defaults.
 fn memory_bounds(config: &mut KernelConfig, memory: &cli::MemoryFile) {

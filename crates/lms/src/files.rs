@@ -148,10 +148,11 @@ pub async fn content_url(cx: &Cx, course_id: &str, lesson_id: &str) -> Result<Co
     })
 }
 
-/// Whether a link's signature is `storage`'s for these ids and expiry, and
-/// the expiry is between now and [`LINK_TTL`] from now.
+/// Whether a link's signature is `tenant`'s for these ids and expiry, and
+/// the expiry is between now and [`LINK_TTL`] from now. No I/O.
 fn link_holds(
-    storage: &TenantStorage,
+    kernel: &Kernel,
+    tenant: &Tenant,
     course_id: &str,
     lesson_id: &str,
     expires: &str,
@@ -162,51 +163,48 @@ fn link_holds(
         Ok(e) if e.to_string() == expires => e,
         _ => return false,
     };
-    if !storage.verify(LINK_PURPOSE, &[course_id, lesson_id], exp, sig) {
+    let now = unix_now();
+    if exp < now || exp > now + i64::try_from(LINK_TTL.as_secs()).unwrap_or(900) {
         return false;
     }
-    let now = unix_now();
-    exp >= now && exp <= now + i64::try_from(LINK_TTL.as_secs()).unwrap_or(900)
+    kernel.verify_signature(tenant.id, LINK_PURPOSE, &[course_id, lesson_id], exp, sig)
 }
 
-/// Whether a request for `path` and `query`, exactly as sent, is a signed
-/// link to lesson content of `tenant` that holds now: a link the tenant
-/// handed to one of its users ([`content_url`]). Cheap — an HMAC over the
-/// ids, nothing looked up but the tenant's (cached) key — so that the edge
-/// can count such requests (a video's many range requests, from a whole
-/// school behind one address) like the tenant's signed-in traffic rather
-/// than as anonymous. `false` for anything else, including a link spelled
-/// differently from how it was signed; the handler checks it again.
-pub async fn is_signed_link(
+/// The signature of a signed link in a request for `path` and `query`,
+/// exactly as sent, if the request is a signed link to lesson content of
+/// `tenant` that holds now: a link the tenant handed to one of its users
+/// ([`content_url`]). No I/O — an HMAC with the deployment's signing key —
+/// so that the edge can count such requests (a video's many range requests,
+/// from a whole school behind one address) with the tenant's traffic rather
+/// than as anonymous, before anything is looked up. `None` for anything
+/// else, including a link spelled differently from how it was signed (a
+/// parameter twice, say); the handler checks it again.
+pub fn signed_link<'q>(
     kernel: &Kernel,
     tenant: &Tenant,
     path: &str,
-    query: Option<&str>,
-) -> bool {
-    let Some(rest) = path.strip_prefix("/api/v1/courses/") else {
-        return false;
-    };
+    query: Option<&'q str>,
+) -> Option<&'q str> {
+    let rest = path.strip_prefix("/api/v1/courses/")?;
     let mut seg = rest.split('/');
     let (Some(course), Some("lessons"), Some(lesson), Some("content"), None) =
         (seg.next(), seg.next(), seg.next(), seg.next(), seg.next())
     else {
-        return false;
+        return None;
     };
     let (mut expires, mut sig) = (None, None);
-    for pair in query.unwrap_or_default().split('&') {
-        match pair.split_once('=') {
-            Some(("expires", v)) => expires = Some(v),
-            Some(("sig", v)) => sig = Some(v),
-            _ => {}
+    for pair in query?.split('&') {
+        let slot = match pair.split_once('=') {
+            Some(("expires", v)) => (&mut expires, v),
+            Some(("sig", v)) => (&mut sig, v),
+            _ => continue,
+        };
+        if slot.0.replace(slot.1).is_some() {
+            return None; // given twice: not as signed
         }
     }
-    let (Some(expires), Some(sig)) = (expires, sig) else {
-        return false;
-    };
-    match kernel.storage(tenant).await {
-        Ok(storage) => link_holds(&storage, course, lesson, expires, sig),
-        Err(_) => false,
-    }
+    let (expires, sig) = (expires?, sig?);
+    link_holds(kernel, tenant, course, lesson, expires, sig).then_some(sig)
 }
 
 /// Opens a lesson's content for a signed link. The signature is checked over
@@ -220,10 +218,10 @@ pub async fn signed_lesson_content(
     expires: &str,
     sig: &str,
 ) -> Result<Opened> {
-    let storage = kernel.storage(tenant).await?;
-    if !link_holds(&storage, course_id, lesson_id, expires, sig) {
+    if !link_holds(kernel, tenant, course_id, lesson_id, expires, sig) {
         return Err(Error::InvalidSignature);
     }
+    let storage = kernel.storage(tenant).await?;
     {
         let mut tx = kernel.begin(tenant).await?;
         courses::lesson_in(&mut tx, course_id, lesson_id).await?;

@@ -16,7 +16,7 @@
 //!   a response the client does not read (a write pending) for
 //!   `idle_timeout` closes it too. Request **bodies** have their own rules
 //!   ([`crate::edge::body`]): cut with 408.
-//! * **under pressure** — when fewer than a quarter of the slots are free —
+//! * **under pressure** — when at most a quarter of the slots are free —
 //!   connections that are not inside a request get [`PRESSED_TIMEOUT`] at
 //!   most, for their headers or between requests, until half the slots are
 //!   free again ([`Pressure`]): connections held open doing nothing (a
@@ -116,9 +116,9 @@ const LINGER: Duration = Duration::from_secs(1);
 pub const PRESSED_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The most connections the default cap allows: each held connection costs
-/// about 20 KiB of memory while it waits (measured, `docs/benchmarks.md`),
+/// about 20–26 KiB of memory while it waits (measured, `docs/benchmarks.md`),
 /// and up to [`MAX_HEAD`] more while a large head arrives, so 4,096 of them
-/// stay within about 100–350 MiB.
+/// stay within about 100 MiB, 500 MiB at the very worst.
 pub const DEFAULT_CAP_MAX: u64 = 4096;
 
 /// The cap when none is configured: three quarters of the open-files limit
@@ -135,7 +135,7 @@ pub fn default_max_connections() -> usize {
 pub fn max_connections_for(nofile: u64) -> usize {
     let reserve = (nofile / 4).max(64);
     let n = nofile.saturating_sub(reserve).clamp(16, DEFAULT_CAP_MAX);
-    usize::try_from(n).unwrap_or(4096)
+    usize::try_from(n).unwrap_or(DEFAULT_CAP_MAX as usize)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then for at most
@@ -148,6 +148,7 @@ pub async fn run(
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let pressure = Arc::new(Pressure::default());
+    metrics::gauge!("campus_connections_pressure").set(0.0);
     let cap = limits.max_connections;
     let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
     let (stop, stopping) = watch::channel(false);

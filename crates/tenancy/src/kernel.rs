@@ -383,6 +383,21 @@ impl Kernel {
         Ok(())
     }
 
+    /// Whether `sig` is what [`TenantStorage::sign`](crate::TenantStorage::sign)
+    /// gives for `tenant` and these values: no I/O (the key is the
+    /// deployment's), so that the edge can check a link before it counts
+    /// the request. The expiry is the caller's to check.
+    pub fn verify_signature(
+        &self,
+        tenant: crate::TenantId,
+        purpose: &str,
+        parts: &[&str],
+        expires: i64,
+        sig: &str,
+    ) -> bool {
+        self.0.storage.verify(tenant, purpose, parts, expires, sig)
+    }
+
     /// Closes the kernel's connections, for a clean stop (after the last
     /// request): on the embedded default the registry's and every open
     /// tenant's write-ahead log is checkpointed into its database file, so

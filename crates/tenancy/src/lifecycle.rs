@@ -117,7 +117,7 @@ impl Kernel {
     /// key (so that no request ever has to). Idempotent.
     pub async fn build(&self, r: &Reservation) -> Result<()> {
         let inner = self.inner();
-        // A build is one transaction per step and idempotent: one that lost
+        // A build is idempotent, each of its transactions whole: one that lost
         // a race with concurrent DDL (other tenants' roles and grants made at
         // the same moment) rolled back whole and is simply run again.
         let mut attempt = 0;

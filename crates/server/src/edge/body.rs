@@ -135,13 +135,23 @@ where
         }
         loop {
             if this.done {
-                return Poll::Ready(this.flush().map(Ok).or(this.trailers.take().map(Ok)));
+                // What was gathered first, then the trailers, then the end.
+                return Poll::Ready(
+                    this.flush()
+                        .map(Ok)
+                        .or_else(|| this.trailers.take().map(Ok)),
+                );
             }
             let now = Instant::now();
             let started = *this.started.get_or_insert(now);
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(None) => this.done = true,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Err(e))) => {
+                    // The body is broken: nothing of it comes after the error.
+                    this.gathered.clear();
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
                 Poll::Ready(Some(Ok(frame))) => {
                     this.waiting = None;
                     let data = match frame.into_data() {
@@ -289,6 +299,39 @@ mod tests {
         assert_eq!(out.concat(), want, "every byte, in order");
         // No read buffer is held by what was handed on.
         assert!(buffers.into_iter().all(|b| b.is_unique()));
+    }
+
+    /// Data pieces, then trailers.
+    struct WithTrailers(Vec<Frame<Bytes>>);
+    impl Body for WithTrailers {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready((!self.0.is_empty()).then(|| Ok(self.0.remove(0))))
+        }
+    }
+
+    #[tokio::test]
+    async fn trailers_follow_what_was_gathered() {
+        let mut trailers = axum::http::HeaderMap::new();
+        trailers.insert("x-checksum", "abc".parse().unwrap());
+        let frames = vec![
+            Frame::data(Bytes::from_static(b"ab")),
+            Frame::data(Bytes::from_static(b"c")),
+            Frame::trailers(trailers.clone()),
+        ];
+        let mut body = TimedBody::new(WithTrailers(frames), limits(10, 100), TimedOut::default());
+        let mut out = Vec::new();
+        while let Some(f) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            out.push(f.expect("frame"));
+        }
+        assert_eq!(out.len(), 2, "the data, then the trailers");
+        assert_eq!(out[0].data_ref().map(|d| &d[..]), Some(&b"abc"[..]));
+        assert_eq!(out[1].trailers_ref(), Some(&trailers));
+        assert!(body.is_end_stream());
     }
 
     #[tokio::test]

@@ -114,8 +114,8 @@ impl<K: Hash + Eq + Clone> Local<K> {
     }
 }
 
-/// What unauthenticated requests (logins, signed links, missing or bad
-/// tokens) of a tenant may send, unless configured otherwise: their own
+/// What unauthenticated requests (logins, missing or bad tokens, signed
+/// links that do not hold) of a tenant may send, unless configured otherwise: their own
 /// allowance, apart from (and smaller than) what its signed-in users spend.
 pub fn default_anonymous_rates() -> PlanRates {
     PerPlan {
@@ -357,6 +357,9 @@ impl Drop for HeldBy<'_> {
 pub enum Holder<'a> {
     User(&'a str),
     ApiKey(&'a str),
+    /// A signed content link that holds, by its signature: one link (say
+    /// one user's video, shared too widely) spends like one user.
+    Link(&'a str),
 }
 
 /// What a request may do.
@@ -518,6 +521,7 @@ impl Limits {
         let name = match who {
             Holder::User(id) => format!("user:{id}"),
             Holder::ApiKey(id) => format!("api_key:{id}"),
+            Holder::Link(sig) => format!("link:{sig}"),
         };
         if let Some(redis) = shared
             && let Some(v) = self.shared(redis, tenant, name.clone(), rate).await

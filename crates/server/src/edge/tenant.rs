@@ -126,19 +126,37 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
         },
     };
     // A signed content link that holds was handed by the tenant to one of
-    // its users: its requests (a video's range requests, a whole school
-    // behind one address) spend the tenant's allowance like its signed-in
-    // users', not the small anonymous one of an address.
-    let signed_link = matches!(credential, Credential::Missing)
-        && req.uri().query().is_some_and(|q| q.contains("sig="))
-        && lms::files::is_signed_link(&state.kernel, &tenant, req.uri().path(), req.uri().query())
-            .await;
-    let verdict = if matches!(credential, Credential::Valid(_)) || signed_link {
+    // its users: its reads (a video's range requests, a whole school behind
+    // one address) spend the tenant's allowance and the link's own (as one
+    // user's), not the small anonymous one of an address. Checked without
+    // I/O; the handler checks it again.
+    let link = match (&credential, req.method()) {
+        (Credential::Missing, &Method::GET | &Method::HEAD) => {
+            lms::files::signed_link(&state.kernel, &tenant, req.uri().path(), req.uri().query())
+                .map(str::to_owned)
+        }
+        _ => None,
+    };
+    let verdict = if matches!(credential, Credential::Valid(_)) || link.is_some() {
         // The tenant's own allowance: a flood here spends nobody else's.
         let verdict = state.limits.check(state.kernel.shared(), &tenant).await;
         if !verdict.allowed() {
             state.limits.refuse(&tenant, "tenant").await;
             return verdict.refusal("this organisation").into_response();
+        }
+        if let Some(sig) = &link {
+            let own = state
+                .limits
+                .check_user(
+                    state.kernel.shared(),
+                    &tenant,
+                    super::limits::Holder::Link(sig),
+                )
+                .await;
+            if !own.allowed() {
+                state.limits.refuse(&tenant, "link").await;
+                return own.refusal("this link").into_response();
+            }
         }
         verdict
     } else {
@@ -185,10 +203,15 @@ async fn resolve(
         .resolve(&slug)
         .await
         .map_err(|e| {
-            // Expected while the registry is down: not an internal error,
-            // and logged once by the registry's watcher when it starts
-            // failing (`registry refresh failed`), not once per request.
-            tracing::debug!(error = %e, "tenant not resolved: the registry cannot be read");
+            // Expected while the registry is down: not an internal error.
+            // An outage is logged once by the registry's watcher when it
+            // starts (`registry refresh failed`), not once per request;
+            // anything else is worth a line each.
+            if matches!(e, tenancy::Error::Unavailable(_)) {
+                tracing::debug!(error = %e, "tenant not resolved: the registry cannot be read");
+            } else {
+                tracing::warn!(error = %e, "tenant not resolved: the registry cannot be read");
+            }
             ApiError::unavailable("the service cannot reach its registry; try again shortly")
         })?
         .ok_or_else(ApiError::invalid_tenant)?;

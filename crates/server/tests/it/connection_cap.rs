@@ -96,25 +96,20 @@ async fn near_the_cap_connections_doing_nothing_give_way_within_seconds() {
     for s in &mut held {
         assert!(still_open(s).await, "closed with free slots left");
     }
-    // Two more: at most a quarter of the slots free, the pressure is on,
-    // and the four that were doing nothing for longer than the pressed
-    // timeout are closed at once, long before their minute. (Then half the
-    // slots are free again: the pressure is off, and the two newest keep
-    // their full timeouts.)
+    // Four more: no slot free, the pressure is on, and the four that were
+    // doing nothing for longer than the pressed timeout are closed at once,
+    // long before their minute (`closed` waits 15 s at most). Only when all
+    // four have gone are half the slots free again: the pressure is off,
+    // and the four newest keep their full timeouts.
     let mut newest = Vec::new();
-    for i in 2..4 {
+    for i in 2..6 {
         let mut s = connect(&app).await;
         s.write_all(slow(i).as_bytes()).await.unwrap();
         newest.push(s);
     }
-    let t0 = tokio::time::Instant::now();
     for s in &mut held {
         closed(s).await;
     }
-    assert!(
-        t0.elapsed() < GUARD,
-        "closed by the pressure, not the timeouts"
-    );
     for s in &mut newest {
         assert!(still_open(s).await, "the pressure is off again");
     }

@@ -115,6 +115,42 @@ pub(crate) struct Storage {
 }
 
 impl Storage {
+    /// The HMAC over a tenant, `purpose`, `parts` and an expiry, keyed by
+    /// the deployment's signing key: no I/O, no data key.
+    fn mac(&self, tenant: TenantId, purpose: &str, parts: &[&str], expires: i64) -> HmacSha256 {
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.signing.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        // Length-prefixed fields: no two different inputs read the same.
+        let tenant = tenant.to_string();
+        let expires = expires.to_string();
+        for field in [purpose, tenant.as_str()]
+            .into_iter()
+            .chain(parts.iter().copied())
+            .chain([expires.as_str()])
+        {
+            mac.update(&(field.len() as u64).to_be_bytes());
+            mac.update(field.as_bytes());
+        }
+        mac
+    }
+
+    /// Whether `sig` signs these values for `tenant`, in constant time.
+    pub(crate) fn verify(
+        &self,
+        tenant: TenantId,
+        purpose: &str,
+        parts: &[&str],
+        expires: i64,
+        sig: &str,
+    ) -> bool {
+        let Some(raw) = decode_hex(sig) else {
+            return false;
+        };
+        self.mac(tenant, purpose, parts, expires)
+            .verify_slice(&raw)
+            .is_ok()
+    }
+
     pub(crate) fn new(store: Arc<dyn ObjectStore>, master: MasterKey, quotas: PlanQuotas) -> Self {
         Self {
             store,
@@ -639,27 +675,11 @@ impl TenantStorage {
         Ok(())
     }
 
-    fn mac(&self, purpose: &str, parts: &[&str], expires: i64) -> HmacSha256 {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.storage().signing.0)
-            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        // Length-prefixed fields: no two different inputs read the same.
-        let tenant = self.tenant.to_string();
-        let expires = expires.to_string();
-        for field in [purpose, tenant.as_str()]
-            .into_iter()
-            .chain(parts.iter().copied())
-            .chain([expires.as_str()])
-        {
-            mac.update(&(field.len() as u64).to_be_bytes());
-            mac.update(field.as_bytes());
-        }
-        mac
-    }
-
     /// A signature over this tenant, `purpose`, `parts` and an expiry (Unix
     /// seconds), as lowercase hex.
     pub fn sign(&self, purpose: &str, parts: &[&str], expires: i64) -> String {
-        self.mac(purpose, parts, expires)
+        self.storage()
+            .mac(self.tenant, purpose, parts, expires)
             .finalize()
             .into_bytes()
             .iter()
@@ -670,10 +690,8 @@ impl TenantStorage {
     /// Whether `sig` is [`sign`](Self::sign)'s answer for these values, in
     /// constant time. The expiry is the caller's to check.
     pub fn verify(&self, purpose: &str, parts: &[&str], expires: i64, sig: &str) -> bool {
-        let Some(raw) = decode_hex(sig) else {
-            return false;
-        };
-        self.mac(purpose, parts, expires).verify_slice(&raw).is_ok()
+        self.storage()
+            .verify(self.tenant, purpose, parts, expires, sig)
     }
 }
 
