@@ -606,6 +606,52 @@ async fn a_signed_link_spends_the_tenants_allowance_not_an_addresss() {
     assert!(statuses.contains(&429), "{statuses:?}");
 }
 
+#[tokio::test]
+async fn a_signed_link_has_an_allowance_of_its_own_like_a_user() {
+    // One user's allowance, tiny: a link shared too widely spends like one
+    // user, and the signed-in users keep theirs.
+    let app = spawn_app_with(|_, s| {
+        s.user_rates.standard = server::edge::limits::Rate::new(
+            std::num::NonZeroU32::new(1).expect("non-zero"),
+            std::num::NonZeroU32::new(6).expect("non-zero"),
+        );
+    })
+    .await;
+    let f = fixture(&app, "shared").await;
+    let res = upload(&app, &f.t.admin, &f.content(), "video/mp4", mp4(CHUNK)).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let url = content_url(&app, &f).await["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let mut statuses = Vec::new();
+    for _ in 0..14 {
+        let res = app
+            .client
+            .get(app.url(&url))
+            .header("X-Tenant", f.t.slug.clone())
+            .header("range", "bytes=0-9")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses[0], 206, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [206, 429].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // Another user of the tenant is not refused for it.
+    let learner = app.user(&f.t, "learner").await;
+    let res = app
+        .req(Method::GET, &learner, "/api/v1/me")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -97,13 +97,7 @@ impl Files {
     /// Closes every open tenant's pool (SQLite checkpoints a file's
     /// write-ahead log into it when its last connection closes).
     pub(crate) async fn close(&self) {
-        let open: Vec<Pool> = {
-            let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-            std::iter::from_fn(|| pools.pop_lru().map(|(_, p)| p)).collect()
-        };
-        for pool in open {
-            pool.close().await;
-        }
+        super::close_all(&self.pools).await;
     }
 
     /// The tenant's write turn: waits while another transaction of the

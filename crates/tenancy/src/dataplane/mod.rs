@@ -159,6 +159,17 @@ pub(crate) fn after_release(
     })
 }
 
+/// Empties an LRU of tenants' pools and closes each (for a clean stop).
+pub(crate) async fn close_all(pools: &std::sync::Mutex<lru::LruCache<TenantId, sqlx::Pool<Db>>>) {
+    let open: Vec<sqlx::Pool<Db>> = {
+        let mut pools = pools.lock().unwrap_or_else(|e| e.into_inner());
+        std::iter::from_fn(|| pools.pop_lru().map(|(_, p)| p)).collect()
+    };
+    for pool in open {
+        pool.close().await;
+    }
+}
+
 /// The tenants' databases, on the backend chosen at start-up.
 pub enum DataPlane {
     Embedded(embedded::Files),

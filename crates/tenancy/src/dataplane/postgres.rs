@@ -200,13 +200,7 @@ impl Placements {
     /// Closes every placement's pools, for a clean stop.
     pub(crate) async fn close(&self) {
         for p in self.by_name.values() {
-            let databases: Vec<Pool> = {
-                let mut open = p.databases.lock().unwrap_or_else(|e| e.into_inner());
-                std::iter::from_fn(|| open.pop_lru().map(|(_, pool)| pool)).collect()
-            };
-            for pool in databases {
-                pool.close().await;
-            }
+            super::close_all(&p.databases).await;
             p.app.close().await;
             p.owner.close().await;
         }
