@@ -79,40 +79,28 @@ async fn after_a_clean_stop_the_data_directory_is_whole_without_its_write_ahead_
         .as_str()
         .expect("token")
         .to_owned();
-    let post = |srv: &Server, path: String, body: Value| {
-        client
+    // Creates what `body` describes at `path`: its id.
+    let create = |path: String, body: Value| {
+        let req = client
             .post(srv.url(&path))
             .header("X-Tenant", "kept")
             .bearer_auth(&token)
-            .json(&body)
-            .send()
+            .json(&body);
+        async move {
+            let v: Value = req.send().await.unwrap().json().await.unwrap();
+            v["id"].as_str().expect("an id").to_owned()
+        }
     };
-    let course = post(
-        &srv,
+    let course = create(
         "/api/v1/courses".into(),
         json!({ "title": "Kept", "published": true }),
     )
-    .await
-    .unwrap()
-    .json::<Value>()
-    .await
-    .unwrap()["id"]
-        .as_str()
-        .expect("course")
-        .to_owned();
-    let lesson = post(
-        &srv,
+    .await;
+    let lesson = create(
         format!("/api/v1/courses/{course}/lessons"),
         json!({ "title": "One" }),
     )
-    .await
-    .unwrap()
-    .json::<Value>()
-    .await
-    .unwrap()["id"]
-        .as_str()
-        .expect("lesson")
-        .to_owned();
+    .await;
     // A file, sealed with the tenant's data key (wrapped in the registry).
     let content = format!("/api/v1/courses/{course}/lessons/{lesson}/content");
     let file: Vec<u8> = b"%PDF-1.7\n"

@@ -256,29 +256,36 @@ mod tests {
         Ok(n)
     }
 
-    /// One byte of a large buffer, as hyper hands a body's pieces out.
-    struct Slices(Vec<Bytes>);
-    impl Body for Slices {
+    /// A body of given frames, in order (hyper's pieces, then trailers).
+    struct Frames(Vec<Frame<Bytes>>);
+    impl Body for Frames {
         type Data = Bytes;
         type Error = std::convert::Infallible;
         fn poll_frame(
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(self.0.pop().map(|b| Ok(Frame::data(b))))
+            Poll::Ready((!self.0.is_empty()).then(|| Ok(self.0.remove(0))))
         }
     }
 
-    async fn chunks(pieces: Vec<Bytes>) -> Vec<Bytes> {
-        let mut pieces = pieces;
-        pieces.reverse();
-        let mut body = TimedBody::new(Slices(pieces), limits(10, 100), TimedOut::default());
+    /// Everything `frames` hands on through a [`TimedBody`], which ends.
+    async fn through(frames: Vec<Frame<Bytes>>) -> Vec<Frame<Bytes>> {
+        let mut body = TimedBody::new(Frames(frames), limits(10, 100), TimedOut::default());
         let mut out = Vec::new();
         while let Some(f) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-            out.push(f.expect("frame").into_data().expect("data"));
+            out.push(f.expect("frame"));
         }
         assert!(body.is_end_stream());
         out
+    }
+
+    async fn chunks(pieces: Vec<Bytes>) -> Vec<Bytes> {
+        through(pieces.into_iter().map(Frame::data).collect())
+            .await
+            .into_iter()
+            .map(|f| f.into_data().expect("data"))
+            .collect()
     }
 
     #[tokio::test]
@@ -301,19 +308,6 @@ mod tests {
         assert!(buffers.into_iter().all(|b| b.is_unique()));
     }
 
-    /// Data pieces, then trailers.
-    struct WithTrailers(Vec<Frame<Bytes>>);
-    impl Body for WithTrailers {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready((!self.0.is_empty()).then(|| Ok(self.0.remove(0))))
-        }
-    }
-
     #[tokio::test]
     async fn trailers_follow_what_was_gathered() {
         let mut trailers = axum::http::HeaderMap::new();
@@ -323,15 +317,10 @@ mod tests {
             Frame::data(Bytes::from_static(b"c")),
             Frame::trailers(trailers.clone()),
         ];
-        let mut body = TimedBody::new(WithTrailers(frames), limits(10, 100), TimedOut::default());
-        let mut out = Vec::new();
-        while let Some(f) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-            out.push(f.expect("frame"));
-        }
+        let out = through(frames).await;
         assert_eq!(out.len(), 2, "the data, then the trailers");
         assert_eq!(out[0].data_ref().map(|d| &d[..]), Some(&b"abc"[..]));
         assert_eq!(out[1].trailers_ref(), Some(&trailers));
-        assert!(body.is_end_stream());
     }
 
     #[tokio::test]

@@ -686,13 +686,6 @@ impl TenantStorage {
             .map(|b| format!("{b:02x}"))
             .collect()
     }
-
-    /// Whether `sig` is [`sign`](Self::sign)'s answer for these values, in
-    /// constant time. The expiry is the caller's to check.
-    pub fn verify(&self, purpose: &str, parts: &[&str], expires: i64, sig: &str) -> bool {
-        self.storage()
-            .verify(self.tenant, purpose, parts, expires, sig)
-    }
 }
 
 /// Strict lowercase hex: one spelling per value.
