@@ -45,6 +45,16 @@ pub struct Cli {
     /// `<data dir>/master.key`, made on first start.
     #[arg(long, env = "CAMPUS_MASTER_KEY_FILE", global = true)]
     pub master_key_file: Option<PathBuf>,
+    /// Redis (`redis://host:6379/0`) for the tenant cache, rate limits and
+    /// invalidations shared by every node. Required to run more than one
+    /// node; without it, cache and limits are in this process. The tenant
+    /// commands use it too (a purge removes the tenant's keys).
+    #[arg(long, env = "CAMPUS_REDIS_URL", global = true)]
+    pub redis_url: Option<String>,
+    /// The first part of every cache and limit key (`prod`, `staging`…), so
+    /// that deployments can share one Redis. Default `campus`.
+    #[arg(long, env = "CAMPUS_ENVIRONMENT", global = true)]
+    pub environment: Option<String>,
     /// Log format.
     #[arg(long, env = "CAMPUS_LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -90,15 +100,6 @@ pub struct ServeArgs {
     /// With `example.com`, requests to `acme.example.com` are for the tenant `acme`.
     #[arg(long, env = "CAMPUS_BASE_DOMAIN")]
     pub base_domain: Option<String>,
-    /// Redis (`redis://host:6379/0`) for the tenant cache, rate limits and
-    /// invalidations shared by every node. Required to run more than one
-    /// node; without it, cache and limits are in this process.
-    #[arg(long, env = "CAMPUS_REDIS_URL")]
-    pub redis_url: Option<String>,
-    /// The first part of every cache and limit key (`prod`, `staging`…), so
-    /// that deployments can share one Redis. Default `campus`.
-    #[arg(long, env = "CAMPUS_ENVIRONMENT")]
-    pub environment: Option<String>,
     /// Registry lookups of tenant names this node does not know, per second
     /// (burst twice that); beyond it they are answered 401 `invalid_tenant`
     /// unasked. Default 100.
@@ -177,12 +178,88 @@ pub enum TenantCommand {
     Suspend { slug: String },
     /// Resume a suspended tenant.
     Resume { slug: String },
-    /// Delete a tenant (kept on disk); with --purge, destroy its data too.
+    /// Delete a tenant (kept on disk); with --purge, destroy its data too,
+    /// then check that nothing of it remains (exit code 4 if anything does).
     Delete {
         slug: String,
         #[arg(long)]
         purge: bool,
     },
+    /// Write a tenant into one archive file: its rows as of one snapshot
+    /// and its files, still encrypted, while it keeps serving.
+    Export(ExportArgs),
+    /// Restore a tenant from an archive (same slug, same id), or copy it
+    /// under another slug (exit code 3 if the archive is refused).
+    Import(ImportArgs),
+    /// Move a tenant online to another isolation mode or placement (writes
+    /// pause for a few seconds; files do not move). Run it again to finish
+    /// or roll back an interrupted move.
+    Move(MoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MoveArgs {
+    pub slug: String,
+    /// database, schema or pool (default: the current one).
+    #[arg(long)]
+    pub isolation: Option<String>,
+    /// A configured placement (default: the current one).
+    #[arg(long)]
+    pub placement: Option<String>,
+    /// How long every node takes to see a registry change, in milliseconds:
+    /// the move waits this long after freezing writes and after switching.
+    #[arg(long, default_value_t = 1000)]
+    pub freeze_wait_ms: u64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The key an archive's data key is wrapped with; neither: this
+/// deployment's master key (for archives that stay in this deployment).
+#[derive(Debug, Args)]
+pub struct ArchiveKeyArgs {
+    /// A file holding 32 random bytes, base64 (`head -c 32 /dev/urandom | base64`).
+    #[arg(long, conflicts_with = "passphrase_file")]
+    pub key_file: Option<PathBuf>,
+    /// A file holding a passphrase (at least 12 characters), stretched with Argon2id.
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    pub slug: String,
+    /// The archive to write (`-`: standard output). Written beside it as
+    /// `<output>.partial` and renamed when whole.
+    #[arg(long, short)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub key: ArchiveKeyArgs,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The archive to read (`-`: standard input).
+    pub archive: PathBuf,
+    /// Import as a copy under this slug (a new tenant: new id, new data
+    /// key); without it, a restore under the archive's slug and id.
+    #[arg(long)]
+    pub slug: Option<String>,
+    /// database, schema or pool (default: the archive's, when this
+    /// deployment offers it, else the deployment's default).
+    #[arg(long)]
+    pub isolation: Option<String>,
+    #[arg(long)]
+    pub placement: Option<String>,
+    #[command(flatten)]
+    pub key: ArchiveKeyArgs,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! `campus`: the server and its operator's tools, in one binary.
 
+mod archive;
 mod cli;
 
 use std::io::{IsTerminal, Write};
@@ -109,11 +110,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     memory_bounds(&mut config, &file.memory);
     config.storage.url = cli.storage_url.clone().or(file.storage_url.clone());
     // The cache and shared limits serve requests: only `serve` opens Redis.
+    config.cache.redis_url = cli.redis_url.clone().or(file.redis_url.clone());
+    if let Some(env) = cli.environment.clone().or(file.environment.clone()) {
+        config.cache.environment = env;
+    }
     if let Command::Serve(args) = &cli.command {
-        config.cache.redis_url = args.redis_url.clone().or(file.redis_url.clone());
-        if let Some(env) = args.environment.clone().or(file.environment.clone()) {
-            config.cache.environment = env;
-        }
         if let Some(n) = args
             .unknown_tenant_lookups_per_second
             .or(file.unknown_tenant_lookups_per_second)
@@ -627,7 +628,7 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(crate) fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     writeln!(stdout(), "{}", serde_json::to_string_pretty(v)?)?;
     Ok(())
 }
@@ -723,9 +724,19 @@ async fn tenant(kernel: Kernel, cmd: TenantCommand) -> anyhow::Result<ExitCode> 
         TenantCommand::Resume { slug } => ops::resume_tenant(&kernel, &slug)
             .await
             .map_err(|e| explain(e, &slug)),
-        TenantCommand::Delete { slug, purge } => ops::delete_tenant(&kernel, &slug, purge)
-            .await
-            .map_err(|e| explain(e, &slug)),
+        TenantCommand::Delete { slug, purge } => {
+            let done = ops::delete_tenant(&kernel, &slug, purge)
+                .await
+                .map_err(|e| explain(e, &slug))?;
+            print_json(&done)?;
+            return Ok(match &done.purge {
+                Some(report) => archive::purge_verdict(report),
+                None => ExitCode::SUCCESS,
+            });
+        }
+        TenantCommand::Export(args) => return archive::export(&kernel, args).await,
+        TenantCommand::Import(args) => return archive::import(&kernel, args).await,
+        TenantCommand::Move(args) => return archive::move_tenant(&kernel, args).await,
     };
     print_json(&result?)?;
     Ok(ExitCode::SUCCESS)

@@ -23,6 +23,8 @@ pub mod validate;
 pub use cx::Cx;
 pub use error::{Error, Result};
 
+use tenancy::archive::Kind::{Bool, Int, Real, Text};
+use tenancy::archive::{Column, Table};
 use tenancy::dataplane::DbRow;
 use tenancy::{Migration, MigrationSet};
 
@@ -45,6 +47,110 @@ pub const TENANT_MIGRATIONS: MigrationSet = MigrationSet {
         sql: include_str!("../../../migrations/pool/postgres/0001_init.sql"),
     }],
 };
+
+/// The tenant tables, as an archive holds them (`tenancy::archive`), in
+/// the order rows are restored (referenced tables first). They must match
+/// the latest migration: a test compares them with the schema.
+pub const TENANT_TABLES: &[Table] = &[
+    Table {
+        name: "users",
+        columns: &[
+            Column::new("id", Text),
+            Column::new("email", Text),
+            Column::new("name", Text),
+            Column::new("role", Text),
+            Column::nullable("password_hash", Text),
+            Column::new("created_at", Text),
+            Column::new("updated_at", Text),
+        ],
+        key: &["id"],
+    },
+    Table {
+        name: "sessions",
+        columns: &[
+            Column::new("id", Text),
+            Column::new("user_id", Text),
+            Column::new("token_hash", Text),
+            Column::new("created_at", Text),
+            Column::new("expires_at", Text),
+        ],
+        key: &["id"],
+    },
+    Table {
+        name: "api_keys",
+        columns: &[
+            Column::new("id", Text),
+            Column::new("name", Text),
+            Column::new("role", Text),
+            Column::new("key_hash", Text),
+            Column::nullable("created_by", Text),
+            Column::new("created_at", Text),
+            Column::nullable("revoked_at", Text),
+        ],
+        key: &["id"],
+    },
+    Table {
+        name: "courses",
+        columns: &[
+            Column::new("id", Text),
+            Column::new("title", Text),
+            Column::new("description", Text),
+            Column::new("published", Bool),
+            Column::new("created_at", Text),
+            Column::new("updated_at", Text),
+        ],
+        key: &["id"],
+    },
+    Table {
+        name: "lessons",
+        columns: &[
+            Column::new("id", Text),
+            Column::new("course_id", Text),
+            Column::new("title", Text),
+            Column::new("position", Int),
+            Column::new("created_at", Text),
+            Column::new("updated_at", Text),
+        ],
+        key: &["id"],
+    },
+    Table {
+        name: "enrollments",
+        columns: &[
+            Column::new("course_id", Text),
+            Column::new("user_id", Text),
+            Column::new("created_at", Text),
+        ],
+        key: &["course_id", "user_id"],
+    },
+    Table {
+        name: "progress",
+        columns: &[
+            Column::new("user_id", Text),
+            Column::new("lesson_id", Text),
+            Column::new("course_id", Text),
+            Column::new("position_s", Real),
+            Column::new("completed", Bool),
+            Column::nullable("completed_at", Text),
+            Column::new("updated_at", Text),
+        ],
+        key: &["user_id", "lesson_id"],
+    },
+    Table {
+        name: "audit_events",
+        columns: &[
+            Column::new("id", Text),
+            Column::nullable("actor_id", Text),
+            Column::new("actor_kind", Text),
+            Column::new("action", Text),
+            Column::nullable("target_type", Text),
+            Column::nullable("target_id", Text),
+            Column::nullable("request_id", Text),
+            Column::nullable("details", Text),
+            Column::new("created_at", Text),
+        ],
+        key: &["id"],
+    },
+];
 
 /// Decodes a row column or fails the request with an internal error.
 pub(crate) fn col<'r, T>(row: &'r DbRow, name: &str) -> Result<T>

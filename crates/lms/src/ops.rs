@@ -121,15 +121,7 @@ pub(crate) fn parse_plan(s: &str) -> Result<Plan> {
 
 impl NewTenant {
     fn spec(&self) -> Result<ProvisionSpec> {
-        let isolation = self
-            .isolation
-            .as_deref()
-            .map(|s| {
-                Isolation::parse(s).ok_or_else(|| {
-                    Error::Validation("isolation must be database, schema or pool".into())
-                })
-            })
-            .transpose()?;
+        let isolation = self.isolation.as_deref().map(parse_isolation).transpose()?;
         Ok(ProvisionSpec {
             slug: parse_slug(&self.slug)?,
             name: tenancy::lifecycle::validate_name(&self.name).map_err(lifecycle)?,
@@ -344,10 +336,134 @@ pub async fn resume_tenant(kernel: &Kernel, slug: &str) -> Result<TenantView> {
     Ok(view(kernel, t).await)
 }
 
-pub async fn delete_tenant(kernel: &Kernel, slug: &str, purge: bool) -> Result<TenantView> {
+/// A deleted tenant and, when purged, what the purge checked is gone.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Deleted {
+    #[serde(flatten)]
+    pub tenant: TenantView,
+    /// Present after a purge: every place the tenant's data could be, and
+    /// whether it is gone. The purge failed if any is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub purge: Option<tenancy::lifecycle::PurgeReport>,
+}
+
+/// Deletes a tenant; with `purge`, destroys its data and then checks that
+/// nothing remains ([`Deleted::purge`]), failing loudly if anything does.
+pub async fn delete_tenant(kernel: &Kernel, slug: &str, purge: bool) -> Result<Deleted> {
     let slug = parse_slug(slug).map_err(|_| Error::NotFound)?;
     let t = kernel.delete(&slug, purge).await.map_err(lifecycle)?;
-    Ok(view(kernel, t).await)
+    let report = match purge {
+        true => Some(kernel.verify_purged(&t).await?),
+        false => None,
+    };
+    if let Some(r) = &report {
+        if r.clean() {
+            tracing::info!(tenant = %t.id, checks = r.checks.len(), "tenant purged; nothing of it remains");
+        } else {
+            tracing::error!(tenant = %t.id, remaining = ?r.remaining(), "tenant purged, but some of it remains");
+        }
+    }
+    Ok(Deleted {
+        tenant: view(kernel, t).await,
+        purge: report,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Export and import
+
+/// The tenant `slug`, if it can be exported now (checked before an
+/// archive's first byte goes out).
+pub async fn exportable(kernel: &Kernel, slug: &str) -> Result<Tenant> {
+    let slug = parse_slug(slug).map_err(|_| Error::NotFound)?;
+    let t = kernel.find(&slug).await.map_err(lifecycle)?;
+    kernel.exportable(&t).map_err(lifecycle)?;
+    Ok(t)
+}
+
+/// Writes the tenant `slug` as an archive into `out` (see `tenancy::archive`).
+pub async fn export_tenant<W: tokio::io::AsyncWrite + Unpin + Send>(
+    kernel: &Kernel,
+    slug: &str,
+    key: &tenancy::archive::ArchiveKey,
+    out: W,
+    progress: &tenancy::archive::Progress,
+) -> Result<tenancy::archive::ExportSummary> {
+    let slug = parse_slug(slug).map_err(|_| Error::NotFound)?;
+    let t = kernel.find(&slug).await.map_err(lifecycle)?;
+    kernel
+        .export(&t, crate::TENANT_TABLES, key, out, progress)
+        .await
+        .map_err(lifecycle)
+}
+
+/// Where and as what an archive is imported.
+#[derive(Debug, Default, Clone, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// A copy under this slug (a new tenant); absent: a restore under the
+    /// archive's own slug and id.
+    pub slug: Option<String>,
+    /// `database`, `schema` or `pool`; absent: the archive's when this
+    /// deployment offers it, else the default.
+    pub isolation: Option<String>,
+    pub placement: Option<String>,
+}
+
+/// What an import made.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Imported {
+    #[serde(flatten)]
+    pub tenant: TenantView,
+    pub archive_id: String,
+    /// The archived tenant's id and slug.
+    pub source_id: String,
+    pub source_slug: String,
+    /// `true`: restored under its own id; `false`: a copy.
+    pub restored: bool,
+    /// An interrupted import of it was cleared first.
+    pub resumed: bool,
+    pub rows: u64,
+    pub files: u64,
+    pub file_bytes: u64,
+}
+
+fn parse_isolation(s: &str) -> Result<Isolation> {
+    Isolation::parse(s)
+        .ok_or_else(|| Error::Validation("isolation must be database, schema or pool".into()))
+}
+
+/// Imports an archive read from `input`: all or nothing.
+pub async fn import_tenant<R: tokio::io::AsyncRead + Unpin + Send>(
+    kernel: &Kernel,
+    input: R,
+    req: ImportRequest,
+    key: &tenancy::archive::ArchiveKey,
+    progress: &tenancy::archive::Progress,
+) -> Result<Imported> {
+    let opts = tenancy::archive::ImportOptions {
+        tables: crate::TENANT_TABLES,
+        key,
+        slug: req.slug.as_deref().map(parse_slug).transpose()?,
+        isolation: req.isolation.as_deref().map(parse_isolation).transpose()?,
+        placement: req.placement.clone(),
+    };
+    let done = kernel
+        .import(input, opts, progress)
+        .await
+        .map_err(lifecycle)?;
+    Ok(Imported {
+        tenant: view(kernel, done.tenant).await,
+        archive_id: done.archive_id,
+        source_id: done.source_id,
+        source_slug: done.source_slug,
+        restored: done.restored,
+        resumed: done.resumed,
+        rows: done.rows,
+        files: done.files,
+        file_bytes: done.file_bytes,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -448,4 +564,74 @@ pub async fn migrate_tenants(
     }
     summary.failed.sort();
     summary
+}
+
+// ---------------------------------------------------------------------------
+// Moves
+
+/// Where to move a tenant: another isolation mode, another placement, or both.
+#[derive(Debug, Default, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    /// `database`, `schema` or `pool`; absent: the current one.
+    pub isolation: Option<String>,
+    /// A configured placement; absent: the current one.
+    pub placement: Option<String>,
+}
+
+/// What a move did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Moved {
+    pub slug: String,
+    pub tenant_id: String,
+    pub from_isolation: String,
+    pub from_placement: String,
+    pub to_isolation: String,
+    pub to_placement: String,
+    pub rows: u64,
+    /// How long writes were refused (503 `tenant_maintenance`), in ms.
+    pub freeze_ms: u64,
+    pub total_ms: u64,
+    /// How many times rows were copied (more than once: a write slipped in).
+    pub copies: u32,
+    /// An interrupted move was finished or rolled back first.
+    pub resumed: bool,
+}
+
+/// Moves a tenant online (see `tenancy::moves`); `freeze_wait` is how long
+/// every node takes to see a registry change.
+pub async fn move_tenant(
+    kernel: &Kernel,
+    slug: &str,
+    req: MoveRequest,
+    freeze_wait: std::time::Duration,
+    progress: &tenancy::archive::Progress,
+) -> Result<Moved> {
+    let slug = parse_slug(slug).map_err(|_| Error::NotFound)?;
+    if req.isolation.is_none() && req.placement.is_none() {
+        return Err(Error::Validation(
+            "say where to: an isolation mode, a placement, or both".into(),
+        ));
+    }
+    let to = tenancy::moves::MoveTo {
+        isolation: req.isolation.as_deref().map(parse_isolation).transpose()?,
+        placement: req.placement.clone(),
+    };
+    let m = kernel
+        .move_tenant(&slug, crate::TENANT_TABLES, &to, freeze_wait, progress)
+        .await
+        .map_err(lifecycle)?;
+    Ok(Moved {
+        slug: m.slug,
+        tenant_id: m.tenant_id,
+        from_isolation: m.from_isolation,
+        from_placement: m.from_placement,
+        to_isolation: m.to_isolation,
+        to_placement: m.to_placement,
+        rows: m.rows,
+        freeze_ms: m.freeze_ms,
+        total_ms: m.total_ms,
+        copies: m.copies,
+        resumed: m.resumed,
+    })
 }

@@ -5,13 +5,16 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use lms::ops::{MigrationStatus, NewTenant, Provisioned, TenantPatch, TenantView};
+use lms::ops::{
+    Deleted, ImportRequest, Imported, MigrationStatus, MoveRequest, Moved, NewTenant, Provisioned,
+    TenantPatch, TenantView,
+};
 use lms::page::Page;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::edge::auth::Operator;
-use crate::edge::extract::{Body, Query, paged};
+use crate::edge::extract::{Body, Query, QueryOf, paged};
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
@@ -39,6 +42,172 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(suspend_tenant))
         .routes(routes!(resume_tenant))
         .routes(routes!(migrations))
+        .routes(routes!(export_tenant))
+        .routes(routes!(import_tenant))
+        .routes(routes!(move_tenant))
+}
+
+/// Move a tenant online to another isolation mode or placement: built while
+/// it serves, then a short write freeze (writes answer 503
+/// `tenant_maintenance`, reads go on) while its rows are copied and checked,
+/// then the switch. Files do not move. Answers when the move is over.
+#[utoipa::path(post, path = "/admin/api/v1/tenants/{slug}/move", tag = "control-plane", security(("operator" = [])),
+    params(("slug" = String, Path)),
+    request_body = MoveRequest,
+    responses((status = 200, body = Moved),
+        (status = 401, description = "`unauthorized`", body = Problem),
+        (status = 404, description = "`not_found`", body = Problem),
+        (status = 409, description = "`conflict`: not movable now (deleted, provisioning)", body = Problem),
+        (status = 422, description = "`validation_failed`: no destination, the same place, an unknown placement, or a mode this deployment lacks", body = Problem),
+        (status = 503, description = "`overloaded`: writes kept reaching the tenant during the freeze; the move was rolled back (`Retry-After`)", body = Problem)))]
+async fn move_tenant(
+    _: Operator,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    Body(req): Body<MoveRequest>,
+) -> Result<Json<Moved>, ApiError> {
+    let kernel = state.kernel.clone();
+    // On a task of its own: a client gone half-way does not stop a move
+    // between its steps (a re-run would finish it, but need not).
+    let done = tokio::spawn(async move {
+        lms::ops::move_tenant(&kernel, &slug, req, MOVE_FREEZE_WAIT, &|_, _, _| {}).await
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(Json(done))
+}
+
+/// How long a move waits for every node to see a registry change: four of
+/// their polls (250 ms each).
+const MOVE_FREEZE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The import route takes an archive of any size (the tenant's plan
+/// bounds its files; the slow-body rules still apply).
+pub fn body_limit(route: &str) -> Option<u64> {
+    (route == "/admin/api/v1/tenants/import").then_some(u64::MAX)
+}
+
+/// The key of an archive: `Campus-Archive-Passphrase`, or
+/// `Campus-Archive-Key` (32 bytes, base64); neither: this deployment's
+/// master key.
+fn archive_key(headers: &HeaderMap) -> Result<tenancy::archive::ArchiveKey, ApiError> {
+    use tenancy::archive::ArchiveKey;
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str().map(str::to_owned).map_err(|_| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "validation_failed",
+                        format!("{name} must be visible ASCII"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let invalid = |e: tenancy::Error| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            e.to_string(),
+        )
+    };
+    match (
+        text("campus-archive-passphrase")?,
+        text("campus-archive-key")?,
+    ) {
+        (Some(_), Some(_)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "give Campus-Archive-Passphrase or Campus-Archive-Key, not both",
+        )),
+        (Some(p), None) => ArchiveKey::from_passphrase(&p).map_err(invalid),
+        (None, Some(k)) => ArchiveKey::from_key_file(&k).map_err(invalid),
+        (None, None) => Ok(ArchiveKey::Deployment),
+    }
+}
+
+/// Export a tenant as one archive (streamed): its rows as of one snapshot
+/// and its files, still encrypted, with its data key wrapped by the
+/// archive's key. The tenant keeps serving meanwhile.
+#[utoipa::path(post, path = "/admin/api/v1/tenants/{slug}/export", tag = "control-plane", security(("operator" = [])),
+    params(("slug" = String, Path),
+        ("Campus-Archive-Passphrase" = Option<String>, Header, description = "wrap the data key with this passphrase (Argon2id), at least 12 characters"),
+        ("Campus-Archive-Key" = Option<String>, Header, description = "wrap the data key with this key: 32 bytes, base64; neither header: this deployment's master key")),
+    responses((status = 200, description = "The archive (a tar), streamed", content_type = "application/x-tar"),
+        (status = 401, description = "`unauthorized`", body = Problem),
+        (status = 404, description = "`not_found`", body = Problem),
+        (status = 409, description = "`conflict`: not exportable (provisioning, purged)", body = Problem),
+        (status = 422, description = "`validation_failed`: a bad key, or the tenant needs `migrate` first", body = Problem)))]
+async fn export_tenant(
+    _: Operator,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = archive_key(&headers)?;
+    // What would fail at once fails as a problem, before the answer starts.
+    let tenant = lms::ops::exportable(&state.kernel, &slug).await?;
+    let (writer, reader) = tokio::io::duplex(256 * 1024);
+    let kernel = state.kernel.clone();
+    tokio::spawn(async move {
+        let slug = tenant.slug.to_string();
+        if let Err(e) = lms::ops::export_tenant(&kernel, &slug, &key, writer, &|_, _, _| {}).await {
+            // The client holds a truncated archive, which no import takes.
+            tracing::error!(tenant = %tenant.id, error = %e, "export failed while streaming");
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(reader));
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/x-tar".to_owned(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{slug}.campus\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Import a tenant archive (the request body, of any size): a restore under
+/// its own slug and id, or with `?slug=` a copy. All or nothing: the tenant
+/// appears only when every row and file is in and every checksum matches.
+#[utoipa::path(post, path = "/admin/api/v1/tenants/import", tag = "control-plane", security(("operator" = [])),
+    params(ImportRequest,
+        ("Campus-Archive-Passphrase" = Option<String>, Header, description = "the passphrase it was exported with"),
+        ("Campus-Archive-Key" = Option<String>, Header, description = "the key it was exported with (base64); neither header: this deployment's master key")),
+    request_body(content = Vec<u8>, content_type = "application/x-tar", description = "The archive"),
+    responses((status = 201, body = Imported),
+        (status = 401, description = "`unauthorized`", body = Problem),
+        (status = 409, description = "`conflict`: the slug is taken", body = Problem),
+        (status = 422, description = "`invalid_archive`: damaged, forged, too new, or the wrong key; `validation_failed`", body = Problem)))]
+async fn import_tenant(
+    _: Operator,
+    State(state): State<AppState>,
+    QueryOf(req): QueryOf<ImportRequest>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    use futures_util::TryStreamExt;
+    let key = archive_key(&headers)?;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::StreamReader::new(stream);
+    let kernel = state.kernel.clone();
+    // On a task of its own: a client gone half-way ends the body, and the
+    // import removes what it made instead of stopping mid-step.
+    let done = tokio::spawn(async move {
+        lms::ops::import_tenant(&kernel, reader, req, &key, &|_, _, _| {}).await
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let tenant = with_limits(&state, done.tenant.clone());
+    Ok((StatusCode::CREATED, Json(Imported { tenant, ..done })).into_response())
 }
 
 /// Provision a tenant and its first admin. Safe to retry with the same `Idempotency-Key`.
@@ -144,22 +313,33 @@ async fn patch_tenant(
     )))
 }
 
-/// Delete a tenant (its API answers `invalid_tenant` at once); `?purge=true` destroys its data too.
+/// Delete a tenant (its API answers `invalid_tenant` at once); `?purge=true`
+/// destroys its data too, then checks that nothing of it remains (`purge`).
 #[utoipa::path(delete, path = "/admin/api/v1/tenants/{slug}", tag = "control-plane", security(("operator" = [])),
     params(("slug" = String, Path), ("purge" = Option<bool>, Query)),
-    responses((status = 200, body = TenantView),
+    responses((status = 200, body = Deleted),
         (status = 401, description = "`unauthorized`", body = Problem),
-        (status = 404, description = "`not_found`", body = Problem)))]
+        (status = 404, description = "`not_found`", body = Problem),
+        (status = 500, description = "`purge_incomplete`: the purge ran, but something of the tenant remains (named in `detail`); run it again", body = Problem)))]
 async fn delete_tenant(
     _: Operator,
     State(state): State<AppState>,
     Path(slug): Path<String>,
     q: Query,
-) -> Result<Json<TenantView>, ApiError> {
-    Ok(Json(with_limits(
-        &state,
-        lms::ops::delete_tenant(&state.kernel, &slug, q.purge).await?,
-    )))
+) -> Result<Json<Deleted>, ApiError> {
+    let done = lms::ops::delete_tenant(&state.kernel, &slug, q.purge).await?;
+    if let Some(report) = done.purge.as_ref().filter(|r| !r.clean()) {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "purge_incomplete",
+            format!(
+                "the purge ran, but these remain: {}; run it again",
+                report.remaining().join("; ")
+            ),
+        ));
+    }
+    let tenant = with_limits(&state, done.tenant);
+    Ok(Json(Deleted { tenant, ..done }))
 }
 
 /// Suspend a tenant: its API answers 403 `tenant_suspended`.

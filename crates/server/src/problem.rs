@@ -217,6 +217,10 @@ impl From<lms::Error> for ApiError {
                     "a database this request needs cannot be reached right now; try again shortly",
                 )
             }
+            E::Kernel(tenancy::Error::Archive(why)) => {
+                tracing::warn!(reason = %why, "tenant archive refused");
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_archive", why)
+            }
             E::Kernel(tenancy::Error::Interrupted(why)) => {
                 tracing::info!(reason = %why, "upload interrupted");
                 Self::invalid_body("the body could not be read to its end")

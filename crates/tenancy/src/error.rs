@@ -57,6 +57,10 @@ pub enum Error {
     /// trusted.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A tenant archive that cannot be imported: damaged, forged, of a
+    /// newer format, or opened with the wrong key. Nothing was changed.
+    #[error("archive: {0}")]
+    Archive(String),
     #[error("database error: {0}")]
     Db(sqlx::Error),
     #[error("i/o error: {0}")]

@@ -366,7 +366,7 @@ impl Kernel {
         let token = operator_token(&self.0.registry).await?;
         {
             let mut dir = self.directory();
-            for (_, slug) in &changed {
+            for (_, slug, _) in &changed {
                 dir.by_slug.remove(slug);
                 dir.unknown.remove(slug);
                 dir.known.insert(slug.clone());
@@ -375,8 +375,12 @@ impl Kernel {
             dir.operator_token = token;
             dir.refreshed_at = Instant::now();
         }
-        for (id, _) in changed {
+        for (id, _, gone) in changed {
             self.0.storage.forget(id);
+            if gone {
+                // Unreachable already; freed now rather than when evicted.
+                self.0.cache.forget_local(id);
+            }
             // A deleted or moved tenant's pool must not outlive the change.
             self.0.data.evict(id).await;
         }
@@ -452,6 +456,18 @@ impl Kernel {
         crate::dataplane::detached(
             async move { Ok(kernel.0.data.begin(&tenant).await?.sharing(share)) },
         )
+        .await
+    }
+
+    /// A read-only transaction on `tenant`'s data that sees all of it as of
+    /// one moment (an export's snapshot) while the tenant keeps serving.
+    /// Cancel-safe, as [`begin`](Self::begin).
+    pub async fn begin_snapshot(&self, tenant: &Tenant) -> Result<TenantTx> {
+        let share = self.0.bulkheads.enter(tenant.id).await?;
+        let (kernel, tenant) = (self.clone(), tenant.clone());
+        crate::dataplane::detached(async move {
+            Ok(kernel.0.data.begin_snapshot(&tenant).await?.sharing(share))
+        })
         .await
     }
 

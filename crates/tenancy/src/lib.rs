@@ -9,14 +9,18 @@
 //! * [`dataplane`] — where SQL meets the tenant: [`TenantTx`] is the only way
 //!   to run a statement against a tenant's data, and only this crate opens one.
 //! * [`lifecycle`] — provisioning and the rest of the state machine.
+//! * [`moves`] — a tenant moved online to another mode or placement.
 //! * [`migrate`] — per-tenant (and control-plane) migrations with a ledger.
 //! * [`cache`] — where the cache meets the tenant: [`TenantCache`], keys
 //!   `<environment>:<uuid>:<generation>:<key>`, in process or in Redis.
 //! * [`shared`] — Redis, shared by every node: cache generations and the
 //!   GCRA state of limits, with a fallback when Redis fails.
+//! * [`archive`] — a tenant in one file: export, import (backups, restores,
+//!   copies between deployments and backends).
 //! * [`storage`] — where files meet the tenant: [`TenantStorage`], keys under
 //!   `tenants/<uuid>/`, every object sealed with the tenant's data key.
 
+pub mod archive;
 pub mod audit;
 mod bulkhead;
 pub mod cache;
@@ -27,6 +31,7 @@ pub mod id;
 pub mod kernel;
 pub mod lifecycle;
 pub mod migrate;
+pub mod moves;
 pub mod private;
 pub mod registry;
 pub mod shared;

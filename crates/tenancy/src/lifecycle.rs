@@ -42,6 +42,35 @@ pub struct Reservation {
     pub resumed: bool,
 }
 
+/// What a purge checked is gone ([`Kernel::verify_purged`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PurgeReport {
+    pub checks: Vec<PurgeCheck>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PurgeCheck {
+    /// What was looked for.
+    pub what: String,
+    pub gone: bool,
+}
+
+impl PurgeReport {
+    /// Whether everything checked is gone.
+    pub fn clean(&self) -> bool {
+        self.checks.iter().all(|c| c.gone)
+    }
+
+    /// What is left, if anything.
+    pub fn remaining(&self) -> Vec<&str> {
+        self.checks
+            .iter()
+            .filter(|c| !c.gone)
+            .map(|c| c.what.as_str())
+            .collect()
+    }
+}
+
 /// A tenant's display name: 1 to 200 characters after trimming.
 pub fn validate_name(name: &str) -> Result<String> {
     let name = name.trim();
@@ -161,7 +190,7 @@ impl Kernel {
         self.set_status(&t, TenantStatus::Active).await
     }
 
-    async fn set_status(&self, t: &Tenant, status: TenantStatus) -> Result<Tenant> {
+    pub(crate) async fn set_status(&self, t: &Tenant, status: TenantStatus) -> Result<Tenant> {
         let registry = &self.inner().registry;
         if t.status != status {
             registry.update(t.id, Change::Status(status)).await?;
@@ -230,6 +259,8 @@ impl Kernel {
         if !purge {
             return Ok(t);
         }
+        // Caught mid-move: both copies go.
+        self.drop_move(&t).await?;
         self.inner().data.destroy(&t).await?;
         // Its files, then its data key: whatever copy of a file survives
         // (a backup, a lagging replica) is unreadable without it.
@@ -239,6 +270,47 @@ impl Kernel {
             .await?;
         self.inner().cache.purge(t.id).await;
         self.set_status(&t, TenantStatus::Purged).await
+    }
+
+    /// Checks that nothing of a purged tenant remains: its database (schema,
+    /// role, database or shared rows — in every mode's place on its
+    /// placement), its files under its prefix, its data key, its quota
+    /// reservations, its cache entries (Redis keys, or this process's).
+    pub async fn verify_purged(&self, t: &Tenant) -> Result<PurgeReport> {
+        let inner = self.inner();
+        let mut checks: Vec<PurgeCheck> = inner
+            .data
+            .remains(t)
+            .await?
+            .into_iter()
+            .map(|(what, found)| PurgeCheck { what, gone: !found })
+            .collect();
+        let prefix = crate::storage::tenant_prefix(t.id);
+        let listed = {
+            use futures_util::StreamExt;
+            let path = object_store::path::Path::from(prefix.trim_end_matches('/'));
+            let mut list = inner.storage.store.list(Some(&path));
+            match list.next().await {
+                None => false,
+                Some(Ok(_)) => true,
+                Some(Err(e)) => return Err(e.into()),
+            }
+        };
+        checks.push(PurgeCheck {
+            what: format!("objects under {prefix} in the store"),
+            gone: !listed,
+        });
+        checks.push(PurgeCheck {
+            what: "its data key (wrapped, in the registry)".into(),
+            gone: !crate::storage::has_key(&inner.registry, t.id).await?,
+        });
+        checks.push(PurgeCheck {
+            what: "its upload reservations (in the registry)".into(),
+            gone: crate::storage::reservations(&inner.registry, t.id).await? == 0,
+        });
+        let (what, found) = inner.cache.remains(t.id).await?;
+        checks.push(PurgeCheck { what, gone: !found });
+        Ok(PurgeReport { checks })
     }
 
     /// Changes a tenant's name and/or plan.

@@ -31,6 +31,11 @@ pub const CONTROL_MIGRATIONS: &[Migration] = &[
         name: "deployment",
         sql: include_str!("../../../migrations/control/sqlite/0003_deployment.sql"),
     },
+    Migration {
+        version: 4,
+        name: "tenant_moves",
+        sql: include_str!("../../../migrations/control/sqlite/0004_tenant_moves.sql"),
+    },
 ];
 
 pub const CONTROL_MIGRATIONS_PG: &[Migration] = &[
@@ -48,6 +53,11 @@ pub const CONTROL_MIGRATIONS_PG: &[Migration] = &[
         version: 3,
         name: "deployment",
         sql: include_str!("../../../migrations/control/postgres/0003_deployment.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "tenant_moves",
+        sql: include_str!("../../../migrations/control/postgres/0004_tenant_moves.sql"),
     },
 ];
 
@@ -232,6 +242,132 @@ impl Registry {
         Ok(())
     }
 
+    /// Makes a purged tenant's row (or an unfinished one's) `provisioning`
+    /// again, as `t` describes it: an import brings a tenant back under its
+    /// own id. A live tenant with the slug → [`Error::SlugTaken`].
+    pub(crate) async fn revive(&self, t: &Tenant) -> Result<()> {
+        let mut tx = self.pool.begin_with(self.begin_write).await?;
+        let g = self.bump(&mut tx).await?;
+        let sql = format!(
+            "UPDATE {} SET slug = $2, name = $3, status = 'provisioning', isolation = $4,
+                placement = $5, plan = $6, schema_version = 0, change_gen = $7,
+                updated_at = $8, deleted_at = NULL
+             WHERE id = $1 AND status IN ('purged', 'provisioning')",
+            self.t("tenants")
+        );
+        let done = sqlx::query(&sql)
+            .bind(t.id.to_string())
+            .bind(t.slug.as_str())
+            .bind(&t.name)
+            .bind(t.isolation.as_str())
+            .bind(&t.placement)
+            .bind(t.plan.as_str())
+            .bind(g)
+            .bind(crate::clock::now())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::from);
+        match done {
+            Err(e) if e.is_unique_violation() => return Err(Error::SlugTaken),
+            Err(e) => return Err(e),
+            Ok(d) if d.rows_affected() != 1 => return Err(Error::NotFound),
+            Ok(_) => {}
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The move of a tenant in progress, if any.
+    pub(crate) async fn move_of(&self, id: TenantId) -> Result<Option<MoveRecord>> {
+        let sql = format!(
+            "SELECT from_isolation, from_placement, to_isolation, to_placement, phase, prior_status
+             FROM {} WHERE tenant_id = $1",
+            self.t("tenant_moves")
+        );
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        let bad = || Error::Invalid("a tenant move record is damaged".into());
+        let iso = |c: &str| -> Result<Isolation> {
+            let s: String = r.try_get(c)?;
+            Isolation::parse(&s).ok_or_else(bad)
+        };
+        let status: String = r.try_get("prior_status")?;
+        let phase: String = r.try_get("phase")?;
+        Ok(Some(MoveRecord {
+            from: (iso("from_isolation")?, r.try_get("from_placement")?),
+            to: (iso("to_isolation")?, r.try_get("to_placement")?),
+            switched: phase == "switched",
+            prior_status: TenantStatus::parse(&status).ok_or_else(bad)?,
+        }))
+    }
+
+    /// Records the start of a move (phase `copying`).
+    pub(crate) async fn start_move(&self, id: TenantId, m: &MoveRecord) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {} (tenant_id, from_isolation, from_placement, to_isolation, to_placement,
+                phase, prior_status, started_at)
+             VALUES ($1, $2, $3, $4, $5, 'copying', $6, $7)",
+            self.t("tenant_moves")
+        );
+        sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(m.from.0.as_str())
+            .bind(&m.from.1)
+            .bind(m.to.0.as_str())
+            .bind(&m.to.1)
+            .bind(m.prior_status.as_str())
+            .bind(crate::clock::now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Points the tenant at its new place and marks its move `switched`, in
+    /// one transaction: never one without the other.
+    pub(crate) async fn switch_move(&self, id: TenantId, to: &(Isolation, String)) -> Result<()> {
+        let mut tx = self.pool.begin_with(self.begin_write).await?;
+        let g = self.bump(&mut tx).await?;
+        let done = sqlx::query(&format!(
+            "UPDATE {} SET change_gen = $2, updated_at = $3, isolation = $4, placement = $5
+             WHERE id = $1",
+            self.t("tenants")
+        ))
+        .bind(id.to_string())
+        .bind(g)
+        .bind(crate::clock::now())
+        .bind(to.0.as_str())
+        .bind(&to.1)
+        .execute(&mut *tx)
+        .await?;
+        let moved = sqlx::query(&format!(
+            "UPDATE {} SET phase = 'switched' WHERE tenant_id = $1 AND phase = 'copying'",
+            self.t("tenant_moves")
+        ))
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 || moved.rows_affected() != 1 {
+            return Err(Error::InvalidTransition("not being moved", "switched"));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets a tenant's move (over, or rolled back).
+    pub(crate) async fn end_move(&self, id: TenantId) -> Result<()> {
+        sqlx::query(&format!(
+            "DELETE FROM {} WHERE tenant_id = $1",
+            self.t("tenant_moves")
+        ))
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Applies `change` to one tenant's row, bumping the generation.
     pub(crate) async fn update(&self, id: TenantId, change: Change<'_>) -> Result<()> {
         let mut tx = self.pool.begin_with(self.begin_write).await?;
@@ -277,10 +413,11 @@ impl Registry {
         Ok(sqlx::query_scalar(&sql).fetch_one(&self.pool).await?)
     }
 
-    /// The tenants changed after generation `since`.
-    pub async fn changed_since(&self, since: i64) -> Result<Vec<(TenantId, String)>> {
+    /// The tenants changed after generation `since`: id, slug, and whether
+    /// it is gone (deleted or purged).
+    pub async fn changed_since(&self, since: i64) -> Result<Vec<(TenantId, String, bool)>> {
         let sql = format!(
-            "SELECT id, slug FROM {} WHERE change_gen > $1",
+            "SELECT id, slug, status FROM {} WHERE change_gen > $1",
             self.t("tenants")
         );
         let rows = sqlx::query(&sql).bind(since).fetch_all(&self.pool).await?;
@@ -288,7 +425,13 @@ impl Registry {
             .map(|r| {
                 let id: String = r.try_get("id")?;
                 let id = TenantId::parse(&id).ok_or_else(|| Error::Invalid("tenant id".into()))?;
-                Ok((id, r.try_get("slug")?))
+                let status: String = r.try_get("status")?;
+                Ok((r.try_get("slug")?, id, status))
+            })
+            .map(|r: Result<(String, TenantId, String)>| {
+                r.map(|(slug, id, status)| {
+                    (id, slug, matches!(status.as_str(), "deleted" | "purged"))
+                })
             })
             .collect()
     }
@@ -441,6 +584,16 @@ impl Registry {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// A tenant's move in progress: where from, where to, and whether the
+/// registry already names the new place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MoveRecord {
+    pub(crate) from: (Isolation, String),
+    pub(crate) to: (Isolation, String),
+    pub(crate) switched: bool,
+    pub(crate) prior_status: TenantStatus,
 }
 
 /// A change to one tenant's registry row.

@@ -326,6 +326,34 @@ impl Redis {
         .is_some()
     }
 
+    /// How many keys of `tenant` (`<environment>:<uuid>:*`) Redis holds;
+    /// `None` when Redis is unavailable. A purge's check.
+    pub async fn count_tenant_keys(&self, tenant: TenantId) -> Option<u64> {
+        let pattern = format!("{}*", self.prefix(tenant));
+        let (mut cursor, mut found) = (0u64, 0u64);
+        loop {
+            let pattern = &pattern;
+            let (next, n): (u64, u64) = self
+                .call("count_tenant_keys", |mut c| async move {
+                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut c)
+                        .await?;
+                    Ok((next, keys.len() as u64))
+                })
+                .await?;
+            found += n;
+            if next == 0 {
+                return Some(found);
+            }
+            cursor = next;
+        }
+    }
+
     /// Removes every key of `tenant` (`<environment>:<uuid>:*`): its cache
     /// entries of every generation and its limits. Only for a purged tenant —
     /// a flush never scans. `false` when Redis is unavailable.

@@ -82,6 +82,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Query {
     }
 }
 
+/// A route's own query parameters, strictly: an unknown or malformed one
+/// is 400 `invalid_query`.
+pub struct QueryOf<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryOf<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        serde_urlencoded_like(parts.uri.query().unwrap_or(""))
+            .map(QueryOf)
+            .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", why))
+    }
+}
+
 fn serde_urlencoded_like<T: DeserializeOwned>(q: &str) -> Result<T, String> {
     axum::extract::Query::<T>::try_from_uri(
         &format!("/?{q}")

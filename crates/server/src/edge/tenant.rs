@@ -76,7 +76,7 @@ fn is_write(method: &Method) -> bool {
 }
 
 fn maintenance(why: &str) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "tenant_maintenance", why).retry_after(30)
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "tenant_maintenance", why).retry_after(5)
 }
 
 /// The gate: may this tenant be served this request?

@@ -7,6 +7,7 @@
 mod helpers;
 
 mod api_errors;
+mod archive;
 mod auth;
 mod browser;
 mod cache;

@@ -153,6 +153,11 @@ impl Local {
 }
 
 impl Local {
+    /// Whether the tenant has a partition (entries, or a generation).
+    pub(super) fn holds(&self, tenant: TenantId) -> bool {
+        self.state().partitions.contains(&tenant)
+    }
+
     /// Drops the tenant's partition altogether.
     pub(super) fn forget(&self, tenant: TenantId) {
         let mut st = self.state();

@@ -188,6 +188,30 @@ impl Cache {
     /// Destroys every entry of a purged tenant. With Redis, its generation
     /// is bumped first (so nothing of it is served even if the removal is
     /// cut short), then its keys are removed.
+    /// Drops the tenant's entries held in this process (none with Redis).
+    pub(crate) fn forget_local(&self, tenant: TenantId) {
+        if let Backend::Local(l) = &self.backend {
+            l.forget(tenant);
+        }
+    }
+
+    /// What of the tenant's entries is still there (a purge's check):
+    /// this process's partition, or its keys in Redis.
+    pub(crate) async fn remains(&self, tenant: TenantId) -> crate::Result<(String, bool)> {
+        match &self.backend {
+            Backend::Local(l) => Ok(("cache entries in this process".into(), l.holds(tenant))),
+            Backend::Redis(r) => {
+                let what = format!("Redis keys {}*", r.prefix(tenant));
+                match r.count_tenant_keys(tenant).await {
+                    Some(n) => Ok((what, n > 0)),
+                    None => Err(crate::Error::Unavailable(format!(
+                        "Redis did not answer while checking {what}"
+                    ))),
+                }
+            }
+        }
+    }
+
     pub(crate) async fn purge(&self, tenant: TenantId) {
         match &self.backend {
             Backend::Local(l) => l.forget(tenant),

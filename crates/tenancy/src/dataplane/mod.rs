@@ -170,6 +170,9 @@ pub(crate) async fn close_all(pools: &std::sync::Mutex<lru::LruCache<TenantId, s
     }
 }
 
+/// How PostgreSQL opens a snapshot transaction (see [`DataPlane::begin_snapshot`]).
+pub(crate) const SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+
 /// The tenants' databases, on the backend chosen at start-up.
 pub enum DataPlane {
     Embedded(embedded::Files),
@@ -181,7 +184,18 @@ impl DataPlane {
     pub async fn begin(&self, t: &Tenant) -> Result<TenantTx> {
         match self {
             DataPlane::Embedded(f) => f.begin(t.id, "BEGIN").await,
-            DataPlane::Postgres(p) => p.begin(t).await,
+            DataPlane::Postgres(p) => p.begin(t, None).await,
+        }
+    }
+
+    /// A read-only transaction that sees every table of the tenant as of
+    /// one moment, whatever commits meanwhile: SQLite's read transaction
+    /// (one snapshot of the write-ahead log from its first read), and
+    /// PostgreSQL's `REPEATABLE READ`.
+    pub async fn begin_snapshot(&self, t: &Tenant) -> Result<TenantTx> {
+        match self {
+            DataPlane::Embedded(f) => f.begin(t.id, "BEGIN").await,
+            DataPlane::Postgres(p) => p.begin(t, Some(SNAPSHOT)).await,
         }
     }
 
@@ -190,7 +204,7 @@ impl DataPlane {
     pub async fn begin_write(&self, t: &Tenant) -> Result<TenantTx> {
         match self {
             DataPlane::Embedded(f) => f.begin(t.id, "BEGIN IMMEDIATE").await,
-            DataPlane::Postgres(p) => p.begin(t).await,
+            DataPlane::Postgres(p) => p.begin(t, None).await,
         }
     }
 
@@ -255,6 +269,19 @@ impl DataPlane {
         match self {
             DataPlane::Embedded(f) => f.destroy(t.id).await,
             DataPlane::Postgres(p) => p.destroy(t).await,
+        }
+    }
+
+    /// What of the tenant's data is still there, each thing named and found
+    /// or not (a purge's check).
+    pub async fn remains(&self, t: &Tenant) -> Result<Vec<(String, bool)>> {
+        match self {
+            DataPlane::Embedded(f) => {
+                let dir = f.tenant_dir(t.id);
+                let found = tokio::fs::try_exists(&dir).await?;
+                Ok(vec![(format!("directory {}", dir.display()), found)])
+            }
+            DataPlane::Postgres(p) => p.remains(t).await,
         }
     }
 

@@ -19,6 +19,7 @@
 //! connection returned to the pool (also by a cancelled request, whose
 //! transaction is rolled back) carries nothing of its last tenant.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -304,15 +305,22 @@ impl Placements {
     /// the caller's statements went out (the server restarted since the
     /// pool last used it) is retried once, on a fresh connection; a second
     /// loss marks the placement down.
-    pub(crate) async fn begin(&self, t: &Tenant) -> Result<TenantTx> {
+    ///
+    /// `statement` opens it (`None`: a plain `BEGIN`), such as
+    /// [`SNAPSHOT`](super::SNAPSHOT) for one consistent view of every table.
+    pub(crate) async fn begin(
+        &self,
+        t: &Tenant,
+        statement: Option<&'static str>,
+    ) -> Result<TenantTx> {
         let p = self.placement(&t.placement)?;
-        match self.begin_once(p, t).await {
+        match self.begin_once(p, t, statement).await {
             Err(Error::Unavailable(why)) if !p.health.is_down() => {
                 tracing::warn!(placement = %p.name, error = %why,
                     "connection lost while beginning a transaction; retrying once on a fresh connection");
                 metrics::counter!("campus_db_begin_retries_total", "placement" => p.name.clone())
                     .increment(1);
-                let again = self.begin_once(p, t).await;
+                let again = self.begin_once(p, t, statement).await;
                 if let Err(Error::Unavailable(why)) = &again {
                     p.health.failed(why);
                 }
@@ -322,10 +330,15 @@ impl Placements {
         }
     }
 
-    async fn begin_once(&self, p: &Placement, t: &Tenant) -> Result<TenantTx> {
+    async fn begin_once(
+        &self,
+        p: &Placement,
+        t: &Tenant,
+        statement: Option<&'static str>,
+    ) -> Result<TenantTx> {
         let name = sql_name(t.id);
         let tx = match t.isolation {
-            Isolation::Schema => match self.begin_schema(p, &name).await {
+            Isolation::Schema => match self.begin_schema(p, &name, statement).await {
                 Err(e) if is_err_code(&e, SET_ROLE_DENIED) => {
                     // PostgreSQL caches, per session, the roles the login
                     // role is a member of, and loses an invalidation that
@@ -342,15 +355,18 @@ impl Placements {
                     sqlx::Executor::execute(&p.owner, touch.as_str())
                         .await
                         .map_err(|e| not_found_if(e, ROLE_UNKNOWN))?;
-                    self.begin_schema(p, &name)
+                    self.begin_schema(p, &name, statement)
                         .await
                         .map_err(|e| not_found_if_err(e, ROLE_MISSING))?
                 }
                 scoped => scoped.map_err(|e| not_found_if_err(e, ROLE_MISSING))?,
             },
             Isolation::Pool => {
-                let mut tx =
-                    sqlx::Transaction::begin(p.health.acquire(&p.app).await?, None).await?;
+                let mut tx = sqlx::Transaction::begin(
+                    p.health.acquire(&p.app).await?,
+                    statement.map(Cow::Borrowed),
+                )
+                .await?;
                 sqlx::query(
                     "SELECT set_config('app.tenant_id', $1, true), set_config('search_path', $2, true)",
                 )
@@ -366,7 +382,7 @@ impl Placements {
                 // the budget allows; the others wait their turn.
                 let slot =
                     crate::bulkhead::permit(p.database_slots.clone(), ACQUIRE_TIMEOUT).await?;
-                let tx = self.begin_database(p, t.id).await?;
+                let tx = self.begin_database(p, t.id, statement).await?;
                 return Ok(TenantTx::new(t.id, tx).holding(slot));
             }
         };
@@ -378,8 +394,13 @@ impl Placements {
         &self,
         p: &Placement,
         name: &str,
+        statement: Option<&'static str>,
     ) -> Result<sqlx::Transaction<'static, Db>> {
-        let mut tx = sqlx::Transaction::begin(p.health.acquire(&p.app).await?, None).await?;
+        let mut tx = sqlx::Transaction::begin(
+            p.health.acquire(&p.app).await?,
+            statement.map(Cow::Borrowed),
+        )
+        .await?;
         sqlx::query("SELECT set_config('role', $1, true), set_config('search_path', $2, true)")
             .bind(name)
             .bind(quote(name))
@@ -392,13 +413,16 @@ impl Placements {
         &self,
         p: &Placement,
         id: TenantId,
+        statement: Option<&'static str>,
     ) -> Result<sqlx::Transaction<'static, Db>> {
         // A pool evicted (and closed) between `database_pool` and `begin` —
         // the registry moved, say the tenant was just activated: the retry
         // opens a fresh one.
         for _ in 0..3 {
             match p.health.acquire(&self.database_pool(p, id)?).await {
-                Ok(conn) => return Ok(sqlx::Transaction::begin(conn, None).await?),
+                Ok(conn) => {
+                    return Ok(sqlx::Transaction::begin(conn, statement.map(Cow::Borrowed)).await?);
+                }
                 Err(Error::Db(sqlx::Error::PoolClosed)) => continue,
                 Err(e) => return Err(not_found_if_err(e, DATABASE_MISSING)),
             }
@@ -626,10 +650,21 @@ impl Placements {
                     .bind(lock_key(t.id))
                     .execute(&mut *tx)
                     .await?;
-                let ddl =
-                    format!("DROP SCHEMA IF EXISTS {name} CASCADE; DROP ROLE IF EXISTS {name};");
+                let ddl = format!("DROP SCHEMA IF EXISTS {name} CASCADE");
                 sqlx::Executor::execute(&mut *tx, ddl.as_str()).await?;
                 tx.commit().await?;
+                // Roles are the cluster's: another database of it (the
+                // tenant moved to a placement on the same cluster) may
+                // still grant this one rights, and then it stays.
+                let drop_role = format!("DROP ROLE IF EXISTS {name}");
+                match sqlx::Executor::execute(&p.owner, drop_role.as_str()).await {
+                    Err(e) if is_code(&e, "2BP01") => {
+                        tracing::info!(tenant = %t.id, "the tenant's role is still used in another database of the cluster; kept");
+                    }
+                    other => {
+                        other?;
+                    }
+                }
             }
             Isolation::Pool => {
                 // As the owner, still under forced RLS: the tenant's setting
@@ -687,6 +722,57 @@ impl Placements {
             }
         }
         Ok(())
+    }
+
+    /// What of `t`'s data is still on its placement, each thing named and
+    /// found or not: after a purge, everything must be gone. Looks in every
+    /// mode's place (a tenant moved between modes leaves none behind either).
+    pub(crate) async fn remains(&self, t: &Tenant) -> Result<Vec<(String, bool)>> {
+        let p = self.placement(&t.placement)?;
+        let name = sql_name(t.id);
+        let mut out = Vec::new();
+        let count = |sql: &'static str| {
+            let name = name.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar(sql)
+                    .bind(name)
+                    .fetch_one(&p.owner)
+                    .await?;
+                Ok::<_, Error>(n > 0)
+            }
+        };
+        out.push((
+            format!("schema {name} on placement {}", p.name),
+            count("SELECT count(*) FROM pg_namespace WHERE nspname = $1").await?,
+        ));
+        out.push((
+            format!("role {name}"),
+            count("SELECT count(*) FROM pg_roles WHERE rolname = $1").await?,
+        ));
+        out.push((
+            format!("database {name} on placement {}", p.name),
+            count("SELECT count(*) FROM pg_database WHERE datname = $1").await?,
+        ));
+        // The shared tables, as the owner under forced row-level security:
+        // the tenant's setting and an explicit predicate both name it.
+        let mut tx = p.owner.begin().await?;
+        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+            .bind(t.id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        for table in POOL_TABLES {
+            let n: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM {POOL_SCHEMA}.{table} WHERE tenant_id = $1"
+            ))
+            .bind(t.id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+            out.push((
+                format!("rows of {POOL_SCHEMA}.{table} on placement {}", p.name),
+                n > 0,
+            ));
+        }
+        Ok(out)
     }
 
     pub(crate) async fn evict(&self, id: TenantId) {

@@ -215,9 +215,20 @@ impl MasterKey {
     /// A key for signing links, derived from the master key (so rotating one
     /// rotates the other, and the master key itself never signs anything).
     pub(crate) fn signing_key(&self) -> Secret {
+        self.derive(b"campus link signing key v1")
+    }
+
+    /// The key's bytes (for a key file read with this parser).
+    pub(crate) fn raw(&self) -> Secret {
+        self.0.clone()
+    }
+
+    /// A key for one purpose, derived from the master key: HMAC-SHA256 of
+    /// the purpose's label.
+    pub(crate) fn derive(&self, label: &[u8]) -> Secret {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0.0)
             .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        mac.update(b"campus link signing key v1");
+        mac.update(label);
         Secret(mac.finalize().into_bytes().into())
     }
 }

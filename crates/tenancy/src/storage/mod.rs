@@ -107,10 +107,10 @@ pub fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>> {
 /// The kernel's side of storage: the store, the master key, and the
 /// tenants' unwrapped data keys (cached; dropped when a tenant changes).
 pub(crate) struct Storage {
-    store: Arc<dyn ObjectStore>,
-    master: MasterKey,
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) master: MasterKey,
     signing: Secret,
-    quotas: PlanQuotas,
+    pub(crate) quotas: PlanQuotas,
     keys: Mutex<HashMap<TenantId, Secret>>,
 }
 
@@ -172,7 +172,11 @@ impl Storage {
     /// The tenant's data key, unwrapped from the registry; `None` when it has
     /// none. Never makes one: reading, signing and a forged request create
     /// nothing (see [`ensure_data_key`](Self::ensure_data_key)).
-    async fn data_key(&self, registry: &Registry, id: TenantId) -> Result<Option<Secret>> {
+    pub(crate) async fn data_key(
+        &self,
+        registry: &Registry,
+        id: TenantId,
+    ) -> Result<Option<Secret>> {
         if let Some(k) = self.cache().get(&id) {
             return Ok(Some(k.clone()));
         }
@@ -217,6 +221,49 @@ impl Storage {
         self.data_key(registry, id).await?.ok_or(Error::NotFound)
     }
 
+    /// Makes `key` the tenant's data key (an import's), wrapped under this
+    /// deployment's master key, with no bytes counted yet.
+    pub(crate) async fn install_data_key(
+        &self,
+        registry: &Registry,
+        id: TenantId,
+        key: &Secret,
+    ) -> Result<()> {
+        let wrapped = self.master.wrap(id, key)?;
+        sqlx::query(&format!(
+            "INSERT INTO {} (tenant_id, wrapped_key, stored_bytes, created_at)
+             VALUES ($1, $2, 0, $3)
+             ON CONFLICT (tenant_id) DO UPDATE SET wrapped_key = $2, stored_bytes = 0",
+            registry.t("tenant_storage")
+        ))
+        .bind(id.to_string())
+        .bind(&wrapped)
+        .bind(crate::clock::now())
+        .execute(registry.pool())
+        .await?;
+        self.forget(id);
+        Ok(())
+    }
+
+    /// Sets the bytes the tenant's objects take (after an import wrote them).
+    pub(crate) async fn set_stored_bytes(
+        &self,
+        registry: &Registry,
+        id: TenantId,
+        bytes: u64,
+    ) -> Result<()> {
+        let bytes = i64::try_from(bytes).map_err(|_| Error::Invalid("usage overflow".into()))?;
+        sqlx::query(&format!(
+            "UPDATE {} SET stored_bytes = $2 WHERE tenant_id = $1",
+            registry.t("tenant_storage")
+        ))
+        .bind(id.to_string())
+        .bind(bytes)
+        .execute(registry.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Deletes every object under the tenant's prefix and its wrapped key.
     pub(crate) async fn purge(&self, registry: &Registry, id: TenantId) -> Result<()> {
         let prefix = object_store::path::Path::from(tenant_prefix(id).trim_end_matches('/'));
@@ -252,6 +299,17 @@ pub(crate) async fn stored_bytes(registry: &Registry, id: TenantId) -> Result<i6
     .fetch_optional(registry.pool())
     .await?;
     Ok(n.unwrap_or(0))
+}
+
+/// How many upload reservations of the tenant the registry holds.
+pub(crate) async fn reservations(registry: &Registry, id: TenantId) -> Result<i64> {
+    Ok(sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {} WHERE tenant_id = $1",
+        registry.t("storage_reservations")
+    ))
+    .bind(id.to_string())
+    .fetch_one(registry.pool())
+    .await?)
 }
 
 /// Whether the registry still holds the tenant's wrapped data key.

@@ -1,0 +1,703 @@
+//! `Kernel::import`: an archive back into a tenant, all or nothing.
+//!
+//! The archive is untrusted input. Before anything is written the manifest
+//! is parsed strictly, its versions checked, the data key unwrapped with
+//! the operator's key and the manifest's MAC verified. Then the tenant is
+//! reserved (`provisioning`, never served) and built, its files streamed
+//! into the store — every chunk authenticated on the way — and checked
+//! against the authenticated file index, its rows inserted in one
+//! transaction and checked against the manifest, as read from the archive
+//! and again as stored. Only then is it activated. Any failure removes what
+//! was made; a run killed half-way leaves a `provisioning` tenant that the
+//! same command, run again, clears and imports afresh.
+
+use hmac::Mac;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use zstd::stream::raw::{DParameter, Operation};
+
+use super::rows::{self, TableDigest};
+use super::seal::Opener;
+use super::tarball::{self, TarReader};
+use super::*;
+use crate::id::Slug;
+use crate::kernel::Kernel;
+use crate::lifecycle::{ProvisionSpec, Reservation};
+use crate::storage::sealed::{HEADER, Header, Layout, Sealer};
+use crate::tenant::{Isolation, Plan, Tenant};
+
+/// What to import, and as what.
+pub struct ImportOptions<'a> {
+    /// The learning domain's tables, as this build knows them.
+    pub tables: &'a [Table],
+    pub key: &'a ArchiveKey,
+    /// A copy under this slug, as a new tenant (new id, new data key);
+    /// `None` (or the archive's own slug): a restore, same slug, same id.
+    pub slug: Option<Slug>,
+    /// `None`: the archive's mode and placement when this deployment has
+    /// them, else its defaults.
+    pub isolation: Option<Isolation>,
+    pub placement: Option<String>,
+}
+
+/// What an import made.
+#[derive(Debug, Clone)]
+pub struct ImportSummary {
+    pub tenant: Tenant,
+    pub archive_id: String,
+    /// The archive's tenant id and slug.
+    pub source_id: String,
+    pub source_slug: String,
+    /// A restore (same id) rather than a copy.
+    pub restored: bool,
+    /// An interrupted earlier import of it was cleared first.
+    pub resumed: bool,
+    pub rows: u64,
+    pub files: u64,
+    pub file_bytes: u64,
+}
+
+/// zstd's window: 2^24 bytes at most (this build writes 2^21 and below).
+const WINDOW_LOG_MAX: u32 = 24;
+const PIECE: usize = 64 * 1024;
+
+impl Kernel {
+    /// Imports the archive `input` (see [`crate::archive`]). Nothing is
+    /// served until everything is in and checked; on any error nothing is
+    /// left behind.
+    pub async fn import<R: AsyncRead + Unpin + Send>(
+        &self,
+        input: R,
+        opts: ImportOptions<'_>,
+        progress: &Progress,
+    ) -> Result<ImportSummary> {
+        let mut tar = TarReader::new(input);
+        expect(&mut tar, MANIFEST).await?;
+        let manifest_bytes = tar.all(limits::MANIFEST).await?;
+        let m: Manifest = serde_json::from_slice(&manifest_bytes)
+            .map_err(|e| invalid(format!("the manifest is not one this build reads: {e}")))?;
+        check_manifest(&m, opts.tables, self.latest_version())?;
+        expect(&mut tar, MANIFEST_MAC).await?;
+        let given = tar.all(128).await?;
+        let storage = &self.inner().storage;
+        let data_key = unwrap_data_key(opts.key, &storage.master, &m).await?;
+        let mut mac = mac_start(&data_key, MAC_LABEL_MANIFEST, &m.archive_id);
+        mac.update(&manifest_bytes);
+        if !mac_ok(mac, &given) {
+            return Err(invalid(
+                "the manifest does not match its MAC: the archive was altered or damaged",
+            ));
+        }
+        let source = TenantId::parse(&m.tenant.id)
+            .ok_or_else(|| invalid("the manifest's tenant id is not a UUID"))?;
+        let archived = Slug::parse(&m.tenant.slug)
+            .map_err(|_| invalid("the manifest's slug is not a valid slug"))?;
+        let plan = Plan::parse(&m.tenant.plan)
+            .ok_or_else(|| invalid("the manifest's plan is not a known plan"))?;
+        let slug = opts.slug.clone().unwrap_or_else(|| archived.clone());
+        let restored = slug == archived;
+        let (isolation, placement) = self.import_target(&m, &opts)?;
+        let spec = ProvisionSpec {
+            slug,
+            name: m.tenant.name.clone(),
+            isolation: Some(isolation),
+            placement,
+            plan,
+        };
+        let reservation = self
+            .reserve_for_import(&spec, restored.then_some(source))
+            .await?;
+        let target = reservation.tenant.clone();
+        tracing::info!(tenant = %target.id, source = %source, archive = %m.archive_id,
+            restored, resumed = reservation.resumed, "importing a tenant archive");
+        let work = async {
+            // The data key: the archive's own for a restore (its files are
+            // kept sealed as they are), a fresh one for a copy (its files
+            // are resealed under the copy's keys).
+            let target_key = if restored {
+                data_key.clone()
+            } else {
+                Secret::random()
+            };
+            storage
+                .install_data_key(self.registry(), target.id, &target_key)
+                .await?;
+            self.build(&reservation).await?;
+            let files = self
+                .import_files(
+                    &mut tar,
+                    &m,
+                    source,
+                    &target,
+                    &data_key,
+                    &target_key,
+                    progress,
+                )
+                .await?;
+            let rows = self
+                .import_tables(
+                    &mut tar,
+                    &m,
+                    source,
+                    &target,
+                    &data_key,
+                    opts.tables,
+                    progress,
+                )
+                .await?;
+            if tar.next().await?.is_some() {
+                return Err(invalid("entries follow the last table"));
+            }
+            storage
+                .set_stored_bytes(self.registry(), target.id, files.1)
+                .await?;
+            Ok::<_, Error>((files, rows))
+        };
+        let ((files, file_bytes), rows) = match work.await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(tenant = %target.id, error = %e, "import failed; removing what it made");
+                if let Err(again) = self.abandon(&target).await {
+                    tracing::error!(tenant = %target.id, error = %again,
+                        "removing a failed import failed too; run the import again, or `campus tenant delete --purge`");
+                }
+                return Err(e);
+            }
+        };
+        self.inner().cache.purge(target.id).await;
+        let tenant = self.activate(&reservation).await?;
+        tracing::info!(tenant = %tenant.id, rows, files, file_bytes, "tenant imported");
+        Ok(ImportSummary {
+            tenant,
+            archive_id: m.archive_id,
+            source_id: m.tenant.id,
+            source_slug: m.tenant.slug,
+            restored,
+            resumed: reservation.resumed,
+            rows,
+            files,
+            file_bytes,
+        })
+    }
+
+    /// The mode and placement an import lands in.
+    fn import_target(
+        &self,
+        m: &Manifest,
+        opts: &ImportOptions<'_>,
+    ) -> Result<(Isolation, Option<String>)> {
+        let data = &self.inner().data;
+        if opts.isolation.is_some() || opts.placement.is_some() {
+            let isolation = opts.isolation.unwrap_or(self.default_isolation());
+            data.check(isolation, opts.placement.as_deref())?;
+            return Ok((isolation, opts.placement.clone()));
+        }
+        if let Some(i) = Isolation::parse(&m.tenant.isolation) {
+            if data.check(i, Some(&m.tenant.placement)).is_ok() {
+                return Ok((i, Some(m.tenant.placement.clone())));
+            }
+            if data.check(i, None).is_ok() {
+                return Ok((i, None));
+            }
+        }
+        Ok((self.default_isolation(), None))
+    }
+
+    /// Removes whatever a failed or interrupted import made of `t`, and
+    /// retires its registry row (`purged`: the slug is free again).
+    async fn abandon(&self, t: &Tenant) -> Result<()> {
+        self.wipe(t).await?;
+        self.inner()
+            .registry
+            .update(
+                t.id,
+                crate::registry::Change::Status(crate::TenantStatus::Purged),
+            )
+            .await?;
+        self.refresh().await
+    }
+
+    /// Destroys `t`'s data, files and data key (not its registry row).
+    pub(crate) async fn wipe(&self, t: &Tenant) -> Result<()> {
+        let inner = self.inner();
+        inner.data.destroy(t).await?;
+        inner.storage.purge(&inner.registry, t.id).await?;
+        inner.cache.purge(t.id).await;
+        Ok(())
+    }
+
+    /// Streams the archive's files into the store under `target`'s prefix,
+    /// authenticating every chunk; checks them against the index. Returns
+    /// how many, and their stored bytes.
+    #[allow(clippy::too_many_arguments)]
+    async fn import_files<R: AsyncRead + Unpin>(
+        &self,
+        tar: &mut TarReader<R>,
+        m: &Manifest,
+        source: TenantId,
+        target: &Tenant,
+        data_key: &Secret,
+        target_key: &Secret,
+        progress: &Progress,
+    ) -> Result<(u64, u64)> {
+        let quota = *self.inner().storage.quotas.get(target.plan);
+        let mut expected_index = Sha256::new();
+        let (mut files, mut bytes) = (0u64, 0u64);
+        loop {
+            let e = tar
+                .next()
+                .await?
+                .ok_or_else(|| invalid("the archive ends before its file index"))?;
+            if e.path == INDEX {
+                if e.size > limits::INDEX {
+                    return Err(invalid("the file index is larger than it may be"));
+                }
+                break;
+            }
+            let path = e
+                .path
+                .strip_prefix("files/")
+                .and_then(FilePath::parse)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "unexpected entry `{}` where files/… or {INDEX} belongs",
+                        e.path.escape_debug()
+                    ))
+                })?;
+            // A file twice (or any other change) makes the index differ.
+            files += 1;
+            if files > limits::FILES {
+                return Err(invalid("the archive holds more files than an import takes"));
+            }
+            if e.size > limits::FILE {
+                return Err(invalid(format!("the file {} is too large", path.rel())));
+            }
+            bytes += e.size;
+            if bytes > quota {
+                return Err(invalid(format!(
+                    "the archive's files take more than the {} bytes the `{}` plan allows",
+                    quota,
+                    target.plan.as_str()
+                )));
+            }
+            let sha = self
+                .import_file(tar, e.size, path, source, target, data_key, target_key)
+                .await?;
+            expected_index.update(index_line(path, e.size, &sha).as_bytes());
+            progress("files", bytes, None);
+        }
+        // The index: exactly the lines of the files received, authenticated.
+        let mut got = Sha256::new();
+        let mut mac = mac_start(data_key, MAC_LABEL_INDEX, &m.archive_id);
+        loop {
+            let piece = tar.chunk(PIECE).await?;
+            if piece.is_empty() {
+                break;
+            }
+            got.update(&piece);
+            mac.update(&piece);
+        }
+        expect(tar, INDEX_MAC).await?;
+        let given = tar.all(128).await?;
+        if !mac_ok(mac, &given) {
+            return Err(invalid(
+                "the file index does not match its MAC: the archive was altered or damaged",
+            ));
+        }
+        if got.finalize() != expected_index.finalize() {
+            return Err(invalid(
+                "the archive's files are not the ones its index lists (missing, extra, reordered or altered)",
+            ));
+        }
+        Ok((files, bytes))
+    }
+
+    /// One file: every chunk opened with the archive's key; kept as it is
+    /// for a restore, resealed under the copy's key and object key for a
+    /// copy. Returns the SHA-256 of the archive's bytes of it.
+    #[allow(clippy::too_many_arguments)]
+    async fn import_file<R: AsyncRead + Unpin>(
+        &self,
+        tar: &mut TarReader<R>,
+        size: u64,
+        path: FilePath,
+        source: TenantId,
+        target: &Tenant,
+        data_key: &Secret,
+        target_key: &Secret,
+    ) -> Result<String> {
+        let layout = Layout::of_stored(size)
+            .map_err(|_| invalid(format!("the file {} is not a sealed file", path.rel())))?;
+        let mut sha = Sha256::new();
+        let head = read_exact(tar, HEADER as usize).await?;
+        sha.update(&head);
+        let header = Header::decode(&head)
+            .map_err(|_| invalid(format!("the file {} is not a sealed file", path.rel())))?;
+        let opener = Sealer::new(data_key, path.key(source), header);
+        let same = source == target.id;
+        let (sealer, new_header) = if same {
+            (None, header)
+        } else {
+            let h = Header::fresh(header.kind);
+            (Some(Sealer::new(target_key, path.key(target.id), h)), h)
+        };
+        let store = self.inner().storage.store.clone();
+        let mut out = object_store::buffered::BufWriter::new(store, path.key(target.id).path());
+        let written = async {
+            out.write_all(&new_header.encode()).await?;
+            for i in 0..=layout.last {
+                let sealed = read_exact(tar, layout.sealed_len(i) as usize).await?;
+                sha.update(&sealed);
+                let last = i == layout.last;
+                let plain = opener.open(i, last, &sealed).map_err(|_| {
+                    invalid(format!(
+                        "the file {} failed authentication (damaged, altered or of another tenant)",
+                        path.rel()
+                    ))
+                })?;
+                match &sealer {
+                    None => out.write_all(&sealed).await?,
+                    Some(s) => out.write_all(&s.seal(i, last, &plain)?).await?,
+                }
+            }
+            out.shutdown().await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = written {
+            let _ = out.abort().await;
+            return Err(e);
+        }
+        Ok(hex(&sha.finalize()))
+    }
+
+    /// Every table's rows, in one transaction: inserted as they stream,
+    /// checked against the manifest as read and again as stored.
+    #[allow(clippy::too_many_arguments)]
+    async fn import_tables<R: AsyncRead + Unpin>(
+        &self,
+        tar: &mut TarReader<R>,
+        m: &Manifest,
+        source: TenantId,
+        target: &Tenant,
+        data_key: &Secret,
+        tables: &[Table],
+        progress: &Progress,
+    ) -> Result<u64> {
+        let total: u64 = m.tables.iter().map(|t| t.rows).sum();
+        let mut done = 0u64;
+        let mut tx = self.begin_write(target).await?;
+        for (mt, t) in m.tables.iter().zip(tables) {
+            let name = format!("tables/{}", t.name);
+            let e = expect(tar, &name).await?;
+            let mut opener =
+                Opener::new(data_key, e.size, &m.archive_id, &source.to_string(), &name)?;
+            let mut decoder = zstd::stream::raw::Decoder::new()?;
+            decoder.set_parameter(DParameter::WindowLogMax(WINDOW_LOG_MAX))?;
+            let mut out = vec![0u8; PIECE];
+            let mut lines = Lines::new(t, mt);
+            let mut plain = Vec::new();
+            let mut frame_end = false;
+            loop {
+                let piece = tar.chunk(PIECE).await?;
+                if piece.is_empty() {
+                    break;
+                }
+                plain.clear();
+                opener.feed(&piece, &mut plain)?;
+                let mut input = &plain[..];
+                loop {
+                    let mut inb = zstd::stream::raw::InBuffer::around(input);
+                    let mut outb = zstd::stream::raw::OutBuffer::around(&mut out[..]);
+                    let hint = decoder
+                        .run(&mut inb, &mut outb)
+                        .map_err(|e| invalid(format!("{name} does not decompress: {e}")))?;
+                    let (read, wrote) = (inb.pos(), outb.pos());
+                    input = &input[read..];
+                    frame_end = hint == 0;
+                    lines.push(&out[..wrote], &mut tx).await?;
+                    if input.is_empty() && wrote < out.len() {
+                        break;
+                    }
+                }
+                progress("rows", done + lines.digest.rows, Some(total));
+            }
+            if !opener.finished() {
+                return Err(invalid(format!("{name} ends early")));
+            }
+            if !frame_end {
+                return Err(invalid(format!("{name} ends inside its compressed stream")));
+            }
+            lines.finish(&mut tx).await?;
+            if lines.digest.rows != mt.rows
+                || lines.digest.bytes != mt.bytes
+                || lines.digest.hex() != mt.sha256
+            {
+                return Err(invalid(format!(
+                    "{} does not match the manifest ({} rows read, {} listed)",
+                    t.name, lines.digest.rows, mt.rows
+                )));
+            }
+            done += lines.digest.rows;
+        }
+        // What is stored now reads back exactly as the archive has it.
+        for (mt, t) in m.tables.iter().zip(tables) {
+            let stored = rows::digest_table(&mut tx, t).await?;
+            if stored.hex() != mt.sha256 {
+                return Err(invalid(format!(
+                    "{} as stored differs from the archive ({} rows)",
+                    t.name, stored.rows
+                )));
+            }
+            progress("verify", stored.rows, Some(total));
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Step 1 of an import: the registry row, `provisioning`. With `id` (a
+    /// restore) the tenant keeps its id: a purged one is brought back, a
+    /// live one is refused. An earlier interrupted import of the same slug
+    /// is cleared first.
+    async fn reserve_for_import(
+        &self,
+        spec: &ProvisionSpec,
+        id: Option<TenantId>,
+    ) -> Result<Reservation> {
+        let name = crate::lifecycle::validate_name(&spec.name)
+            .map_err(|_| invalid("the manifest's tenant name is not a valid name"))?;
+        let isolation = spec.isolation.unwrap_or(self.default_isolation());
+        let placement = self
+            .inner()
+            .data
+            .check(isolation, spec.placement.as_deref())?;
+        let registry = &self.inner().registry;
+        let now = crate::clock::now();
+        let fresh = |id: TenantId| Tenant {
+            id,
+            slug: spec.slug.clone(),
+            name: name.clone(),
+            status: crate::TenantStatus::Provisioning,
+            isolation,
+            placement: placement.clone(),
+            plan: spec.plan,
+            schema_version: 0,
+            created_at: now.clone(),
+            updated_at: now.clone(),
+            deleted_at: None,
+        };
+        if let Some(t) = registry.by_slug(&spec.slug).await? {
+            if t.status != crate::TenantStatus::Provisioning {
+                return Err(Error::SlugTaken);
+            }
+            if id.is_some_and(|id| id != t.id) {
+                return Err(invalid(format!(
+                    "`{}` is being provisioned as another tenant; finish or purge it first",
+                    spec.slug
+                )));
+            }
+            // An interrupted import (or provisioning): never served, so
+            // cleared and made again as this import wants it.
+            self.wipe(&t).await?;
+            registry.revive(&fresh(t.id)).await?;
+            self.refresh().await?;
+            let tenant = registry.by_id(t.id).await?.ok_or(Error::NotFound)?;
+            return Ok(Reservation {
+                tenant,
+                resumed: true,
+            });
+        }
+        let id = match id {
+            None => TenantId::new(),
+            Some(id) => {
+                if let Some(t) = registry.by_id(id).await? {
+                    if t.status != crate::TenantStatus::Purged {
+                        return Err(invalid(format!(
+                            "this archive's tenant exists here as `{}` ({}): import it with --slug \
+                             for a copy, or delete it with --purge before restoring it",
+                            t.slug,
+                            t.status.as_str()
+                        )));
+                    }
+                    // A purged tenant brought back: its row, under its id.
+                    let tenant = fresh(id);
+                    registry.revive(&tenant).await?;
+                    self.refresh().await?;
+                    return Ok(Reservation {
+                        tenant,
+                        resumed: false,
+                    });
+                }
+                id
+            }
+        };
+        let tenant = fresh(id);
+        registry.insert(&tenant).await?;
+        Ok(Reservation {
+            tenant,
+            resumed: false,
+        })
+    }
+}
+
+/// Checks a manifest's format, versions and tables against this build.
+fn check_manifest(m: &Manifest, tables: &[Table], latest: i64) -> Result<()> {
+    if m.format != FORMAT {
+        return Err(invalid("not a Campus tenant archive"));
+    }
+    if m.format_version > FORMAT_VERSION {
+        return Err(invalid(format!(
+            "the archive's format version {} is newer than this build reads ({FORMAT_VERSION}): \
+             import it with a newer Campus",
+            m.format_version
+        )));
+    }
+    if m.format_version == 0 {
+        return Err(invalid("the archive's format version is 0"));
+    }
+    if m.schema_version > latest {
+        return Err(invalid(format!(
+            "the archive's schema version {} is newer than this build's ({latest}): import it \
+             with a newer Campus",
+            m.schema_version
+        )));
+    }
+    if m.schema_version < latest {
+        return Err(invalid(format!(
+            "the archive's schema version {} is older than this build's ({latest}): import it \
+             with the Campus that exported it, run `campus migrate`, and export it again",
+            m.schema_version
+        )));
+    }
+    let names: Vec<&str> = m.tables.iter().map(|t| t.name.as_str()).collect();
+    let ours: Vec<&str> = tables.iter().map(|t| t.name).collect();
+    if names != ours {
+        return Err(invalid(format!(
+            "the archive's tables ({}) are not this schema version's ({})",
+            names.join(", "),
+            ours.join(", ")
+        )));
+    }
+    for (mt, t) in m.tables.iter().zip(tables) {
+        let cols: Vec<&str> = t.columns.iter().map(|c| c.name).collect();
+        if mt.columns != cols {
+            return Err(invalid(format!(
+                "the archive's columns of {} are not this schema version's",
+                t.name
+            )));
+        }
+        if mt.bytes > limits::TABLE_BYTES {
+            return Err(invalid(format!(
+                "{} is larger than an import takes",
+                t.name
+            )));
+        }
+        if mt.sha256.len() != 64 || decode_hex(&mt.sha256).is_none() {
+            return Err(invalid(format!(
+                "the manifest's checksum of {} is malformed",
+                t.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The next entry, which must be `name`.
+async fn expect<R: AsyncRead + Unpin>(
+    tar: &mut TarReader<R>,
+    name: &str,
+) -> Result<tarball::Entry> {
+    match tar.next().await? {
+        Some(e) if e.path == name => Ok(e),
+        Some(e) => Err(invalid(format!(
+            "found `{}` where `{name}` belongs",
+            e.path.escape_debug()
+        ))),
+        None => Err(invalid(format!("the archive ends before `{name}`"))),
+    }
+}
+
+/// Exactly `n` more bytes of the current entry.
+async fn read_exact<R: AsyncRead + Unpin>(tar: &mut TarReader<R>, n: usize) -> Result<Vec<u8>> {
+    if (tar.left() as usize) < n {
+        return Err(invalid("an entry is shorter than its layout"));
+    }
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.extend_from_slice(&tar.chunk(n - out.len()).await?);
+    }
+    Ok(out)
+}
+
+/// A table's decompressed stream, cut into lines, decoded and inserted in
+/// batches; bounded by the manifest's counts (a lying manifest or a
+/// decompression bomb stops at once).
+struct Lines<'t> {
+    table: &'t Table,
+    listed_rows: u64,
+    listed_bytes: u64,
+    partial: Vec<u8>,
+    batch: Vec<Vec<Value>>,
+    digest: TableDigest,
+}
+
+impl<'t> Lines<'t> {
+    fn new(table: &'t Table, mt: &ManifestTable) -> Self {
+        Self {
+            table,
+            listed_rows: mt.rows,
+            listed_bytes: mt.bytes,
+            partial: Vec::new(),
+            batch: Vec::with_capacity(rows::BATCH),
+            digest: TableDigest::default(),
+        }
+    }
+
+    async fn push(&mut self, mut bytes: &[u8], tx: &mut crate::TenantTx) -> Result<()> {
+        while !bytes.is_empty() {
+            let cut = bytes.iter().position(|&b| b == b'\n');
+            let take = cut.map_or(bytes.len(), |i| i + 1);
+            if self.partial.len() + take > limits::LINE {
+                return Err(invalid(format!(
+                    "a row of {} is longer than {} bytes",
+                    self.table.name,
+                    limits::LINE
+                )));
+            }
+            self.partial.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if cut.is_some() {
+                let line = std::mem::take(&mut self.partial);
+                self.digest.add(&line);
+                if self.digest.rows > self.listed_rows || self.digest.bytes > self.listed_bytes {
+                    return Err(invalid(format!(
+                        "{} holds more than the manifest lists",
+                        self.table.name
+                    )));
+                }
+                self.batch.push(rows::decode(self.table, &line)?);
+                if self.batch.len() >= rows::BATCH {
+                    self.flush(tx).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, tx: &mut crate::TenantTx) -> Result<()> {
+        rows::insert(tx, self.table, &self.batch).await?;
+        self.batch.clear();
+        Ok(())
+    }
+
+    async fn finish(&mut self, tx: &mut crate::TenantTx) -> Result<()> {
+        if !self.partial.is_empty() {
+            return Err(invalid(format!(
+                "{} ends in the middle of a row",
+                self.table.name
+            )));
+        }
+        self.flush(tx).await
+    }
+}

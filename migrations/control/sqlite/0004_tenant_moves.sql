@@ -1,0 +1,16 @@
+-- A tenant being moved to another isolation mode or placement (at most one
+-- move per tenant). `copying`: the registry still names the old place, and
+-- a re-run rolls the new copy back and starts again; `switched`: the
+-- registry names the new place (set in the same transaction), and a re-run
+-- only removes the old copy. `prior_status` is what the tenant goes back to
+-- once the move is over (the write freeze puts an active one in maintenance).
+CREATE TABLE tenant_moves (
+    tenant_id      TEXT PRIMARY KEY REFERENCES tenants (id),
+    from_isolation TEXT NOT NULL,
+    from_placement TEXT NOT NULL,
+    to_isolation   TEXT NOT NULL,
+    to_placement   TEXT NOT NULL,
+    phase          TEXT NOT NULL CHECK (phase IN ('copying', 'switched')),
+    prior_status   TEXT NOT NULL,
+    started_at     TEXT NOT NULL
+);
