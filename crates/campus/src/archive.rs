@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tenancy::archive::ArchiveKey;
 use tokio::io::AsyncWriteExt;
 
-use crate::cli::{ArchiveKeyArgs, ExportArgs, ImportArgs, MoveArgs};
+use crate::cli::{ArchiveKeyArgs, BackupArgs, ExportArgs, ImportArgs, MoveArgs};
 
 /// The exit codes of these commands (also in docs/operations.md).
 pub const EXIT_ARCHIVE_REFUSED: u8 = 3;
@@ -243,6 +243,31 @@ pub async fn move_tenant(kernel: &tenancy::Kernel, args: MoveArgs) -> anyhow::Re
             }
         )?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn backup(kernel: &tenancy::Kernel, args: BackupArgs) -> anyhow::Result<ExitCode> {
+    let bar = bar();
+    let progress = report(&bar);
+    let done = kernel.backup(&args.output, &progress).await;
+    bar.finish_and_clear();
+    let done = done?;
+    if args.json {
+        crate::print_json(&done)?;
+    } else {
+        writeln!(
+            std::io::stdout(),
+            "backed up {} tenant(s) and {} file(s) ({}) into {}",
+            done.tenants,
+            done.files,
+            mib(done.file_bytes),
+            done.output.display()
+        )?;
+    }
+    eprintln!(
+        "the master key is not in the backup: keep a copy of it apart (it is needed to read the \
+         backup's files)"
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -80,6 +80,10 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Check that the database enforces isolation (what `serve` checks before serving).
     Doctor,
+    /// Copy the whole embedded deployment (registry, every tenant's
+    /// database, every file) into a new directory, while it serves. The
+    /// master key is not copied: keep it apart.
+    Backup(BackupArgs),
     /// The deployment's operator token (one for every node).
     #[command(subcommand)]
     OperatorToken(OperatorTokenCommand),
@@ -195,6 +199,16 @@ pub enum TenantCommand {
     /// pause for a few seconds; files do not move). Run it again to finish
     /// or roll back an interrupted move.
     Move(MoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// A new (or empty) directory for the backup.
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

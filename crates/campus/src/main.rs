@@ -149,6 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tenant(cmd) => tenant(kernel, cmd).await,
         Command::Migrate(args) => migrate(kernel, args).await,
         Command::Doctor => doctor(kernel, &data_dir).await,
+        Command::Backup(args) => archive::backup(&kernel, args).await,
     };
     // A clean stop: the embedded registry's and tenants' write-ahead logs
     // are checkpointed into their files (a copy of `registry.db` alone then

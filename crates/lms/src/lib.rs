@@ -169,3 +169,64 @@ pub(crate) fn col_bool(row: &DbRow, name: &str) -> Result<Option<bool>> {
         Err(_) => Ok(row.try_get::<Option<i64>, _>(name)?.map(|v| v != 0)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::{Connection, Row};
+
+    /// An archive holds every tenant table and every column, with the
+    /// types and keys the schema gives them: a migration that adds a table
+    /// or a column fails here until `TENANT_TABLES` says how to carry it.
+    #[tokio::test]
+    async fn the_archived_tables_are_the_whole_tenant_schema() {
+        let mut c = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .expect("sqlite");
+        for m in TENANT_MIGRATIONS.sqlite {
+            sqlx::raw_sql(m.sql).execute(&mut c).await.expect("migrate");
+        }
+        let mut tables: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+                .fetch_all(&mut c)
+                .await
+                .expect("tables");
+        tables.sort();
+        let mut ours: Vec<&str> = TENANT_TABLES.iter().map(|t| t.name).collect();
+        ours.sort();
+        assert_eq!(tables, ours);
+        for t in TENANT_TABLES {
+            let cols = sqlx::query(&format!("PRAGMA table_info({})", t.name))
+                .fetch_all(&mut c)
+                .await
+                .expect("columns");
+            let names: Vec<String> = cols.iter().map(|r| r.get("name")).collect();
+            let ours: Vec<&str> = t.columns.iter().map(|c| c.name).collect();
+            assert_eq!(names, ours, "{}", t.name);
+            let mut key: Vec<(i64, String)> = cols
+                .iter()
+                .filter(|r| r.get::<i64, _>("pk") > 0)
+                .map(|r| (r.get("pk"), r.get("name")))
+                .collect();
+            key.sort();
+            let key: Vec<String> = key.into_iter().map(|(_, n)| n).collect();
+            assert_eq!(key, t.key, "the key of {}", t.name);
+            for (r, col) in cols.iter().zip(t.columns) {
+                let declared: String = r.get("type");
+                let kind = match declared.as_str() {
+                    "TEXT" => vec![Text],
+                    "REAL" => vec![Real],
+                    "INTEGER" => vec![Int, Bool],
+                    other => panic!("{}.{} is {other}", t.name, col.name),
+                };
+                assert!(kind.contains(&col.kind), "{}.{}", t.name, col.name);
+                let not_null = r.get::<i64, _>("notnull") == 1 || r.get::<i64, _>("pk") > 0;
+                assert_eq!(
+                    col.nullable, !not_null,
+                    "{}.{} nullability",
+                    t.name, col.name
+                );
+            }
+        }
+    }
+}

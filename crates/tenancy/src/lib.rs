@@ -22,6 +22,7 @@
 
 pub mod archive;
 pub mod audit;
+pub mod backup;
 mod bulkhead;
 pub mod cache;
 pub mod clock;

@@ -78,7 +78,10 @@ fn content(course: &str, lesson: &str) -> String {
 }
 
 async fn export(app: &TestApp, slug: &str, headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut req = app.operator(Method::POST, &format!("/admin/api/v1/tenants/{slug}/export"));
+    let mut req = app.operator(
+        Method::POST,
+        &format!("/admin/api/v1/tenants/{slug}/export"),
+    );
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -95,7 +98,10 @@ async fn import(
     headers: &[(&str, &str)],
 ) -> reqwest::Response {
     let mut req = app
-        .operator(Method::POST, &format!("/admin/api/v1/tenants/import{query}"))
+        .operator(
+            Method::POST,
+            &format!("/admin/api/v1/tenants/import{query}"),
+        )
         .header("content-type", "application/x-tar")
         .body(archive);
     for (k, v) in headers {
@@ -104,8 +110,15 @@ async fn import(
     req.send().await.expect("import")
 }
 
+/// An archive's entries, by name, in order.
+type Entries = Vec<(String, Vec<u8>)>;
+
+/// A hostile archive: what it is, its bytes, the headers it is sent with,
+/// and what the refusal says.
+type Case<'a> = (&'a str, Vec<u8>, &'a [(&'a str, &'a str)], &'a str);
+
 /// The archive's entries, in order.
-fn entries(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
+fn entries(archive: &[u8]) -> Entries {
     let mut a = tar::Archive::new(archive);
     a.entries()
         .expect("tar")
@@ -210,12 +223,13 @@ async fn a_purged_tenant_restored_from_its_archive_comes_back_identical() {
     let before = table_sums(&archive);
     assert_eq!(before.len(), 8);
     let rows: u64 = before.iter().map(|(_, n, _)| n).sum();
-    assert!(rows >= 10, "a seeded tenant has rows in most tables: {before:?}");
+    assert!(
+        rows >= 10,
+        "a seeded tenant has rows in most tables: {before:?}"
+    );
     // Files stay sealed: the video's bytes appear nowhere in the archive.
     assert!(
-        !archive
-            .windows(64)
-            .any(|w| w == &s.video[1000..1064]),
+        !archive.windows(64).any(|w| w == &s.video[1000..1064]),
         "a file's plaintext is in the archive"
     );
 
@@ -301,7 +315,10 @@ async fn a_copy_under_another_slug_is_a_tenant_of_its_own() {
     assert_eq!(done["restored"], false);
     assert_ne!(done["id"], s.t.id.as_str());
     assert_eq!(done["source_id"], s.t.id.as_str());
-    assert_eq!(table_sums(&export(&app, &copy, &[]).await), table_sums(&archive));
+    assert_eq!(
+        table_sums(&export(&app, &copy, &[]).await),
+        table_sums(&archive)
+    );
     // The copy's users sign in with their passwords; the original's tokens
     // name the original and do not open the copy.
     let res = app
@@ -350,7 +367,7 @@ async fn hostile_archives_are_refused_and_leave_nothing_behind() {
         .position(|(p, _)| p == "tables/courses")
         .expect("the courses table");
 
-    let edit = |f: &dyn Fn(&mut Vec<(String, Vec<u8>)>)| {
+    let edit = |f: &dyn Fn(&mut Entries)| {
         let mut e = good.clone();
         f(&mut e);
         retar(&e)
@@ -382,11 +399,26 @@ async fn hostile_archives_are_refused_and_leave_nothing_behind() {
     with_traversal.extend_from_slice(traversal.as_bytes());
     with_traversal.extend_from_slice(&retar(&good[2..]));
 
-    let cases: Vec<(&str, Vec<u8>, &[(&str, &str)], &str)> = vec![
-        ("garbage", b"this is not an archive at all".repeat(40), &[], "not a ustar"),
+    let cases: Vec<Case> = vec![
+        (
+            "garbage",
+            b"this is not an archive at all".repeat(40),
+            &[],
+            "not a ustar",
+        ),
         ("empty", Vec::new(), &[], "truncated"),
-        ("truncated in a file", archive[..archive.len() / 2].to_vec(), &[], "truncated"),
-        ("truncated in the tables", archive[..archive.len() - 2048].to_vec(), &[], ""),
+        (
+            "truncated in a file",
+            archive[..archive.len() / 2].to_vec(),
+            &[],
+            "truncated",
+        ),
+        (
+            "truncated in the tables",
+            archive[..archive.len() - 2048].to_vec(),
+            &[],
+            "",
+        ),
         (
             "a file altered",
             edit(&|e| e[file_at].1[5000] ^= 1),
@@ -437,7 +469,10 @@ async fn hostile_archives_are_refused_and_leave_nothing_behind() {
         (
             "the file index altered",
             edit(&|e| {
-                let i = e.iter().position(|(p, _)| p == "campus-files.json").unwrap();
+                let i = e
+                    .iter()
+                    .position(|(p, _)| p == "campus-files.json")
+                    .unwrap();
                 e[i].1.push(b'\n');
             }),
             &[],
@@ -464,7 +499,12 @@ async fn hostile_archives_are_refused_and_leave_nothing_behind() {
             &[],
             "follows the archive's end",
         ),
-        ("a passphrase archive without it", with_pass.clone(), &[], "passphrase"),
+        (
+            "a passphrase archive without it",
+            with_pass.clone(),
+            &[],
+            "passphrase",
+        ),
         (
             "the wrong passphrase",
             with_pass.clone(),
@@ -612,9 +652,12 @@ async fn a_tenant_moves_online_losing_no_write_and_keeping_its_tokens() {
                     .await
                     .unwrap();
                 match res.status() {
-                    StatusCode::CREATED => {
-                        made.push(res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned())
-                    }
+                    StatusCode::CREATED => made.push(
+                        res.json::<Value>().await.unwrap()["id"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned(),
+                    ),
                     StatusCode::SERVICE_UNAVAILABLE => {
                         assert!(res.headers().contains_key("retry-after"));
                         let p: Value = res.json().await.unwrap();

@@ -217,7 +217,8 @@ impl Files {
         }
     }
 
-    pub(crate) fn exists(&self, id: TenantId) -> bool {
+    /// Whether the tenant's database file exists.
+    pub fn exists(&self, id: TenantId) -> bool {
         self.db_path(id).exists()
     }
 
