@@ -33,6 +33,7 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+mod lifecycle;
 mod load;
 mod noisy;
 mod process;
@@ -122,6 +123,13 @@ const USAGE: &str =
                                          a write burst over N tenants in which half the
                                          clients give up mid-request, then one write per
                                          tenant: failures, and acknowledged writes lost
+  lifecycle    [--rows 10000] [--mb 1024] [--campus PATH]
+                                         one `schema` tenant with --rows courses and --mb MiB
+                                         of videos on a real `campus serve` (PostgreSQL):
+                                         `campus tenant export`, purge and `import` (time,
+                                         the CLI's peak RSS against the archive's size), then
+                                         `move` schema → pool → schema under a reader and a
+                                         writer (the freeze; the reader's p99 against before)
   slow-clients [--connections 1000] [--packet-clients 20] [--duration 20] [--campus PATH]
                                          /healthz and tenant B's latency alone, then while
                                          --connections slow connections (slowloris: half
@@ -160,6 +168,8 @@ struct Args {
     courses: usize,
     give_up_ms: u64,
     login_flood: bool,
+    /// `lifecycle`: the tenant's courses.
+    rows: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -177,6 +187,7 @@ fn parse_args() -> Result<Args> {
             | "memory"
             | "burst"
             | "slow-clients"
+            | "lifecycle"
     ) {
         bail!("unknown scenario `{scenario}`\n\n{USAGE}");
     }
@@ -202,7 +213,11 @@ fn parse_args() -> Result<Args> {
         courses: 20,
         give_up_ms: 20,
         login_flood: false,
+        rows: 10_000,
     };
+    if a.scenario == "lifecycle" {
+        a.mb = 1024;
+    }
     if a.scenario == "burst" {
         a.duration = Duration::from_secs(30);
     }
@@ -238,6 +253,7 @@ fn parse_args() -> Result<Args> {
             }
             "--courses" => a.courses = value.parse().context("--courses: a number")?,
             "--give-up-ms" => a.give_up_ms = u64::try_from(num()?)?,
+            "--rows" => a.rows = num()?,
             "--backend" => {
                 a.backend =
                     load::Backend::parse(&value).context("--backend: embedded, schema or pool")?
@@ -315,6 +331,7 @@ async fn main() -> ExitCode {
         "provision" => provision(&bench, &args).await,
         "migrate" => migrate(&bench, &args).await,
         "noisy" => noisy::run(&bench, &args).await,
+        "lifecycle" => lifecycle::run(&bench, &args).await,
         "memory" => load::memory(&args, Some(&bench)).await,
         "burst" => load::burst(&args, Some(&bench)).await,
         _ => connections(&bench, &args).await,

@@ -22,7 +22,7 @@ use crate::process::{MB, Options, PASSWORD, Server, TOKEN, campus_binary, mib, r
 const PIECE: usize = 64 * 1024;
 
 /// An MP4-looking body of `len` bytes, generated piece by piece as it is sent.
-fn body(len: u64) -> reqwest::Body {
+pub(crate) fn body(len: u64) -> reqwest::Body {
     const FTYP: &[u8] = b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom";
     let state = (0u64, 0x9e37_79b9_7f4a_7c15u64);
     let stream = futures_util::stream::unfold(state, move |(sent, mut x)| async move {

@@ -46,6 +46,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/admin/api/v1/tenants/{slug}/suspend"),
     ("post", "/admin/api/v1/tenants/{slug}/resume"),
     ("get", "/admin/api/v1/migrations"),
+    ("post", "/admin/api/v1/tenants/{slug}/export"),
+    ("post", "/admin/api/v1/tenants/{slug}/move"),
+    ("post", "/admin/api/v1/tenants/import"),
 ];
 
 async fn doc() -> Value {
