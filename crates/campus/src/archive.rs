@@ -16,6 +16,7 @@ use crate::cli::{ArchiveKeyArgs, BackupArgs, ExportArgs, ImportArgs, MoveArgs};
 /// The exit codes of these commands (also in docs/operations.md).
 pub const EXIT_ARCHIVE_REFUSED: u8 = 3;
 pub const EXIT_PURGE_INCOMPLETE: u8 = 4;
+pub const EXIT_MOVE_INCOMPLETE: u8 = 5;
 
 fn key(args: &ArchiveKeyArgs) -> anyhow::Result<ArchiveKey> {
     let read = |p: &Path| {
@@ -150,6 +151,7 @@ pub async fn import(kernel: &tenancy::Kernel, args: ImportArgs) -> anyhow::Resul
         slug: args.slug.clone(),
         isolation: args.isolation.clone(),
         placement: args.placement.clone(),
+        plan: args.plan.clone(),
     };
     let bar = bar();
     let progress = report(&bar);
@@ -220,6 +222,10 @@ pub async fn move_tenant(kernel: &tenancy::Kernel, args: MoveArgs) -> anyhow::Re
     let done = match done {
         Ok(d) => d,
         Err(lms::Error::NotFound) => bail!("no tenant `{}`", args.slug),
+        Err(lms::Error::Kernel(tenancy::Error::Incomplete(why))) => {
+            eprintln!("error: {why}");
+            return Ok(ExitCode::from(EXIT_MOVE_INCOMPLETE));
+        }
         Err(e) => return Err(e.into()),
     };
     if args.json {

@@ -269,6 +269,10 @@ pub struct ImportArgs {
     pub isolation: Option<String>,
     #[arg(long)]
     pub placement: Option<String>,
+    /// free, standard or enterprise (default: the archive's). The files
+    /// must fit the plan's storage quota.
+    #[arg(long)]
+    pub plan: Option<String>,
     #[command(flatten)]
     pub key: ArchiveKeyArgs,
     /// Print the summary as JSON.

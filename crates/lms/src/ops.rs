@@ -106,7 +106,7 @@ fn lifecycle(e: tenancy::Error) -> Error {
     match e {
         K::NotFound => Error::NotFound,
         K::SlugTaken => Error::Conflict("a tenant with this slug already exists".into()),
-        K::InvalidTransition(..) => Error::Conflict(e.to_string()),
+        K::InvalidTransition(..) | K::Busy(_) => Error::Conflict(e.to_string()),
         K::InvalidSlug(_) | K::UnsupportedIsolation(_) | K::UnknownPlacement(_) | K::Invalid(_) => {
             Error::Validation(e.to_string())
         }
@@ -409,6 +409,8 @@ pub struct ImportRequest {
     /// deployment offers it, else the default.
     pub isolation: Option<String>,
     pub placement: Option<String>,
+    /// `free`, `standard` or `enterprise`; absent: the archive's.
+    pub plan: Option<String>,
 }
 
 /// What an import made.
@@ -448,6 +450,7 @@ pub async fn import_tenant<R: tokio::io::AsyncRead + Unpin + Send>(
         slug: req.slug.as_deref().map(parse_slug).transpose()?,
         isolation: req.isolation.as_deref().map(parse_isolation).transpose()?,
         placement: req.placement.clone(),
+        plan: req.plan.as_deref().map(parse_plan).transpose()?,
     };
     let done = kernel
         .import(input, opts, progress)

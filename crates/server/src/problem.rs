@@ -217,6 +217,10 @@ impl From<lms::Error> for ApiError {
                     "a database this request needs cannot be reached right now; try again shortly",
                 )
             }
+            E::Kernel(tenancy::Error::Incomplete(why)) => {
+                tracing::error!(reason = %why, "operator work incomplete");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "incomplete", why)
+            }
             E::Kernel(tenancy::Error::Archive(why)) => {
                 tracing::warn!(reason = %why, "tenant archive refused");
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_archive", why)

@@ -57,6 +57,15 @@ pub enum Error {
     /// trusted.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The same long work (a move of this tenant, an import of this slug)
+    /// is running elsewhere; try again when it ends.
+    #[error("{0}")]
+    Busy(String),
+    /// Work that did what it could but left something for the operator:
+    /// a move that switched, but found a write on the old copy after the
+    /// copy (kept for inspection). Says what, and what to do.
+    #[error("{0}")]
+    Incomplete(String),
     /// A tenant archive that cannot be imported: damaged, forged, of a
     /// newer format, or opened with the wrong key. Nothing was changed.
     #[error("archive: {0}")]

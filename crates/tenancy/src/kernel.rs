@@ -542,6 +542,96 @@ impl Kernel {
     }
 }
 
+/// How long a lease lasts without its holder renewing it.
+const LEASE: Duration = Duration::from_secs(10);
+
+/// A lease held on long operator work (see [`Kernel::lease`]): renewed in
+/// the background while held, released when dropped.
+pub struct Lease {
+    kernel: Kernel,
+    name: String,
+    owner: String,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renew.abort();
+        let (kernel, name, owner) = (
+            self.kernel.clone(),
+            std::mem::take(&mut self.name),
+            std::mem::take(&mut self.owner),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = kernel.0.registry.release_lease(&name, &owner).await;
+            });
+        }
+    }
+}
+
+impl Lease {
+    /// Gives the lease back now (rather than from a background task).
+    pub async fn release(self) {
+        self.renew.abort();
+        let _ = self
+            .kernel
+            .0
+            .registry
+            .release_lease(&self.name, &self.owner)
+            .await;
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Kernel {
+    /// The lease `name` (`move:<tenant id>`, `import:<slug>`), so that the
+    /// same long work never runs twice at once, from any node or CLI: `None`
+    /// while someone else holds it (a holder that died frees it within
+    /// ten seconds).
+    pub(crate) async fn lease(&self, name: &str) -> Result<Option<Lease>> {
+        let owner = uuid::Uuid::now_v7().to_string();
+        let lease = LEASE.as_secs() as i64;
+        let now = unix_now();
+        if !self
+            .0
+            .registry
+            .take_lease(name, &owner, now + lease, now)
+            .await?
+        {
+            return Ok(None);
+        }
+        let renew = {
+            let (kernel, name, owner) = (self.clone(), name.to_owned(), owner.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(LEASE / 4).await;
+                    let now = unix_now();
+                    if let Err(e) = kernel
+                        .0
+                        .registry
+                        .take_lease(&name, &owner, now + lease, now)
+                        .await
+                    {
+                        tracing::warn!(lease = %name, error = %e, "renewing a lease failed; retrying");
+                    }
+                }
+            })
+        };
+        Ok(Some(Lease {
+            kernel: self.clone(),
+            name: name.to_owned(),
+            owner,
+            renew,
+        }))
+    }
+}
+
 fn count_lookup(result: &'static str) {
     metrics::counter!("campus_tenant_lookups_total", "result" => result).increment(1);
 }

@@ -93,14 +93,22 @@ impl Kernel {
         let started = Instant::now();
         let registry = &self.inner().registry;
         let mut t = self.find(slug).await?;
+        // One move of a tenant at a time, from any node or CLI: a re-run
+        // never settles a move that is still running.
+        let Some(lease) = self.lease(&format!("move:{}", t.id)).await? else {
+            return Err(Error::Busy(
+                "another move of this tenant is running; try again when it ends (a move that \
+                 was killed lets go within 10 s)"
+                    .into(),
+            ));
+        };
         let mut resumed = false;
-        let mut prior = t.status;
         if let Some(rec) = registry.move_of(t.id).await? {
             resumed = true;
-            prior = rec.prior_status;
             self.settle_move(&t, &rec, freeze_wait).await?;
             t = self.find(slug).await?;
         }
+        let prior = t.status;
         match prior {
             TenantStatus::Active | TenantStatus::Suspended | TenantStatus::Maintenance => {}
             other => return Err(Error::InvalidTransition(other.as_str(), "moved")),
@@ -142,13 +150,19 @@ impl Kernel {
             )));
         }
         let (source, target) = (at(&t, &from), at(&t, &dest));
-        // A database's name is its cluster's: two placements on one cluster
-        // would give the old and the new copy the same database.
-        if dest.0 == Isolation::Database && data.exists(&target).await? {
+        // The new place must hold nothing of the tenant: if it does, it is
+        // the old place under another name (two placements reaching one
+        // database, or one cluster for `database` mode), and building,
+        // copying and removing "the old copy" would destroy the only one.
+        if data.holds(&target, false).await? {
             return Err(Error::Invalid(format!(
-                "the tenant's database already exists where placement `{}` would put it: \
-                 `{}` and `{}` share a PostgreSQL cluster, where a `database` tenant cannot move",
-                dest.1, from.1, dest.1
+                "`{}` on placement `{}` already holds this tenant: placements `{}` and `{}` reach \
+                 the same database (for `database` mode: the same PostgreSQL cluster, where \
+                 database names are shared). Nothing was changed",
+                dest.0.as_str(),
+                dest.1,
+                from.1,
+                dest.1
             )));
         }
         let rec = MoveRecord {
@@ -170,9 +184,26 @@ impl Kernel {
         // 2. The freeze, seen by every node before the copy.
         let freeze = Instant::now();
         let frozen = prior == TenantStatus::Active;
-        if frozen && let Err(e) = self.set_status(&t, TenantStatus::Maintenance).await {
-            self.roll_back(&t, &rec, freeze_wait).await;
-            return Err(e);
+        if frozen {
+            // Only from `active`: a suspension or a deletion made meanwhile
+            // stands, and the move stops.
+            match registry
+                .swap_status(t.id, TenantStatus::Active, TenantStatus::Maintenance)
+                .await
+            {
+                Ok(true) => self.refresh().await?,
+                Ok(false) => {
+                    self.roll_back(&t, &rec, freeze_wait).await;
+                    return Err(Error::InvalidTransition(
+                        "no longer active",
+                        "frozen for its move",
+                    ));
+                }
+                Err(e) => {
+                    self.roll_back(&t, &rec, freeze_wait).await;
+                    return Err(e);
+                }
+            }
         }
         tokio::time::sleep(freeze_wait).await;
 
@@ -222,12 +253,11 @@ impl Kernel {
         };
         if late {
             if frozen {
-                let now = self.find(slug).await?;
-                self.set_status(&now, prior).await?;
+                self.thaw(&t).await?;
             }
             tracing::error!(tenant = %t.id, old = ?from,
                 "a write reached the old copy after it was copied; kept for inspection");
-            return Err(Error::Invalid(format!(
+            return Err(Error::Incomplete(format!(
                 "the tenant moved and serves from `{}` on `{}`, but a write reached its old copy \
                  (`{}` on `{}`) after the copy: that write is not in the new one. The old copy \
                  is kept for inspection; run the move again to discard it",
@@ -238,13 +268,13 @@ impl Kernel {
             )));
         }
         let freeze_ms = if frozen {
-            let now = self.find(slug).await?;
-            self.set_status(&now, prior).await?;
+            self.thaw(&t).await?;
             freeze.elapsed().as_millis() as u64
         } else {
             0
         };
         self.settle_move(&t, &switched, freeze_wait).await?;
+        lease.release().await;
         tracing::info!(tenant = %t.id, rows, freeze_ms, copies, "tenant moved");
         Ok(summary(rows, freeze_ms, copies))
     }
@@ -262,11 +292,8 @@ impl Kernel {
     /// the old copy goes; before the switch, the new copy goes and the
     /// status comes back. Then the record goes.
     async fn settle_move(&self, t: &Tenant, rec: &MoveRecord, freeze_wait: Duration) -> Result<()> {
-        let now = self.find(&t.slug).await?;
-        if now.status != rec.prior_status
-            && matches!(now.status, TenantStatus::Maintenance | TenantStatus::Active)
-        {
-            self.set_status(&now, rec.prior_status).await?;
+        if rec.prior_status == TenantStatus::Active {
+            self.thaw(t).await?;
         }
         let stale = if rec.switched {
             tokio::time::sleep(freeze_wait).await;
@@ -277,6 +304,19 @@ impl Kernel {
         self.inner().data.destroy(&at(t, stale)).await?;
         self.inner().registry.end_move(t.id).await?;
         self.refresh().await
+    }
+
+    /// Ends the freeze: `maintenance → active`, only if it is still in the
+    /// maintenance the move put it in (an operator's change stands).
+    async fn thaw(&self, t: &Tenant) -> Result<()> {
+        let registry = &self.inner().registry;
+        if registry
+            .swap_status(t.id, TenantStatus::Maintenance, TenantStatus::Active)
+            .await?
+        {
+            self.refresh().await?;
+        }
+        Ok(())
     }
 
     /// Undoes a move that did not switch; logs what it could not undo (a

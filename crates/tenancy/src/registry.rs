@@ -277,6 +277,77 @@ impl Registry {
         Ok(())
     }
 
+    /// Sets a tenant's status to `to` only if it is `from` now, bumping the
+    /// generation: whether it was (a status someone else changed meanwhile
+    /// is never overwritten).
+    pub(crate) async fn swap_status(
+        &self,
+        id: TenantId,
+        from: TenantStatus,
+        to: TenantStatus,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin_with(self.begin_write).await?;
+        let g = self.bump(&mut tx).await?;
+        let done = sqlx::query(&format!(
+            "UPDATE {} SET change_gen = $2, updated_at = $3, status = $4 WHERE id = $1 AND status = $5",
+            self.t("tenants")
+        ))
+        .bind(id.to_string())
+        .bind(g)
+        .bind(crate::clock::now())
+        .bind(to.as_str())
+        .bind(from.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Takes the lease `name` for `owner` until `until` (Unix seconds) if it
+    /// is free, lapsed, or already `owner`'s: whether `owner` holds it now.
+    pub(crate) async fn take_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool> {
+        let table = self.t("leases");
+        sqlx::query(&format!(
+            "INSERT INTO {table} (name, owner, until) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET owner = $2, until = $3
+             WHERE {table}.until < $4 OR {table}.owner = $2"
+        ))
+        .bind(name)
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let holder: Option<String> =
+            sqlx::query_scalar(&format!("SELECT owner FROM {table} WHERE name = $1"))
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(holder.as_deref() == Some(owner))
+    }
+
+    /// Gives the lease back, if `owner` still holds it.
+    pub(crate) async fn release_lease(&self, name: &str, owner: &str) -> Result<()> {
+        sqlx::query(&format!(
+            "DELETE FROM {} WHERE name = $1 AND owner = $2",
+            self.t("leases")
+        ))
+        .bind(name)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The move of a tenant in progress, if any.
     pub(crate) async fn move_of(&self, id: TenantId) -> Result<Option<MoveRecord>> {
         let sql = format!(

@@ -14,3 +14,13 @@ CREATE TABLE tenant_moves (
     prior_status   TEXT NOT NULL,
     started_at     TEXT NOT NULL
 );
+
+-- Leases on long operator work that must not run twice at once (a move of
+-- one tenant, an import of one slug), from any node or CLI: taken when free
+-- or lapsed, kept alive by their holder, released at the end; a holder that
+-- dies frees it when `until` (Unix seconds) passes.
+CREATE TABLE leases (
+    name  TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    until BIGINT NOT NULL
+);

@@ -487,6 +487,15 @@ async fn hostile_archives_are_refused_and_leave_nothing_behind() {
             &[],
             "",
         ),
+        (
+            "a file twice",
+            edit(&|e| {
+                let f = e[file_at].clone();
+                e.insert(file_at, f);
+            }),
+            &[],
+            "twice",
+        ),
         ("a symbolic link", with_link, &[], "not a regular file"),
         ("a path out of the archive", with_traversal, &[], "layout"),
         (
@@ -672,6 +681,15 @@ async fn a_tenant_moves_online_losing_no_write_and_keeping_its_tokens() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let second_move = {
+        let req = app
+            .operator(Method::POST, &path)
+            .json(&json!({ "isolation": other_mode() }));
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            req.send().await.unwrap().status()
+        })
+    };
     let res = app
         .operator(Method::POST, &path)
         .json(&json!({ "isolation": other_mode() }))
@@ -679,6 +697,12 @@ async fn a_tenant_moves_online_losing_no_write_and_keeping_its_tokens() {
         .await
         .unwrap();
     let moved = json_ok(res, 200).await;
+    // A second move of the tenant while one runs is refused, never run.
+    let second = second_move.await.unwrap();
+    assert!(
+        second == StatusCode::CONFLICT || second == StatusCode::UNPROCESSABLE_ENTITY,
+        "a concurrent move answered {second}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let reads = reader.await.unwrap();
@@ -744,11 +768,30 @@ async fn a_tenant_moves_to_another_placement() {
         let mut p = pg_config(&second, 4).placements.remove(0);
         p.name = "second".into();
         pg.placements.push(p);
+        // Another name for the default placement's own database.
+        let mut alias = pg.placements[0].clone();
+        alias.name = "alias".into();
+        pg.placements.push(alias);
     })
     .await;
     let s = seeded(&app, "traveller").await;
     let before = table_sums(&export(&app, &s.t.slug, &[]).await);
     let path = format!("/admin/api/v1/tenants/{}/move", s.t.slug);
+    // A "move" to where it already is, under another name, would destroy
+    // it: refused, nothing changed.
+    let res = app
+        .operator(Method::POST, &path)
+        .json(&json!({ "placement": "alias" }))
+        .send()
+        .await
+        .unwrap();
+    let p = assert_problem(res, 422, "validation_failed").await;
+    assert!(
+        p["detail"].as_str().unwrap().contains("already holds"),
+        "{p}"
+    );
+    assert_eq!(app.tenant_row(&s.t.id).await.placement, "default");
+    assert_eq!(table_sums(&export(&app, &s.t.slug, &[]).await), before);
     // A `database` tenant cannot change placements within one cluster
     // (database names are the cluster's): refused before anything moves.
     if backend() == Backend::Database {

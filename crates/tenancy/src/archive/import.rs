@@ -39,6 +39,8 @@ pub struct ImportOptions<'a> {
     /// them, else its defaults.
     pub isolation: Option<Isolation>,
     pub placement: Option<String>,
+    /// `None`: the archive's plan (which sets the quota its files must fit).
+    pub plan: Option<Plan>,
 }
 
 /// What an import made.
@@ -93,11 +95,22 @@ impl Kernel {
             .ok_or_else(|| invalid("the manifest's tenant id is not a UUID"))?;
         let archived = Slug::parse(&m.tenant.slug)
             .map_err(|_| invalid("the manifest's slug is not a valid slug"))?;
-        let plan = Plan::parse(&m.tenant.plan)
-            .ok_or_else(|| invalid("the manifest's plan is not a known plan"))?;
+        let plan = match opts.plan {
+            Some(p) => p,
+            None => Plan::parse(&m.tenant.plan)
+                .ok_or_else(|| invalid("the manifest's plan is not a known plan"))?,
+        };
         let slug = opts.slug.clone().unwrap_or_else(|| archived.clone());
         let restored = slug == archived;
         let (isolation, placement) = self.import_target(&m, &opts)?;
+        // One import of a slug at a time, from any node or CLI: a retried
+        // request never clears an import that is still running.
+        let Some(lease) = self.lease(&format!("import:{slug}")).await? else {
+            return Err(Error::Busy(format!(
+                "another import of `{slug}` is running; try again when it ends (an import that \
+                 was killed lets go within 10 s)"
+            )));
+        };
         let spec = ProvisionSpec {
             slug,
             name: m.tenant.name.clone(),
@@ -167,6 +180,7 @@ impl Kernel {
         };
         self.inner().cache.purge(target.id).await;
         let tenant = self.activate(&reservation).await?;
+        lease.release().await;
         tracing::info!(tenant = %tenant.id, rows, files, file_bytes, "tenant imported");
         Ok(ImportSummary {
             tenant,
@@ -335,7 +349,9 @@ impl Kernel {
         let header = Header::decode(&head)
             .map_err(|_| invalid(format!("the file {} is not a sealed file", path.rel())))?;
         let opener = Sealer::new(data_key, path.key(source), header);
-        let same = source == target.id;
+        // Kept as they are only when the key stays too (a restore, same id
+        // and same data key); resealed otherwise.
+        let same = source == target.id && data_key.0 == target_key.0;
         let (sealer, new_header) = if same {
             (None, header)
         } else {
@@ -343,6 +359,13 @@ impl Kernel {
             (Some(Sealer::new(target_key, path.key(target.id), h)), h)
         };
         let store = self.inner().storage.store.clone();
+        // The tenant's prefix was empty when the import began: an object
+        // there now came from this archive, which lists a file twice.
+        match store.head(&path.key(target.id).path()).await {
+            Ok(_) => return Err(invalid(format!("the file {} appears twice", path.rel()))),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
         let mut out = object_store::buffered::BufWriter::new(store, path.key(target.id).path());
         let written = async {
             out.write_all(&new_header.encode()).await?;
@@ -385,7 +408,7 @@ impl Kernel {
         tables: &[Table],
         progress: &Progress,
     ) -> Result<u64> {
-        let total: u64 = m.tables.iter().map(|t| t.rows).sum();
+        let total = m.tables.iter().fold(0u64, |n, t| n.saturating_add(t.rows));
         let mut done = 0u64;
         let mut tx = self.begin_write(target).await?;
         for (mt, t) in m.tables.iter().zip(tables) {
@@ -522,6 +545,7 @@ impl Kernel {
                     }
                     // A purged tenant brought back: its row, under its id.
                     let tenant = fresh(id);
+                    self.refuse_if_held(&tenant).await?;
                     registry.revive(&tenant).await?;
                     self.refresh().await?;
                     return Ok(Reservation {
@@ -533,11 +557,34 @@ impl Kernel {
             }
         };
         let tenant = fresh(id);
+        self.refuse_if_held(&tenant).await?;
         registry.insert(&tenant).await?;
         Ok(Reservation {
             tenant,
             resumed: false,
         })
+    }
+}
+
+impl Kernel {
+    /// A restore keeps the tenant's id, and so the names of its schema,
+    /// role and database: on a PostgreSQL cluster another deployment shares
+    /// (the same archive restored there too), they may exist already, and
+    /// are never taken over.
+    async fn refuse_if_held(&self, t: &Tenant) -> Result<()> {
+        if self.inner().data.holds(t, true).await? {
+            return Err(invalid(format!(
+                "this tenant's {} already exists where it would be restored (another deployment \
+                 on the same PostgreSQL cluster holds it?): import it as a copy (--slug), or \
+                 into another cluster",
+                match t.isolation {
+                    Isolation::Schema => "schema or role",
+                    Isolation::Database => "database",
+                    Isolation::Pool => "rows in the shared tables",
+                }
+            )));
+        }
+        Ok(())
     }
 }
 

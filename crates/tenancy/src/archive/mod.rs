@@ -229,9 +229,11 @@ pub struct Kdf {
 /// refused before any work (its parameters are untrusted input).
 const KDF_MEMORY_KIB: u32 = 64 * 1024;
 const KDF_ITERATIONS: u32 = 3;
-const KDF_MAX_MEMORY_KIB: u32 = 1024 * 1024;
-const KDF_MAX_ITERATIONS: u32 = 16;
-const KDF_MAX_PARALLELISM: u32 = 8;
+/// At most 4× what this build asks: an archive may not make an import
+/// allocate much (the parameters are read before anything is checked).
+const KDF_MAX_MEMORY_KIB: u32 = 4 * KDF_MEMORY_KIB;
+const KDF_MAX_ITERATIONS: u32 = 10;
+const KDF_MAX_PARALLELISM: u32 = 4;
 
 /// Limits on what an archive may hold (each refused with a clear error).
 pub mod limits {

@@ -209,8 +209,16 @@ pub(crate) async fn insert(tx: &mut TenantTx, t: &Table, rows: &[Vec<Value>]) ->
              (a copy of a `pool` tenant needs another placement or isolation mode)",
                 t.name
             )),
+            // Integrity (23…: foreign keys, checks, not null) and data
+            // (22…: a NUL byte, a number out of range) errors are the rows'.
             Error::Db(sqlx::Error::Database(d))
-                if d.is_foreign_key_violation() || d.is_check_violation() =>
+                if d.is_foreign_key_violation()
+                    || d.is_check_violation()
+                    || (d
+                        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                        .is_some()
+                        && d.code()
+                            .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))) =>
             {
                 invalid(format!(
                     "rows of {} break the schema: {}",

@@ -148,7 +148,9 @@ impl<R: AsyncRead + Unpin> TarReader<R> {
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 Err(invalid("the archive ends early (truncated)"))
             }
-            Err(e) => Err(e.into()),
+            // The input itself failed (a client gone mid-upload, a read
+            // error): nothing about the archive.
+            Err(e) => Err(crate::Error::Interrupted(e.to_string())),
         }
     }
 
@@ -170,7 +172,11 @@ impl<R: AsyncRead + Unpin> TarReader<R> {
             // Whatever follows may only be zero padding (a record's rest).
             let mut rest = [0u8; BLOCK];
             loop {
-                let n = self.input.read(&mut rest).await?;
+                let n = self
+                    .input
+                    .read(&mut rest)
+                    .await
+                    .map_err(|e| crate::Error::Interrupted(e.to_string()))?;
                 if n == 0 {
                     break;
                 }

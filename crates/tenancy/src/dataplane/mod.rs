@@ -272,6 +272,16 @@ impl DataPlane {
         }
     }
 
+    /// Whether the tenant's place (its mode on its placement) already holds
+    /// something of it; with `roles`, its PostgreSQL role counts too (roles
+    /// are the cluster's, shared by every database of it).
+    pub async fn holds(&self, t: &Tenant, roles: bool) -> Result<bool> {
+        match self {
+            DataPlane::Embedded(f) => Ok(f.exists(t.id)),
+            DataPlane::Postgres(p) => p.holds(t, roles).await,
+        }
+    }
+
     /// What of the tenant's data is still there, each thing named and found
     /// or not (a purge's check).
     pub async fn remains(&self, t: &Tenant) -> Result<Vec<(String, bool)>> {

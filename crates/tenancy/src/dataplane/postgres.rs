@@ -724,6 +724,52 @@ impl Placements {
         Ok(())
     }
 
+    /// Whether `t`'s place already holds something of it: its schema (and,
+    /// with `roles`, its cluster-wide role), its database, or its rows of
+    /// the shared tables — in its own mode only.
+    pub(crate) async fn holds(&self, t: &Tenant, roles: bool) -> Result<bool> {
+        let p = self.placement(&t.placement)?;
+        let name = sql_name(t.id);
+        let count = |sql: &'static str| {
+            let name = name.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar(sql)
+                    .bind(name)
+                    .fetch_one(&p.owner)
+                    .await?;
+                Ok::<_, Error>(n > 0)
+            }
+        };
+        match t.isolation {
+            Isolation::Schema => Ok(
+                count("SELECT count(*) FROM pg_namespace WHERE nspname = $1").await?
+                    || (roles && count("SELECT count(*) FROM pg_roles WHERE rolname = $1").await?),
+            ),
+            Isolation::Database => {
+                count("SELECT count(*) FROM pg_database WHERE datname = $1").await
+            }
+            Isolation::Pool => {
+                let mut tx = p.owner.begin().await?;
+                sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+                    .bind(t.id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                for table in POOL_TABLES {
+                    let n: i64 = sqlx::query_scalar(&format!(
+                        "SELECT count(*) FROM {POOL_SCHEMA}.{table} WHERE tenant_id = $1"
+                    ))
+                    .bind(t.id.to_string())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if n > 0 {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+
     /// What of `t`'s data is still on its placement, each thing named and
     /// found or not: after a purge, everything must be gone. Looks in every
     /// mode's place (a tenant moved between modes leaves none behind either).
