@@ -44,7 +44,50 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(migrations))
         .routes(routes!(export_tenant))
         .routes(routes!(import_tenant))
+        .routes(routes!(export_tenant_as_api_md))
+        .routes(routes!(import_tenant_as_api_md))
         .routes(routes!(move_tenant))
+}
+
+/// The same as `POST /admin/api/v1/tenants/{slug}/export`, under the name
+/// the HTTP contract (API.md) gives it.
+#[utoipa::path(post, path = "/admin/api/v1/tenants/{slug}/exports", tag = "control-plane", security(("operator" = [])),
+    params(("slug" = String, Path),
+        ("Campus-Archive-Passphrase" = Option<String>, Header, description = "as for `/export`"),
+        ("Campus-Archive-Key" = Option<String>, Header, description = "as for `/export`")),
+    responses((status = 200, description = "The archive (a tar), streamed", content_type = "application/x-tar"),
+        (status = 401, description = "`unauthorized`", body = Problem),
+        (status = 404, description = "`not_found`", body = Problem),
+        (status = 409, description = "`conflict`", body = Problem),
+        (status = 422, description = "`validation_failed`", body = Problem)))]
+async fn export_tenant_as_api_md(
+    op: Operator,
+    state: State<AppState>,
+    slug: Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    export_tenant(op, state, slug, headers).await
+}
+
+/// The same as `POST /admin/api/v1/tenants/import`, under the name the
+/// HTTP contract (API.md) gives it.
+#[utoipa::path(post, path = "/admin/api/v1/tenants/imports", tag = "control-plane", security(("operator" = [])),
+    params(ImportRequest,
+        ("Campus-Archive-Passphrase" = Option<String>, Header, description = "as for `/import`"),
+        ("Campus-Archive-Key" = Option<String>, Header, description = "as for `/import`")),
+    request_body(content = Vec<u8>, content_type = "application/x-tar", description = "The archive"),
+    responses((status = 201, body = Imported),
+        (status = 401, description = "`unauthorized`", body = Problem),
+        (status = 409, description = "`conflict`", body = Problem),
+        (status = 422, description = "`invalid_archive`; `validation_failed`", body = Problem)))]
+async fn import_tenant_as_api_md(
+    op: Operator,
+    state: State<AppState>,
+    query: QueryOf<ImportRequest>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    import_tenant(op, state, query, headers, body).await
 }
 
 /// Move a tenant online to another isolation mode or placement: built while
@@ -84,7 +127,11 @@ const MOVE_FREEZE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// The import route takes an archive of any size (the tenant's plan
 /// bounds its files; the slow-body rules still apply).
 pub fn body_limit(route: &str) -> Option<u64> {
-    (route == "/admin/api/v1/tenants/import").then_some(u64::MAX)
+    matches!(
+        route,
+        "/admin/api/v1/tenants/import" | "/admin/api/v1/tenants/imports"
+    )
+    .then_some(u64::MAX)
 }
 
 /// The key of an archive: `Campus-Archive-Passphrase`, or

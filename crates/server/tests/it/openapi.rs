@@ -49,6 +49,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/admin/api/v1/tenants/{slug}/export"),
     ("post", "/admin/api/v1/tenants/{slug}/move"),
     ("post", "/admin/api/v1/tenants/import"),
+    ("post", "/admin/api/v1/tenants/{slug}/exports"),
+    ("post", "/admin/api/v1/tenants/imports"),
 ];
 
 async fn doc() -> Value {
