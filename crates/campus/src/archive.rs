@@ -149,9 +149,9 @@ pub async fn import(kernel: &tenancy::Kernel, args: ImportArgs) -> anyhow::Resul
     let key = key(&args.key)?;
     let req = lms::ops::ImportRequest {
         slug: args.slug.clone(),
-        isolation: args.isolation.clone(),
+        isolation: args.isolation.map(crate::cli::IsolationArg::name),
         placement: args.placement.clone(),
-        plan: args.plan.clone(),
+        plan: args.plan.map(crate::cli::PlanArg::name),
     };
     let bar = bar();
     let progress = report(&bar);
@@ -205,7 +205,7 @@ pub async fn import(kernel: &tenancy::Kernel, args: ImportArgs) -> anyhow::Resul
 
 pub async fn move_tenant(kernel: &tenancy::Kernel, args: MoveArgs) -> anyhow::Result<ExitCode> {
     let req = lms::ops::MoveRequest {
-        isolation: args.isolation.clone(),
+        isolation: args.isolation.map(crate::cli::IsolationArg::name),
         placement: args.placement.clone(),
     };
     let bar = bar();

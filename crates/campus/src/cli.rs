@@ -62,6 +62,41 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// A tenant's isolation mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IsolationArg {
+    /// A database of its own (a SQLite file embedded; a PostgreSQL database).
+    Database,
+    /// A PostgreSQL schema and role of its own.
+    Schema,
+    /// Shared PostgreSQL tables under row-level security.
+    Pool,
+}
+
+/// A tenant's plan (its rate limits and storage quota).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanArg {
+    Free,
+    Standard,
+    Enterprise,
+}
+
+impl IsolationArg {
+    pub fn name(self) -> String {
+        self.to_possible_value()
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl PlanArg {
+    pub fn name(self) -> String {
+        self.to_possible_value()
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -84,6 +119,15 @@ pub enum Command {
     /// database, every file) into a new directory, while it serves. The
     /// master key is not copied: keep it apart.
     Backup(BackupArgs),
+    /// Print a shell completion script (e.g. `campus completions bash >
+    /// /etc/bash_completion.d/campus`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff: `campus man | man -l -`).
+    Man,
     /// The deployment's operator token (one for every node).
     #[command(subcommand)]
     OperatorToken(OperatorTokenCommand),
@@ -101,6 +145,15 @@ pub struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:8080).
     #[arg(long, env = "CAMPUS_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// A second address (e.g. 127.0.0.1:9090) for the control plane,
+    /// `/metrics` and readiness; with it, the public listener serves none of
+    /// the control plane or `/metrics`.
+    #[arg(long, env = "CAMPUS_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Origins (comma-separated, e.g. `https://app.example.com`) whose pages
+    /// may call the API from a browser (CORS); `*` for any. Default: none.
+    #[arg(long, env = "CAMPUS_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
     /// With `example.com`, requests to `acme.example.com` are for the tenant `acme`.
     #[arg(long, env = "CAMPUS_BASE_DOMAIN")]
     pub base_domain: Option<String>,
@@ -151,6 +204,11 @@ pub struct ConnectionArgs {
     /// Ctrl-C (default 10000).
     #[arg(long, env = "CAMPUS_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// Milliseconds after SIGTERM during which the server still takes
+    /// requests while `/readyz` answers 503 (so that a load balancer takes
+    /// it out first); set it to the balancer's check interval (default 0).
+    #[arg(long, env = "CAMPUS_SHUTDOWN_DELAY_MS")]
+    pub shutdown_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,33 +217,46 @@ pub enum TenantCommand {
     Create(CreateArgs),
     /// List tenants.
     List {
+        /// Print JSON (an array of tenants) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show one tenant.
     Show {
+        /// The tenant.
         slug: String,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Change a tenant's name or plan.
     #[command(alias = "rename")]
     Update {
+        /// The tenant.
         slug: String,
+        /// The new display name.
         #[arg(long)]
         name: Option<String>,
-        /// free, standard or enterprise.
-        #[arg(long)]
-        plan: Option<String>,
+        /// The new plan.
+        #[arg(long, value_enum)]
+        plan: Option<PlanArg>,
     },
     /// Suspend a tenant: its API answers 403 until resumed.
-    Suspend { slug: String },
+    Suspend {
+        /// The tenant.
+        slug: String,
+    },
     /// Resume a suspended tenant.
-    Resume { slug: String },
+    Resume {
+        /// The tenant.
+        slug: String,
+    },
     /// Delete a tenant (kept on disk); with --purge, destroy its data too,
     /// then check that nothing of it remains (exit code 4 if anything does).
     Delete {
+        /// The tenant.
         slug: String,
+        /// Destroy its data, files, data key and cache entries for good.
         #[arg(long)]
         purge: bool,
     },
@@ -213,10 +284,11 @@ pub struct BackupArgs {
 
 #[derive(Debug, Args)]
 pub struct MoveArgs {
+    /// The tenant to move.
     pub slug: String,
-    /// database, schema or pool (default: the current one).
-    #[arg(long)]
-    pub isolation: Option<String>,
+    /// The isolation mode to move to (default: the current one).
+    #[arg(long, value_enum)]
+    pub isolation: Option<IsolationArg>,
     /// A configured placement (default: the current one).
     #[arg(long)]
     pub placement: Option<String>,
@@ -243,6 +315,7 @@ pub struct ArchiveKeyArgs {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
+    /// The tenant to export.
     pub slug: String,
     /// The archive to write (`-`: standard output). Written beside it as
     /// `<output>.partial` and renamed when whole.
@@ -263,16 +336,18 @@ pub struct ImportArgs {
     /// key); without it, a restore under the archive's slug and id.
     #[arg(long)]
     pub slug: Option<String>,
-    /// database, schema or pool (default: the archive's, when this
-    /// deployment offers it, else the deployment's default).
-    #[arg(long)]
-    pub isolation: Option<String>,
+    /// The isolation mode (default: the archive's, when this deployment
+    /// offers it, else the deployment's default).
+    #[arg(long, value_enum)]
+    pub isolation: Option<IsolationArg>,
+    /// The placement (default: the archive's, when this deployment has it,
+    /// else `default`).
     #[arg(long)]
     pub placement: Option<String>,
-    /// free, standard or enterprise (default: the archive's). The files
-    /// must fit the plan's storage quota.
-    #[arg(long)]
-    pub plan: Option<String>,
+    /// The plan (default: the archive's). The files must fit its storage
+    /// quota.
+    #[arg(long, value_enum)]
+    pub plan: Option<PlanArg>,
     #[command(flatten)]
     pub key: ArchiveKeyArgs,
     /// Print the summary as JSON.
@@ -282,10 +357,12 @@ pub struct ImportArgs {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
+    /// The tenant's name in URLs and `X-Tenant`: 3-63 of a-z, 0-9 and `-`.
     pub slug: String,
     /// The organisation's display name.
     #[arg(long)]
     pub name: String,
+    /// The first admin's email (their sign-in name).
     #[arg(long)]
     pub admin_email: String,
     /// The first admin's name (default: the part of the email before '@').
@@ -294,14 +371,15 @@ pub struct CreateArgs {
     /// Generated and printed once when absent.
     #[arg(long, env = "CAMPUS_ADMIN_PASSWORD")]
     pub admin_password: Option<String>,
-    /// database, schema or pool (default: database embedded, schema on PostgreSQL).
-    #[arg(long)]
-    pub isolation: Option<String>,
+    /// The isolation mode (default: `database` embedded, `schema` on PostgreSQL).
+    #[arg(long, value_enum)]
+    pub isolation: Option<IsolationArg>,
+    /// The placement: a PostgreSQL server of `[placements]` (default: `default`).
     #[arg(long)]
     pub placement: Option<String>,
-    /// free, standard (default) or enterprise.
-    #[arg(long)]
-    pub plan: Option<String>,
+    /// The plan (default: standard).
+    #[arg(long, value_enum)]
+    pub plan: Option<PlanArg>,
 }
 
 #[derive(Debug, Args)]
@@ -327,6 +405,10 @@ pub struct FileConfig {
     pub placements: std::collections::BTreeMap<String, PlacementFile>,
     pub log_format: Option<LogFormat>,
     pub listen: Option<SocketAddr>,
+    /// The control plane's own listener (see `--admin-listen`).
+    pub admin_listen: Option<SocketAddr>,
+    /// Origins allowed to call the API from a browser (CORS).
+    pub cors_origins: Option<Vec<String>>,
     pub base_domain: Option<String>,
     pub redis_url: Option<String>,
     pub environment: Option<String>,

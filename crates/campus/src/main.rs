@@ -86,6 +86,25 @@ fn init_logging(format: LogFormat, default_level: &str) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // What needs no configuration and no database.
+    match &cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            // Into a buffer first: the generator panics on a closed pipe.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "campus", &mut script);
+            stdout().write_all(&script)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            stdout().write_all(&page)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let file = FileConfig::load(cli.config.as_deref())?;
     let log_format = cli
         .log_format
@@ -150,6 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate(args) => migrate(kernel, args).await,
         Command::Doctor => doctor(kernel, &data_dir).await,
         Command::Backup(args) => archive::backup(&kernel, args).await,
+        Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
     };
     // A clean stop: the embedded registry's and tenants' write-ahead logs
     // are checkpointed into their files (a copy of `registry.db` alone then
@@ -538,12 +558,42 @@ async fn serve(
         .listen
         .or(file.listen)
         .unwrap_or_else(|| ([127, 0, 0, 1], 8080).into());
+    config.cors_origins = args
+        .cors_origins
+        .or(file.cors_origins.clone())
+        .unwrap_or_default();
+    for origin in &config.cors_origins {
+        if origin != "*" && !(origin.starts_with("https://") || origin.starts_with("http://")) {
+            bail!("cors_origins: `{origin}` is not an origin (scheme://host[:port]) or `*`");
+        }
+    }
+    let admin_listen = args.admin_listen.or(file.admin_listen);
+    config.separate_admin = admin_listen.is_some();
+    if let Some(redis) = kernel.shared()
+        && !redis.health().await.0
+    {
+        tracing::error!(
+            "Redis does not answer (--redis-url): this node serves without it, and /readyz \
+             reports it not ready until Redis has answered once"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let admin = match admin_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--admin-listen)"))?,
+        ),
+        None => None,
+    };
+    if let Some(a) = &admin {
+        tracing::info!(addr = %a.local_addr()?, "the control plane and /metrics are served here only");
+    }
     tracing::info!(addr = %listener.local_addr()?, data_dir = %data_dir.display(), "campus is serving");
     let state = server::AppState::new(kernel, config);
-    server::serve(listener, state, shutdown_signal()).await?;
+    server::serve_with_admin(listener, admin, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -590,6 +640,9 @@ fn connection_limits(
     }
     if let Some(g) = flags.shutdown_grace_ms.or(file.shutdown_grace_ms) {
         l.shutdown_grace = Duration::from_millis(g);
+    }
+    if let Some(d) = flags.shutdown_delay_ms.or(file.shutdown_delay_ms) {
+        l.shutdown_delay = Duration::from_millis(d);
     }
     l
 }
@@ -675,9 +728,9 @@ async fn tenant(kernel: Kernel, cmd: TenantCommand) -> anyhow::Result<ExitCode> 
             let req = ops::NewTenant {
                 slug: a.slug,
                 name: a.name,
-                isolation: a.isolation,
+                isolation: a.isolation.map(cli::IsolationArg::name),
                 placement: a.placement,
-                plan: a.plan,
+                plan: a.plan.map(cli::PlanArg::name),
                 admin: ops::NewAdmin {
                     email: a.admin_email,
                     name: admin_name,
@@ -715,6 +768,7 @@ async fn tenant(kernel: Kernel, cmd: TenantCommand) -> anyhow::Result<ExitCode> 
             if name.is_none() && plan.is_none() {
                 bail!("nothing to change: give --name and/or --plan");
             }
+            let plan = plan.map(cli::PlanArg::name);
             ops::update_tenant(&kernel, &slug, ops::TenantPatch { name, plan })
                 .await
                 .map_err(|e| explain(e, &slug))

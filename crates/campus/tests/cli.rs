@@ -770,3 +770,47 @@ async fn serve_generates_an_operator_token_once_and_it_works() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("CAMPUS_OPERATOR_TOKEN"));
 }
+
+#[test]
+fn completions_and_the_manual_need_no_data_and_options_list_their_values() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for (args, needle) in [
+        (&["completions", "bash"][..], "_campus()"),
+        (&["completions", "zsh"][..], "#compdef campus"),
+        (&["man"][..], ".TH campus"),
+    ] {
+        let out = campus_in(tmp.path()).args(args).output().expect("campus");
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(needle),
+            "{args:?}"
+        );
+    }
+    // Nothing was made: no data directory for a completion script.
+    assert!(!tmp.path().join("data").exists());
+    let out = campus_in(tmp.path())
+        .args([
+            "tenant",
+            "create",
+            "acme",
+            "--name",
+            "A",
+            "--admin-email",
+            "a@b.c",
+        ])
+        .args(["--isolation", "shared"])
+        .output()
+        .expect("campus");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("database") && err.contains("schema") && err.contains("pool"),
+        "{err}"
+    );
+    let help = campus_in(tmp.path())
+        .args(["tenant", "import", "--help"])
+        .output()
+        .expect("campus");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("enterprise"), "{help}");
+}

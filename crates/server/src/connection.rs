@@ -77,6 +77,10 @@ pub struct ConnectionLimits {
     pub body: BodyLimits,
     /// After a shutdown signal, how long requests in flight may take.
     pub shutdown_grace: Duration,
+    /// How long, after the stop signal, the listeners keep accepting while
+    /// `/readyz` answers 503 `stopping` (so that load balancers take the
+    /// node out first); then requests in flight get `shutdown_grace`.
+    pub shutdown_delay: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -90,6 +94,7 @@ impl Default for ConnectionLimits {
                 min_rate: 500,
             },
             shutdown_grace: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }

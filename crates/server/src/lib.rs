@@ -28,16 +28,22 @@ pub use state::{AppState, ServerConfig};
 
 use crate::problem::ApiError;
 
-/// The whole application.
+/// The public application: the tenant API, its OpenAPI document, health
+/// and readiness; and, unless the control plane has a listener of its own
+/// (`ServerConfig::separate_admin`), the control plane and `/metrics`.
 pub fn router(state: AppState) -> Router {
     let tenant_api = v1::routes().layer(middleware::from_fn_with_state(
         state.clone(),
         edge::tenant::layer,
     ));
-    let (api, mut doc) = OpenApiRouter::with_openapi(openapi::base())
+    let (tenant_router, mut doc) = OpenApiRouter::with_openapi(openapi::base())
         .merge(tenant_api)
+        .split_for_parts();
+    let (admin_router, admin_doc) = OpenApiRouter::new()
         .merge(admin::routes())
         .split_for_parts();
+    // The document describes the control plane wherever it is served.
+    doc.merge(admin_doc);
     doc.paths.paths.insert(
         "/api/v1/openapi.json".into(),
         utoipa::openapi::path::PathItem::new(
@@ -54,57 +60,162 @@ pub fn router(state: AppState) -> Router {
         ),
     );
     openapi::add_edge_errors(&mut doc);
-    let doc = Arc::new(doc);
-
-    let json_limit = state.config.json_limit;
-    api.route(
+    let doc = Arc::new(openapi::polish(&doc));
+    let mut api = tenant_router.route(
         "/api/v1/openapi.json",
         get(move || async move { Json(doc.as_ref().clone()) }),
-    )
-    .route("/healthz", get(healthz))
-    .route("/readyz", get(readyz))
-    .route("/metrics", get(metrics))
-    .fallback(|| async { ApiError::not_found() })
-    .method_not_allowed_fallback(|| async {
-        ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this route does not take that method",
+    );
+    if !state.config.separate_admin {
+        api = api.merge(admin_router).route("/metrics", get(metrics));
+    }
+    let cors = cors(&state.config.cors_origins);
+    let app = finish(api, state);
+    match cors {
+        Some(layer) => app.layer(layer),
+        None => app,
+    }
+}
+
+/// The control plane's own application (`--admin-listen`): the control
+/// plane, `/metrics`, health and readiness. Never reachable with a tenant's
+/// token: every control-plane route takes the operator token only.
+pub fn admin_router(state: AppState) -> Router {
+    let (admin_router, _) = OpenApiRouter::new()
+        .merge(admin::routes())
+        .split_for_parts();
+    finish(admin_router.route("/metrics", get(metrics)), state)
+}
+
+/// What every listener's application shares: health, readiness, the
+/// fallbacks, and the edge's outer layers.
+fn finish(api: Router<AppState>, state: AppState) -> Router {
+    let json_limit = state.config.json_limit;
+    api.route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(json_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            edge::guard::layer,
+        ))
+        .layer(middleware::from_fn(edge::request::layer))
+        .with_state(state)
+}
+
+/// CORS for the configured origins (none: no CORS headers, and a
+/// preflight is an `OPTIONS` like any other). Bearer tokens, not cookies:
+/// credentials are never allowed, so `*` is safe to give.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
         )
-    })
-    .layer(DefaultBodyLimit::max(json_limit))
-    .layer(middleware::from_fn_with_state(
-        state.clone(),
-        edge::guard::layer,
-    ))
-    .layer(middleware::from_fn(edge::request::layer))
-    .with_state(state)
+    };
+    let h = HeaderName::from_static;
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::IF_NONE_MATCH,
+                header::RANGE,
+                h("x-tenant"),
+                h("idempotency-key"),
+            ])
+            .expose_headers([
+                header::ETAG,
+                header::LINK,
+                header::RETRY_AFTER,
+                header::CONTENT_RANGE,
+                header::CONTENT_DISPOSITION,
+                h("ratelimit-limit"),
+                h("ratelimit-remaining"),
+                h("ratelimit-reset"),
+                h("x-request-id"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// Ready: every dependency answers (Redis gone after answering is
+/// `degraded`, still ready: nodes go on without it), and the node is not
+/// stopping. Each dependency is listed either way.
 async fn readyz(State(state): State<AppState>) -> Response {
-    // Within a second, whatever the database does: a load balancer asks
-    // because it needs an answer now.
-    match state
-        .kernel
-        .ready(std::time::Duration::from_millis(900))
-        .await
-    {
-        Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready: a database is unreachable");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                "the control plane or a tenant database is unreachable",
-            )
-            .retry_after(2)
-            .into_response()
-        }
+    use std::sync::atomic::Ordering;
+    use tenancy::kernel::Health;
+    if state.stopping.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "2")],
+            Json(serde_json::json!({
+                "status": "stopping",
+                "detail": "this node is shutting down and finishing the requests it has",
+            })),
+        )
+            .into_response();
     }
+    // Within a second, whatever a dependency does: a load balancer asks
+    // because it needs an answer now.
+    let checks = state
+        .kernel
+        .readiness(std::time::Duration::from_millis(900))
+        .await;
+    let down: Vec<&str> = checks
+        .iter()
+        .filter(|c| matches!(c.health, Health::Down(_)))
+        .map(|c| c.name.as_str())
+        .collect();
+    let degraded = checks
+        .iter()
+        .any(|c| matches!(c.health, Health::Degraded(_)));
+    if !down.is_empty() {
+        tracing::warn!(down = ?down, "not ready: a dependency is down");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "2")],
+            Json(serde_json::json!({
+                "status": "not_ready",
+                "code": "not_ready",
+                "detail": format!("unreachable: {}", down.join(", ")),
+                "checks": checks,
+            })),
+        )
+            .into_response();
+    }
+    Json(serde_json::json!({
+        "status": if degraded { "degraded" } else { "ready" },
+        "checks": checks,
+    }))
+    .into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -124,6 +235,17 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_admin(listener, None, state, shutdown).await
+}
+
+/// [`serve`], and the control plane on `admin` when given (its own
+/// listener: `--admin-listen`; then the public one does not serve it).
+pub async fn serve_with_admin(
+    listener: tokio::net::TcpListener,
+    admin: Option<tokio::net::TcpListener>,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let watcher = state.kernel.watch(std::time::Duration::from_millis(250));
     let upkeep = {
         let handle = state.metrics.clone();
@@ -135,8 +257,50 @@ pub async fn serve(
             }
         })
     };
+    // One shutdown for every listener; `/readyz` turns 503 at once.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    {
+        let state = state.clone();
+        let delay = state.config.connections.shutdown_delay;
+        tokio::spawn(async move {
+            shutdown.await;
+            state
+                .stopping
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            if !delay.is_zero() {
+                tracing::info!(
+                    delay_ms = delay.as_millis() as u64,
+                    "stopping: /readyz answers 503 while requests are still taken"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            let _ = stop.send(true);
+        });
+    }
+    let on_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let admin_task = admin.map(|listener| {
+        let app = admin_router(state.clone());
+        let stopping = on_stop(stopped.clone());
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopping)
+            .await
+        })
+    });
     let limits = state.config.connections;
-    let res = connection::run(listener, router(state), limits, shutdown).await;
+    let res = connection::run(listener, router(state), limits, on_stop(stopped)).await;
+    if let Some(task) = admin_task {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the admin listener stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "the admin listener's task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     watcher.abort();
     upkeep.abort();
     res

@@ -111,6 +111,68 @@ pub fn add_edge_errors(doc: &mut OpenApi) {
     }
 }
 
+/// The document as served, with what the annotations cannot say: every
+/// tenant operation takes `X-Tenant` (generated clients must be able to
+/// send it); file bodies are binary, not arrays of integers; problems are
+/// `application/problem+json` (RFC 9457).
+pub fn polish(doc: &OpenApi) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let mut v = serde_json::to_value(doc).unwrap_or(Value::Null);
+    let binary = |schema: &Value| schema["type"] == "array" && schema["items"]["type"] == "integer";
+    let fix_content = |content: &mut Value| {
+        let Some(map) = content.as_object_mut() else {
+            return;
+        };
+        for (_, media) in map.iter_mut() {
+            if binary(&media["schema"]) {
+                media["schema"] = json!({ "type": "string", "format": "binary" });
+            }
+        }
+        if map
+            .get("application/json")
+            .is_some_and(|m| m["schema"]["$ref"] == "#/components/schemas/Problem")
+            && let Some(m) = map.remove("application/json")
+        {
+            map.insert("application/problem+json".into(), m);
+        }
+    };
+    let Some(paths) = v["paths"].as_object_mut() else {
+        return v;
+    };
+    for (path, item) in paths.iter_mut() {
+        let tenant_route = path.starts_with("/api/v1/") && path != "/api/v1/openapi.json";
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (_, op) in item.iter_mut() {
+            if !op.is_object() {
+                continue;
+            }
+            if tenant_route {
+                let params = op
+                    .as_object_mut()
+                    .map(|o| o.entry("parameters").or_insert_with(|| json!([])));
+                if let Some(Value::Array(params)) = params {
+                    params.push(json!({
+                        "name": "X-Tenant",
+                        "in": "header",
+                        "required": false,
+                        "description": "The tenant's slug. Required unless the host names the tenant (`<slug>.<base domain>` with `--base-domain`); both naming different tenants is 400 `tenant_conflict`.",
+                        "schema": { "type": "string", "pattern": "^[a-z][a-z0-9-]{1,61}[a-z0-9]$" }
+                    }));
+                }
+            }
+            fix_content(&mut op["requestBody"]["content"]);
+            if let Some(responses) = op["responses"].as_object_mut() {
+                for (_, r) in responses.iter_mut() {
+                    fix_content(&mut r["content"]);
+                }
+            }
+        }
+    }
+    v
+}
+
 pub fn base() -> OpenApi {
     ApiDoc::openapi()
 }

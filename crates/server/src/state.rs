@@ -41,6 +41,13 @@ pub struct ServerConfig {
     pub login_throttle: lms::throttle::ThrottleConfig,
     /// How much password hashing may run at once.
     pub hashing: lms::hashing::HashingConfig,
+    /// Whether the control plane and `/metrics` are served on a listener
+    /// of their own (`--admin-listen`); then the public one lacks them.
+    pub separate_admin: bool,
+    /// Origins whose browser pages may call the API (CORS); empty: none.
+    /// `*` allows any origin (never with credentials: the API takes bearer
+    /// tokens, not cookies).
+    pub cors_origins: Vec<String>,
 }
 
 impl ServerConfig {
@@ -59,6 +66,8 @@ impl ServerConfig {
             trusted_proxies: Default::default(),
             login_throttle: Default::default(),
             hashing: Default::default(),
+            separate_admin: false,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -72,6 +81,9 @@ pub struct Inner {
     pub sessions: Sessions,
     pub metrics: PrometheusHandle,
     pub limits: crate::edge::limits::Limits,
+    /// Set when shutdown begins: `/readyz` answers 503 from then on, so
+    /// that load balancers stop sending requests while the rest drain.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -93,6 +105,7 @@ impl AppState {
             sessions,
             metrics: crate::edge::metrics::handle(),
             limits,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }));
         // Idle tenants' limiter states are dropped once a minute; the task
         // ends with the last handle on the state.

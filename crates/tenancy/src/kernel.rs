@@ -508,6 +508,64 @@ impl Kernel {
         }
     }
 
+    /// Each dependency this node serves from, checked now within `wait`:
+    /// the registry, every placement (PostgreSQL), Redis (when configured)
+    /// and the object store. What `/readyz` shows.
+    pub async fn readiness(&self, wait: Duration) -> Vec<Dependency> {
+        let timed = |what: &'static str| {
+            move |r: std::result::Result<Result<()>, tokio::time::error::Elapsed>| match r {
+                Ok(Ok(())) => Health::Up,
+                Ok(Err(e)) => Health::Down(e.to_string()),
+                Err(_) => Health::Down(format!("{what} did not answer within {wait:?}")),
+            }
+        };
+        let mut out = Vec::new();
+        out.push(Dependency {
+            name: "registry".into(),
+            health: timed("the registry")(tokio::time::timeout(wait, self.0.registry.ping()).await),
+        });
+        for (name, up) in self.0.data.placements_reachable() {
+            out.push(Dependency {
+                name: format!("placement:{name}"),
+                health: if up {
+                    Health::Up
+                } else {
+                    Health::Down("found down; retried after its backoff".into())
+                },
+            });
+        }
+        if let Some(redis) = self.shared() {
+            let (now, ever) = match tokio::time::timeout(wait, redis.health()).await {
+                Ok(h) => h,
+                Err(_) => (false, redis.ever_answered()),
+            };
+            out.push(Dependency {
+                name: "redis".into(),
+                health: match (now, ever) {
+                    (true, _) => Health::Up,
+                    // Gone after answering: nodes go on without it.
+                    (false, true) => Health::Degraded(
+                        "Redis does not answer; cache bypassed, limits per node".into(),
+                    ),
+                    (false, false) => Health::Down(
+                        "Redis has not answered since this node started: check --redis-url".into(),
+                    ),
+                },
+            });
+        }
+        let store = self.object_store();
+        let probe = object_store::path::Path::from("campus-readiness-probe");
+        out.push(Dependency {
+            name: "object_store".into(),
+            health: match tokio::time::timeout(wait, store.head(&probe)).await {
+                Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => Health::Up,
+                Ok(Err(e)) => Health::Down(e.to_string()),
+                Err(_) => Health::Down(format!("the object store did not answer within {wait:?}")),
+            },
+        });
+        out
+    }
+
     /// How many tenants the bulkheads currently track (bounded: idle ones
     /// are forgotten as the map grows).
     pub fn bulkhead_tenants(&self) -> usize {
@@ -540,6 +598,23 @@ impl Kernel {
     pub async fn list(&self) -> Result<Vec<Tenant>> {
         self.0.registry.list().await
     }
+}
+
+/// One dependency's state, for `/readyz`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Dependency {
+    pub name: String,
+    #[serde(flatten)]
+    pub health: Health,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "status", content = "detail", rename_all = "lowercase")]
+pub enum Health {
+    Up,
+    /// Working without it, worse (Redis gone after answering).
+    Degraded(String),
+    Down(String),
 }
 
 /// How long a lease lasts without its holder renewing it.

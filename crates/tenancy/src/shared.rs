@@ -98,6 +98,8 @@ pub struct Redis {
     skip_until_ms: AtomicU64,
     /// Whether an outage is under way (for logging its start and end once).
     down: AtomicBool,
+    /// Whether Redis ever answered since this node started.
+    answered: AtomicBool,
 }
 
 /// A GCRA verdict from Redis.
@@ -167,6 +169,7 @@ impl Redis {
             epoch: Instant::now(),
             skip_until_ms: AtomicU64::new(0),
             down: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
         };
         let pong: Option<String> = me
             .call("ping", |mut c| async move {
@@ -182,6 +185,24 @@ impl Redis {
     /// The environment every key starts with.
     pub fn environment(&self) -> &str {
         &self.env
+    }
+
+    /// Whether Redis answers now (a PING within the call timeout), and
+    /// whether it ever answered since this node started: a node whose Redis
+    /// never answered is misconfigured, one whose Redis went away is
+    /// degraded (it goes on without it).
+    pub async fn health(&self) -> (bool, bool) {
+        let pong: Option<String> = self
+            .attempt("ping", |mut c| async move {
+                redis::cmd("PING").query_async(&mut c).await
+            })
+            .await;
+        (pong.is_some(), self.answered.load(Ordering::Relaxed))
+    }
+
+    /// Whether Redis answered once since this node started.
+    pub fn ever_answered(&self) -> bool {
+        self.answered.load(Ordering::Relaxed)
     }
 
     /// `<environment>:<tenant uuid>:` — the start of every key of `tenant`.
@@ -233,6 +254,7 @@ impl Redis {
     {
         let failure = match tokio::time::timeout(CALL_TIMEOUT, f(self.conn.clone())).await {
             Ok(Ok(v)) => {
+                self.answered.store(true, Ordering::Relaxed);
                 if self.down.swap(false, Ordering::Relaxed) {
                     self.skip_until_ms.store(0, Ordering::Relaxed);
                     tracing::info!(target: "campus::redis", "Redis is back: shared cache and limits resume");

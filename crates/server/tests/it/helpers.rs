@@ -15,6 +15,8 @@ pub const PASSWORD: &str = "correct horse battery";
 
 pub struct TestApp {
     pub base: String,
+    /// The control plane's own listener, when the app has one.
+    pub admin_base: Option<String>,
     pub kernel: Kernel,
     /// What the kernel was opened with: to open another one over the same store.
     pub config: KernelConfig,
@@ -304,10 +306,21 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut KernelConfig, &mut ServerConf
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let admin = match scfg.separate_admin {
+        true => Some(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind admin"),
+        ),
+        false => None,
+    };
+    let admin_base = admin
+        .as_ref()
+        .map(|a| format!("http://{}", a.local_addr().expect("addr")));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let state = AppState::new(kernel.clone(), scfg);
     tokio::spawn(async move {
-        server::serve(listener, state, async {
+        server::serve_with_admin(listener, admin, state, async {
             let _ = rx.await;
         })
         .await
@@ -315,6 +328,7 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut KernelConfig, &mut ServerConf
     });
     TestApp {
         base,
+        admin_base,
         kernel,
         config: kcfg,
         client: reqwest::Client::new(),
@@ -352,6 +366,12 @@ pub struct Footprint {
 }
 
 impl TestApp {
+    /// Sends the server its stop signal (as SIGTERM does `campus serve`).
+    pub fn begin_shutdown(&mut self) {
+        let (tx, _) = tokio::sync::oneshot::channel();
+        drop(std::mem::replace(&mut self._shutdown, tx));
+    }
+
     /// The app's PostgreSQL database (`None` on SQLite).
     pub fn pg_database(&self) -> Option<String> {
         pg_database_of(&self.config)
@@ -539,10 +559,19 @@ impl TestApp {
 
     /// Provisions a tenant through the control-plane API and logs its admin in.
     pub async fn tenant(&self, prefix: &str) -> TestTenant {
+        let base = self.base.clone();
+        self.tenant_on(&base, prefix).await
+    }
+
+    /// [`tenant`](Self::tenant), through the control plane at `base` (the
+    /// admin listener, when the app has one).
+    pub async fn tenant_on(&self, base: &str, prefix: &str) -> TestTenant {
         let slug = unique_slug(prefix);
         let email = format!("admin@{slug}.test");
         let res = self
-            .operator(Method::POST, "/admin/api/v1/tenants")
+            .client
+            .post(format!("{base}/admin/api/v1/tenants"))
+            .bearer_auth(OPERATOR_TOKEN)
             .json(&json!({
                 "slug": slug,
                 "name": format!("Org {slug}"),

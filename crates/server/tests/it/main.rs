@@ -17,6 +17,7 @@ mod connection_cap;
 mod connections;
 mod content;
 mod credentials;
+mod deploy;
 mod directory;
 mod isolation;
 mod keys;

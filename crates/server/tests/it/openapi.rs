@@ -153,3 +153,39 @@ async fn error_codes_and_bodies_are_documented() {
     assert!(doc["components"]["schemas"]["Problem"].is_object());
     assert!(doc["components"]["schemas"]["Course"].is_object());
 }
+
+#[tokio::test]
+async fn clients_generated_from_the_document_can_name_the_tenant_and_send_files() {
+    let doc = doc().await;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let names: Vec<&str> = op["parameters"]
+                .as_array()
+                .map(|ps| ps.iter().filter_map(|p| p["name"].as_str()).collect())
+                .unwrap_or_default();
+            let tenant = path.starts_with("/api/v1/") && path != "/api/v1/openapi.json";
+            assert_eq!(
+                names.contains(&"X-Tenant"),
+                tenant,
+                "{method} {path}: X-Tenant declared {names:?}"
+            );
+            // Problems are problem+json, never plain JSON.
+            for (status, r) in op["responses"].as_object().unwrap() {
+                if let Some(c) = r["content"].as_object() {
+                    assert!(
+                        !(c.contains_key("application/json")
+                            && c["application/json"]["schema"]["$ref"]
+                                == "#/components/schemas/Problem"),
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
+    let upload = &doc["paths"]["/api/v1/courses/{cid}/lessons/{lid}/content"]["put"]["requestBody"]
+        ["content"]["video/mp4"]["schema"];
+    assert_eq!(upload["type"], "string");
+    assert_eq!(upload["format"], "binary");
+    let problem = &doc["paths"]["/api/v1/courses"]["post"]["responses"]["422"]["content"];
+    assert!(problem["application/problem+json"].is_object(), "{problem}");
+}

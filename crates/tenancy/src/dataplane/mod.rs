@@ -236,6 +236,15 @@ impl DataPlane {
         }
     }
 
+    /// Each placement and whether it answered when last tried (none on
+    /// SQLite: the registry is the data plane's file).
+    pub fn placements_reachable(&self) -> Vec<(String, bool)> {
+        match self {
+            DataPlane::Embedded(_) => Vec::new(),
+            DataPlane::Postgres(p) => p.each_reachable(),
+        }
+    }
+
     /// Whether the placement holding the registry answered when last tried.
     pub(crate) fn registry_reachable(&self) -> bool {
         match self {

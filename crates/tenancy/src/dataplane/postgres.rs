@@ -297,6 +297,16 @@ impl Placements {
     }
 
     /// Whether every placement answered when last tried.
+    pub(crate) fn each_reachable(&self) -> Vec<(String, bool)> {
+        let mut out: Vec<(String, bool)> = self
+            .by_name
+            .values()
+            .map(|p| (p.name.clone(), !p.health.is_down()))
+            .collect();
+        out.sort();
+        out
+    }
+
     pub(crate) fn reachable(&self) -> bool {
         self.by_name.values().all(|p| !p.health.is_down())
     }
