@@ -253,6 +253,7 @@ pub async fn serve_with_admin(
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
             loop {
                 tick.tick().await;
+                edge::metrics::process_upkeep();
                 handle.run_upkeep();
             }
         })

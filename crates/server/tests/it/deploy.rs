@@ -196,3 +196,84 @@ async fn a_redis_that_never_answered_makes_the_node_not_ready() {
     );
     assert_eq!(check(&body, "registry")["status"], "up");
 }
+
+/// The metric names an alert rule or a dashboard query uses (histogram
+/// series map to their histogram).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("campus_") {
+        let start = i + at;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let mut name = &text[start..end];
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(base) = name.strip_suffix(suffix)
+                && base.ends_with("_seconds")
+            {
+                name = base;
+            }
+        }
+        out.insert(name.to_owned());
+        i = end;
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_alert_rules_and_the_dashboard_use_only_metrics_the_server_exports() {
+    let rules = include_str!("../../../../deploy/prometheus/alerts.yml");
+    let dashboard = include_str!("../../../../deploy/grafana/campus.json");
+    let _: Value = serde_json::from_str(dashboard).expect("the dashboard is JSON");
+    let known: std::collections::BTreeSet<&str> = server::edge::metrics::DESCRIBED
+        .iter()
+        .map(|(name, ..)| *name)
+        .collect();
+    let used: Vec<String> = metric_names(rules)
+        .into_iter()
+        .chain(metric_names(dashboard))
+        .collect();
+    assert!(used.len() >= 10, "{used:?}");
+    for name in &used {
+        assert!(
+            known.contains(name.as_str()),
+            "{name} is not a metric Campus exports"
+        );
+    }
+    // A live scrape: what the server exports is described (HELP), and the
+    // ones the rules lean on most are there after a little traffic.
+    let app = spawn_app().await;
+    let t = app.tenant("scraped").await;
+    app.get(&t.admin, "/api/v1/courses").send().await.unwrap();
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in text.lines().filter(|l| l.starts_with("# TYPE campus_")) {
+        let name = line.split_whitespace().nth(2).unwrap();
+        assert!(known.contains(name), "{name} is exported but not described");
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP"
+        );
+    }
+    for name in [
+        "campus_build_info",
+        "campus_http_requests_total",
+        "campus_http_request_duration_seconds",
+        "campus_tenant_requests_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} not scraped"
+        );
+    }
+}
