@@ -272,3 +272,41 @@ async fn nodes_on_one_registry_share_the_master_key_and_the_operator_token() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_access_log_names_the_client_its_user_agent_and_the_trace() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = Server::start(campus(tmp.path(), &tmp.path().join("data")), &[]);
+    let res = reqwest::Client::new()
+        .get(srv.url("/healthz"))
+        .header("User-Agent", "campus-test/1.0 (access log)")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(res.status(), StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let log = srv.log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("request finished") && l.contains("campus-test/1.0"))
+        {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no access log line:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+    let span = &v["span"];
+    assert_eq!(span["client"], "127.0.0.1", "{line}");
+    assert_eq!(span["user_agent"], "campus-test/1.0 (access log)", "{line}");
+    assert_eq!(
+        span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "{line}"
+    );
+    assert_eq!(span["parent_span_id"], "00f067aa0ba902b7", "{line}");
+}

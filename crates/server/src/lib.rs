@@ -105,7 +105,10 @@ fn finish(api: Router<AppState>, state: AppState) -> Router {
             state.clone(),
             edge::guard::layer,
         ))
-        .layer(middleware::from_fn(edge::request::layer))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            edge::request::layer,
+        ))
         .with_state(state)
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -24,7 +24,38 @@ fn well_formed(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-pub async fn layer(mut req: Request, next: Next) -> Response {
+/// A W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`): its trace id
+/// and parent id, when well formed (lowercase hex, not all zeros; a later
+/// version's extra fields are ignored, version `ff` is invalid).
+pub fn traceparent(value: &str) -> Option<(&str, &str)> {
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && s.bytes().any(|b| b != b'0')
+    };
+    let mut parts = value.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let version_ok = version.len() == 2
+        && version.bytes().all(|b| b.is_ascii_hexdigit())
+        && version != "ff"
+        && (version != "00" || parts.next().is_none());
+    let flags_ok = flags.len() == 2 && flags.bytes().all(|b| b.is_ascii_hexdigit());
+    (version_ok && flags_ok && hex(trace, 32) && hex(parent, 16)).then_some((trace, parent))
+}
+
+/// A header value fit for a log line: printable, at most 200 characters.
+fn loggable(v: Option<&HeaderValue>) -> String {
+    let s = v.and_then(|v| v.to_str().ok()).unwrap_or("-");
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
+pub async fn layer(
+    State(state): State<crate::state::AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let id = req
         .headers()
         .get(HEADER)
@@ -40,13 +71,32 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
+    let client = super::client::address(
+        req.headers(),
+        req.extensions(),
+        &state.config.trusted_proxies,
+    );
+    let user_agent = loggable(req.headers().get(axum::http::header::USER_AGENT));
     let span = tracing::info_span!(
         "request",
         request_id = %id,
         method = super::metrics::method_label(&method),
         path = %req.uri().path(),
         tenant = tracing::field::Empty,
+        client = %client.as_str(),
+        user_agent = %user_agent,
+        trace_id = tracing::field::Empty,
+        parent_span_id = tracing::field::Empty,
     );
+    if let Some((trace, parent)) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(traceparent)
+    {
+        span.record("trace_id", trace);
+        span.record("parent_span_id", parent);
+    }
     let started = Instant::now();
     let mut res = next.run(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
@@ -90,7 +140,30 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::well_formed;
+    use super::{traceparent, well_formed};
+
+    #[test]
+    fn traceparents() {
+        let t = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            traceparent(t),
+            Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"))
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(traceparent(bad), None, "{bad}");
+        }
+        // A later version may carry more fields.
+        assert!(traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x").is_some());
+    }
 
     #[test]
     fn request_ids() {
