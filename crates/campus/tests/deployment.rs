@@ -310,3 +310,118 @@ async fn the_access_log_names_the_client_its_user_agent_and_the_trace() {
     );
     assert_eq!(span["parent_span_id"], "00f067aa0ba902b7", "{line}");
 }
+
+/// `deploy/postgres/init.sql`, as the docs and the compose file run it,
+/// against the local PostgreSQL (under names of this test's own): twice
+/// (it is idempotent), then `campus doctor` finds the roles as Campus
+/// needs them and `campus serve` serves.
+#[tokio::test]
+async fn the_shipped_init_sql_makes_a_deployment_campus_accepts() {
+    let n = tenancy::TenantId::new().simple()[..12].to_owned();
+    let (db, owner, app) = (
+        format!("campus_init_{n}"),
+        format!("campus_init_owner_{n}"),
+        format!("campus_init_app_{n}"),
+    );
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/postgres/init.sql"
+    );
+    for _ in 0..2 {
+        let out = Command::new("psql")
+            .arg(pg_admin_url())
+            .args(["-X", "-q", "-v", &format!("database={db}")])
+            .args([
+                "-v",
+                &format!("owner_role={owner}"),
+                "-v",
+                &format!("app_role={app}"),
+            ])
+            .args(["-f", script])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let with_db = |c: &mut Command| {
+        c.args([
+            "--database-url",
+            &support::pg_url(&app, &db),
+            "--owner-database-url",
+            &support::pg_url(&owner, &db),
+        ]);
+    };
+    let mut doctor = campus(tmp.path(), &tmp.path().join("data"));
+    with_db(&mut doctor);
+    let out = doctor.arg("doctor").output().expect("doctor");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    {
+        let mut cmd = campus(tmp.path(), &tmp.path().join("data"));
+        with_db(&mut cmd);
+        let srv = Server::start(cmd, &[]);
+        let res = reqwest::get(srv.url("/readyz")).await.expect("readyz");
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    psql_ok(
+        &pg_admin_url(),
+        &format!(
+            "DROP DATABASE IF EXISTS {db} WITH (FORCE);\nDROP ROLE IF EXISTS {app};\nDROP ROLE IF EXISTS {owner};"
+        ),
+    );
+}
+
+/// The image's entry point and health check, as a plain process: `campus`
+/// with the Dockerfile's environment, and its HEALTHCHECK command.
+#[tokio::test]
+async fn the_images_entry_point_serves_and_its_health_check_passes() {
+    let dockerfile = include_str!("../../../Dockerfile");
+    let check = dockerfile
+        .lines()
+        .skip_while(|l| !l.starts_with("HEALTHCHECK"))
+        .find_map(|l| l.trim().strip_prefix("CMD "))
+        .expect("a HEALTHCHECK CMD");
+    let argv: Vec<String> = serde_json::from_str(check).expect("the CMD is a JSON array");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut cmd = campus_in(tmp.path());
+    cmd.env("CAMPUS_DATA_DIR", tmp.path().join("data"))
+        .env("CAMPUS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CAMPUS_OPERATOR_TOKEN", "image-test-operator-token");
+    // As the image runs it: `campus serve` (Server::start adds the listen flag
+    // too; it names the same kind of address).
+    let _srv = Server::start(cmd, &[]);
+    let health = |port: u16| {
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("CAMPUS_HEALTH_PORT", port.to_string())
+            .output()
+            .expect("health check")
+    };
+    let srv_port: u16 = _srv
+        .base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    assert!(
+        health(srv_port).status.success(),
+        "the health check fails on a serving node"
+    );
+    assert!(
+        !health(port).status.success(),
+        "the health check passes with nothing listening"
+    );
+}
