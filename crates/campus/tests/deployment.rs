@@ -425,3 +425,67 @@ async fn the_images_entry_point_serves_and_its_health_check_passes() {
         "the health check passes with nothing listening"
     );
 }
+
+/// `deploy/compose.yaml` parses (YAML, anchors merged), and its Campus
+/// services are what the docs say: two nodes and a migrate step on one
+/// image, with the same database, Redis, store, master key and token, their
+/// control plane on the admin listener; behind the proxy. Parsed with
+/// Python's PyYAML (no Docker here to run it).
+#[test]
+fn the_compose_file_describes_two_nodes_sharing_everything() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/compose.yaml");
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+            path,
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "parsing compose.yaml (needs python3 with PyYAML): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let services = doc["services"].as_object().expect("services");
+    for s in [
+        "postgres",
+        "redis",
+        "minio",
+        "minio-bucket",
+        "migrate",
+        "campus-1",
+        "campus-2",
+        "proxy",
+    ] {
+        assert!(services.contains_key(s), "no service {s}");
+    }
+    let env = |s: &str| services[s]["environment"].clone();
+    assert_eq!(env("campus-1"), env("campus-2"));
+    assert_eq!(env("campus-1"), env("migrate"));
+    let e = env("campus-1");
+    for var in [
+        "CAMPUS_DATABASE_URL",
+        "CAMPUS_OWNER_DATABASE_URL",
+        "CAMPUS_REDIS_URL",
+        "CAMPUS_STORAGE_URL",
+        "CAMPUS_MASTER_KEY",
+        "CAMPUS_OPERATOR_TOKEN",
+        "CAMPUS_ADMIN_LISTEN",
+    ] {
+        assert!(e.get(var).is_some(), "campus nodes lack {var}");
+    }
+    assert_eq!(services["campus-1"]["image"], services["campus-2"]["image"]);
+    assert_eq!(
+        services["migrate"]["command"],
+        serde_json::json!(["migrate"])
+    );
+    // The init script it mounts is the one the test above runs.
+    let mounts = services["postgres"]["volumes"].to_string();
+    assert!(mounts.contains("./postgres/init.sql"), "{mounts}");
+    // The proxy's configuration names both nodes and checks readiness.
+    let caddy = include_str!("../../../deploy/proxy/Caddyfile");
+    assert!(caddy.contains("campus-1:8080") && caddy.contains("campus-2:8080"));
+    assert!(caddy.contains("health_uri /readyz"));
+}
