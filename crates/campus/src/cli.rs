@@ -128,6 +128,13 @@ pub enum Command {
     },
     /// Print the manual page (roff: `campus man | man -l -`).
     Man,
+    /// Print the effective configuration (secrets masked) and where each
+    /// value comes from: flag, environment, campus.toml or default.
+    Config {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The deployment's operator token (one for every node).
     #[command(subcommand)]
     OperatorToken(OperatorTokenCommand),

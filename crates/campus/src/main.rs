@@ -2,6 +2,7 @@
 
 mod archive;
 mod cli;
+mod config;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -10,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use tenancy::{Kernel, KernelConfig};
@@ -31,7 +31,23 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> ExitCode {
     // Everything Campus writes is its user's alone (files 0600, directories 0700).
     tenancy::private::restrict_umask();
-    let cli = Cli::parse();
+    let matches = {
+        use clap::CommandFactory;
+        Cli::command().get_matches()
+    };
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if let Command::Config { json } = &cli.command {
+        return match config::print(&cli, &matches, *json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -169,7 +185,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate(args) => migrate(kernel, args).await,
         Command::Doctor => doctor(kernel, &data_dir).await,
         Command::Backup(args) => archive::backup(&kernel, args).await,
-        Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
+        Command::Completions { .. } | Command::Man | Command::Config { .. } => {
+            Ok(ExitCode::SUCCESS)
+        }
     };
     // A clean stop: the embedded registry's and tenants' write-ahead logs
     // are checkpointed into their files (a copy of `registry.db` alone then

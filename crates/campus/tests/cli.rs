@@ -814,3 +814,48 @@ fn completions_and_the_manual_need_no_data_and_options_list_their_values() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("enterprise"), "{help}");
 }
+
+#[test]
+fn config_shows_each_value_and_its_source_with_secrets_masked() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        tmp.path().join("campus.toml"),
+        "redis_url = \"redis://:redis-secret@cache:6379/0\"\nlisten = \"0.0.0.0:8080\"\n",
+    )
+    .expect("campus.toml");
+    let out = campus_in(tmp.path())
+        .env("CAMPUS_DATABASE_URL", "postgres://app:db-secret@db/campus")
+        .env(
+            "CAMPUS_MASTER_KEY",
+            "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=",
+        )
+        .args(["--pool-size", "32", "config", "--json"])
+        .output()
+        .expect("campus config");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for secret in ["db-secret", "redis-secret", "QUJDREVG"] {
+        assert!(!text.contains(secret), "a secret printed: {text}");
+    }
+    let all: Vec<Value> = serde_json::from_str(&text).expect("json");
+    let get = |name: &str| {
+        all.iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .clone()
+    };
+    assert_eq!(get("pool_size")["source"], "flag");
+    assert_eq!(get("pool_size")["value"], "32");
+    assert_eq!(get("database_url")["source"], "environment");
+    assert_eq!(get("database_url")["value"], "postgres://app:***@db/campus");
+    assert_eq!(get("redis_url")["source"], "campus.toml");
+    assert_eq!(get("listen")["source"], "campus.toml");
+    assert_eq!(get("master_key")["source"], "environment");
+    assert_eq!(get("environment")["source"], "default");
+    // It reads configuration only: no data directory, no database.
+    assert!(!tmp.path().join("data").exists());
+}
