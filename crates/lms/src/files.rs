@@ -135,14 +135,17 @@ pub async fn content_url(cx: &Cx, course_id: &str, lesson_id: &str) -> Result<Co
     }
     let storage = cx.kernel.storage(&cx.tenant).await?;
     let expires = unix_now() + i64::try_from(LINK_TTL.as_secs()).unwrap_or(900);
-    let sig = storage.sign(LINK_PURPOSE, &[course_id, lesson_id], expires);
+    let slug = cx.tenant.slug.to_string();
+    let sig = storage.sign(LINK_PURPOSE, &[course_id, lesson_id, &slug], expires);
     let expires_at = humantime::format_rfc3339_seconds(
         UNIX_EPOCH + Duration::from_secs(u64::try_from(expires).unwrap_or(0)),
     )
     .to_string();
     Ok(ContentUrl {
+        // The link names its tenant itself: it opens from any page, with
+        // no header and no subdomain (the signature binds the tenant's id).
         url: format!(
-            "/api/v1/courses/{course_id}/lessons/{lesson_id}/content?expires={expires}&sig={sig}"
+            "/api/v1/courses/{course_id}/lessons/{lesson_id}/content?tenant={slug}&expires={expires}&sig={sig}"
         ),
         expires_at,
     })
@@ -155,6 +158,7 @@ fn link_holds(
     tenant: &Tenant,
     course_id: &str,
     lesson_id: &str,
+    linked_tenant: &str,
     expires: &str,
     sig: &str,
 ) -> bool {
@@ -167,7 +171,15 @@ fn link_holds(
     if exp < now || exp > now + i64::try_from(LINK_TTL.as_secs()).unwrap_or(900) {
         return false;
     }
-    kernel.verify_signature(tenant.id, LINK_PURPOSE, &[course_id, lesson_id], exp, sig)
+    // The tenant's name as the link spells it is signed too: a link opens
+    // only as it was handed out (and only for the tenant whose id signed it).
+    kernel.verify_signature(
+        tenant.id,
+        LINK_PURPOSE,
+        &[course_id, lesson_id, linked_tenant],
+        exp,
+        sig,
+    )
 }
 
 /// The signature of a signed link in a request for `path` and `query`,
@@ -192,9 +204,10 @@ pub fn signed_link<'q>(
     else {
         return None;
     };
-    let (mut expires, mut sig) = (None, None);
+    let (mut linked, mut expires, mut sig) = (None, None, None);
     for pair in query?.split('&') {
         let slot = match pair.split_once('=') {
+            Some(("tenant", v)) => (&mut linked, v),
             Some(("expires", v)) => (&mut expires, v),
             Some(("sig", v)) => (&mut sig, v),
             _ => continue,
@@ -203,22 +216,32 @@ pub fn signed_link<'q>(
             return None; // given twice: not as signed
         }
     }
-    let (expires, sig) = (expires?, sig?);
-    link_holds(kernel, tenant, course, lesson, expires, sig).then_some(sig)
+    let (linked, expires, sig) = (linked?, expires?, sig?);
+    link_holds(kernel, tenant, course, lesson, linked, expires, sig).then_some(sig)
 }
 
 /// Opens a lesson's content for a signed link. The signature is checked over
 /// the path's ids exactly as sent, before anything is looked up; a link
 /// altered, expired, or signed for another tenant → [`Error::InvalidSignature`].
+#[allow(clippy::too_many_arguments)]
 pub async fn signed_lesson_content(
     kernel: &Kernel,
     tenant: &Tenant,
     course_id: &str,
     lesson_id: &str,
+    linked_tenant: &str,
     expires: &str,
     sig: &str,
 ) -> Result<Opened> {
-    if !link_holds(kernel, tenant, course_id, lesson_id, expires, sig) {
+    if !link_holds(
+        kernel,
+        tenant,
+        course_id,
+        lesson_id,
+        linked_tenant,
+        expires,
+        sig,
+    ) {
         return Err(Error::InvalidSignature);
     }
     let storage = kernel.storage(tenant).await?;

@@ -67,6 +67,50 @@ pub fn requested_name(headers: &HeaderMap, base_domain: Option<&str>) -> Result<
     }
 }
 
+/// The tenant a signed content link names in its query (`?tenant=`), for
+/// a `GET`/`HEAD` of a lesson's content that carries a signature: a
+/// `<video>` on any page can load it, with no header and no subdomain. The
+/// signature binds the tenant's id, so a link of one tenant never opens
+/// under another's name. `None` for any other request.
+fn link_tenant<'q>(method: &Method, path: &str, query: Option<&'q str>) -> Option<&'q str> {
+    if !matches!(*method, Method::GET | Method::HEAD) || !path.ends_with("/content") {
+        return None;
+    }
+    let mut tenant = None;
+    let mut signed = false;
+    for pair in query?.split('&') {
+        match pair.split_once('=') {
+            // Given twice: not as signed.
+            Some(("tenant", v)) if tenant.replace(v).is_some() => return None,
+            Some(("sig", _)) => signed = true,
+            _ => {}
+        }
+    }
+    tenant.filter(|_| signed)
+}
+
+/// The tenant a request names: [`requested_name`], or, when neither header
+/// nor host names one, the tenant a signed link names. A header or host
+/// naming another tenant than the link wins, and the link's signature then
+/// fails there (403 `invalid_signature`, as for any link used under another
+/// tenant).
+fn requested_tenant(
+    headers: &HeaderMap,
+    base_domain: Option<&str>,
+    method: &Method,
+    uri: &axum::http::Uri,
+) -> Result<String, ApiError> {
+    match requested_name(headers, base_domain) {
+        Err(e) if !headers.contains_key(HEADER) => {
+            match link_tenant(method, uri.path(), uri.query()) {
+                Some(linked) => Ok(linked.to_owned()),
+                None => Err(e),
+            }
+        }
+        named => named,
+    }
+}
+
 fn conflict(why: &str) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "tenant_conflict", why)
 }
@@ -106,7 +150,7 @@ pub fn gate(t: &Tenant, method: &Method, latest: i64) -> Result<(), ApiError> {
 
 /// Middleware: resolves and gates the tenant, or answers the problem.
 pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let tenant = match resolve(&state, req.headers(), req.method()).await {
+    let tenant = match resolve(&state, req.headers(), req.method(), req.uri()).await {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
@@ -195,8 +239,9 @@ async fn resolve(
     state: &AppState,
     headers: &HeaderMap,
     method: &Method,
+    uri: &axum::http::Uri,
 ) -> Result<Tenant, ApiError> {
-    let name = requested_name(headers, state.config.base_domain.as_deref())?;
+    let name = requested_tenant(headers, state.config.base_domain.as_deref(), method, uri)?;
     let slug = Slug::parse(&name).map_err(|_| ApiError::invalid_tenant())?;
     let tenant = state
         .kernel

@@ -105,6 +105,7 @@ async fn put_lesson_content(
 
 #[derive(serde::Deserialize)]
 struct Signed {
+    tenant: Option<String>,
     expires: Option<String>,
     sig: Option<String>,
 }
@@ -115,6 +116,7 @@ struct Signed {
 #[utoipa::path(get, path = "/api/v1/courses/{cid}/lessons/{lid}/content", tag = "files",
     security(("bearer" = []), ()),
     params(("cid" = String, Path), ("lid" = String, Path),
+        ("tenant" = Option<String>, Query, description = "from a signed link: the tenant it names (no `X-Tenant` needed)"),
         ("expires" = Option<String>, Query, description = "from a signed link"),
         ("sig" = Option<String>, Query, description = "from a signed link")),
     responses((status = 200, description = "The file", content_type = "application/octet-stream"),
@@ -132,6 +134,7 @@ async fn get_lesson_content(
     let signed: Signed = axum::extract::Query::<Signed>::try_from_uri(&parts.uri)
         .map(|q| q.0)
         .unwrap_or(Signed {
+            tenant: None,
             expires: None,
             sig: None,
         });
@@ -144,6 +147,7 @@ async fn get_lesson_content(
             &tenant,
             &course,
             &lesson,
+            signed.tenant.as_deref().unwrap_or(""),
             signed.expires.as_deref().unwrap_or(""),
             signed.sig.as_deref().unwrap_or(""),
         )

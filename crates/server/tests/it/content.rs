@@ -980,3 +980,51 @@ async fn concurrent_uploads_are_counted_exactly() {
     let now = download(&app, &f.t.admin, &path).await;
     assert!(files.contains(&now));
 }
+
+#[tokio::test]
+async fn a_signed_link_opens_from_any_page_without_header_or_subdomain() {
+    let app = spawn_app().await;
+    let f = fixture(&app, "portable").await;
+    let other = fixture(&app, "elsewhere").await;
+    let file = mp4(150_000);
+    let res = upload(&app, &f.t.admin, &f.content(), "video/mp4", file.clone()).await;
+    assert!(res.status().is_success());
+    let link = content_url(&app, &f).await;
+    let url = link["url"].as_str().unwrap().to_owned();
+    assert!(url.contains(&format!("tenant={}", f.t.slug)), "{url}");
+    // As a <video> on another origin loads it: no header, no token, no subdomain.
+    let res = app.client.get(app.url(&url)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.bytes().await.unwrap().to_vec(), file);
+    let res = app
+        .client
+        .get(app.url(&url))
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    // Under another tenant's name the signature does not hold.
+    let moved = url.replace(
+        &format!("tenant={}", f.t.slug),
+        &format!("tenant={}", other.t.slug),
+    );
+    let res = app.client.get(app.url(&moved)).send().await.unwrap();
+    assert_problem(res, 403, "invalid_signature").await;
+    // A header naming another tenant wins, and the link fails there.
+    let res = app
+        .client
+        .get(app.url(&url))
+        .header("X-Tenant", &other.t.slug)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 403, "invalid_signature").await;
+    // The tenant's name alone opens nothing: the signature is what counts.
+    let unsigned = format!("{}?tenant={}", f.content(), f.t.slug);
+    let res = app.client.get(app.url(&unsigned)).send().await.unwrap();
+    assert_problem(res, 400, "tenant_required").await;
+    let forged = url.replace("sig=", "sig=00");
+    let res = app.client.get(app.url(&forged)).send().await.unwrap();
+    assert_problem(res, 403, "invalid_signature").await;
+}
