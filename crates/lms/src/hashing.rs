@@ -124,6 +124,12 @@ impl Hasher {
         self.0.config
     }
 
+    /// Hashes running or holding a turn now (at most the configured
+    /// concurrency; more wait, up to their wait, then are refused).
+    pub fn busy(&self) -> usize {
+        self.0.config.global.get() - self.0.global.available_permits()
+    }
+
     fn share(&self, tenant: TenantId) -> Arc<Semaphore> {
         let per_tenant = self.0.config.per_tenant.get();
         let mut s = self.0.tenants.lock().unwrap_or_else(|e| e.into_inner());

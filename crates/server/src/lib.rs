@@ -251,13 +251,13 @@ pub async fn serve_with_admin(
 ) -> std::io::Result<()> {
     let watcher = state.kernel.watch(std::time::Duration::from_millis(250));
     let upkeep = {
-        let handle = state.metrics.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
             loop {
                 tick.tick().await;
-                edge::metrics::process_upkeep();
-                handle.run_upkeep();
+                edge::metrics::upkeep(&state);
+                state.metrics.run_upkeep();
             }
         })
     };

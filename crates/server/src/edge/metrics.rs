@@ -190,6 +190,30 @@ pub const DESCRIBED: &[(&str, Kind, Option<metrics::Unit>, &str)] = &[
         Some(metrics::Unit::Bytes),
         "The process's resident memory (VmRSS)",
     ),
+    (
+        "campus_db_pool_connections",
+        Kind::Gauge,
+        None,
+        "Connections of each placement's serving pool, by placement and state (in_use, idle)",
+    ),
+    (
+        "campus_tenant_databases_open",
+        Kind::Gauge,
+        None,
+        "Tenant databases with a pool open now (SQLite files, or database-mode tenants), and their connections (kind)",
+    ),
+    (
+        "campus_bulkhead_tenants",
+        Kind::Gauge,
+        None,
+        "Tenants the per-tenant bulkheads track now (idle ones are forgotten)",
+    ),
+    (
+        "campus_password_hashing_busy",
+        Kind::Gauge,
+        None,
+        "Password hashes running or holding a turn now",
+    ),
 ];
 
 /// Gives every metric its `# HELP` and unit, and sets the build's info.
@@ -207,7 +231,26 @@ fn describe() {
     metrics::gauge!("campus_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
-/// Process figures for `/metrics`, refreshed by the server's upkeep.
+/// The server's own figures for `/metrics`, refreshed by its upkeep:
+/// pools, bulkheads, password hashing, the process.
+pub fn upkeep(state: &crate::state::AppState) {
+    let data = state.kernel.data_plane();
+    for (placement, open, idle) in data.pool_stats() {
+        let idle = idle as f64;
+        metrics::gauge!("campus_db_pool_connections", "placement" => placement.clone(), "state" => "idle")
+            .set(idle);
+        metrics::gauge!("campus_db_pool_connections", "placement" => placement, "state" => "in_use")
+            .set((f64::from(open) - idle).max(0.0));
+    }
+    let (pools, conns) = data.open_stats();
+    metrics::gauge!("campus_tenant_databases_open", "kind" => "pools").set(pools as f64);
+    metrics::gauge!("campus_tenant_databases_open", "kind" => "connections").set(f64::from(conns));
+    metrics::gauge!("campus_bulkhead_tenants").set(state.kernel.bulkhead_tenants() as f64);
+    metrics::gauge!("campus_password_hashing_busy").set(state.sessions.hasher.busy() as f64);
+    process_upkeep();
+}
+
+/// Process figures for `/metrics`.
 pub fn process_upkeep() {
     #[cfg(target_os = "linux")]
     if let Some(kib) = std::fs::read_to_string("/proc/self/status")

@@ -346,6 +346,15 @@ impl DataPlane {
         }
     }
 
+    /// Each placement's serving pool, `(placement, open, idle)` (none
+    /// embedded: SQLite files have their own small pools).
+    pub fn pool_stats(&self) -> Vec<(String, u32, usize)> {
+        match self {
+            DataPlane::Embedded(_) => Vec::new(),
+            DataPlane::Postgres(p) => p.pool_stats(),
+        }
+    }
+
     pub fn is_postgres(&self) -> bool {
         matches!(self, DataPlane::Postgres(_))
     }

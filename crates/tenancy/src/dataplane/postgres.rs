@@ -881,6 +881,17 @@ impl Placements {
         Ok(&self.placement(placement)?.app_role)
     }
 
+    /// Each placement's serving pool: connections open and idle.
+    pub(crate) fn pool_stats(&self) -> Vec<(String, u32, usize)> {
+        let mut out: Vec<_> = self
+            .by_name
+            .values()
+            .map(|p| (p.name.clone(), p.app.size(), p.app.num_idle()))
+            .collect();
+        out.sort();
+        out
+    }
+
     pub(crate) fn open_stats(&self) -> (usize, u32) {
         let mut pools = 0;
         let mut conns = 0;
