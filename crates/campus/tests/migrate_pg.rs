@@ -250,7 +250,7 @@ impl Fixture {
                 (owner.clone(), format!("\"{name}\"._campus_migrations"))
             }
             (Store::Postgres { .. }, Isolation::Database) => (
-                pg_url("campus_owner", &name),
+                pg_url("campus_test_owner", &name),
                 "public._campus_migrations".to_owned(),
             ),
             (Store::Postgres { .. }, Isolation::Pool) => unreachable!("no pool tenants here"),

@@ -156,22 +156,22 @@ pub fn psql_ok(url: &str, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A fresh database owned by `campus_owner`, served to `campus_app` (both
+/// A fresh database owned by `campus_test_owner`, served to `campus_test_app` (both
 /// made if missing): `(database, owner URL, app URL)`.
 pub fn fresh_pg_database() -> (String, String, String) {
     psql_ok(
         &pg_admin_url(),
-        "DO $$ BEGIN CREATE ROLE campus_owner LOGIN CREATEROLE CREATEDB;
+        "DO $$ BEGIN CREATE ROLE campus_test_owner LOGIN CREATEROLE CREATEDB;
          EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
-         DO $$ BEGIN CREATE ROLE campus_app LOGIN NOINHERIT;
+         DO $$ BEGIN CREATE ROLE campus_test_app LOGIN NOINHERIT;
          EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;",
     );
     let database = format!("campus_test_{}", tenancy::TenantId::new().simple());
     psql_ok(
         &pg_admin_url(),
-        &format!("CREATE DATABASE {database} OWNER campus_owner;"),
+        &format!("CREATE DATABASE {database} OWNER campus_test_owner;"),
     );
-    let owner = pg_url("campus_owner", &database);
-    let app = pg_url("campus_app", &database);
+    let owner = pg_url("campus_test_owner", &database);
+    let app = pg_url("campus_test_app", &database);
     (database, owner, app)
 }

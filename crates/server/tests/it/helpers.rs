@@ -149,21 +149,25 @@ pub fn drop_pg_database(database: &str) {
     let _ = child.wait();
 }
 
-/// The owner and serving roles of the suite (cluster-wide, made once).
-pub const PG_OWNER: &str = "campus_owner";
-pub const PG_APP: &str = "campus_app";
+/// The owner and serving roles of the suite (cluster-wide, made once):
+/// names of the tests' own, so that a deployment's `campus_owner` and
+/// `campus_app` on the same cluster (docs/operations.md) are never touched.
+pub const PG_OWNER: &str = "campus_test_owner";
+pub const PG_APP: &str = "campus_test_app";
 
 fn ensure_pg_roles() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         psql(
             &pg_admin_url(),
-            "DO $$ BEGIN
-                CREATE ROLE campus_owner LOGIN CREATEROLE CREATEDB;
-             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
-             DO $$ BEGIN
-                CREATE ROLE campus_app LOGIN NOINHERIT;
-             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;",
+            &format!(
+                "DO $$ BEGIN
+                    CREATE ROLE {PG_OWNER} LOGIN CREATEROLE CREATEDB;
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+                 DO $$ BEGIN
+                    CREATE ROLE {PG_APP} LOGIN NOINHERIT;
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;"
+            ),
         );
     });
 }
