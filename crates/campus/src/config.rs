@@ -17,17 +17,41 @@ struct Setting {
     source: &'static str,
 }
 
-/// `scheme://user:secret@host` → `scheme://user:***@host`.
+/// `scheme://user:secret@host?password=…` → `scheme://user:***@host?password=***`:
+/// a password in the authority, and any query parameter that names one.
 fn mask_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
     };
-    let Some((auth, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((auth, host)) => match auth.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => base.to_owned(),
+            },
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
     };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+    match query {
+        None => base,
+        Some(q) => {
+            let q: Vec<String> = q
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _))
+                        if k.to_ascii_lowercase().contains("password")
+                            || k.to_ascii_lowercase().contains("secret")
+                            || k.to_ascii_lowercase().contains("token") =>
+                    {
+                        format!("{k}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", q.join("&"))
+        }
     }
 }
 
@@ -125,7 +149,7 @@ pub fn print(cli: &Cli, matches: &clap::ArgMatches, json: bool) -> anyhow::Resul
         cli.storage_url
             .clone()
             .or(file.storage_url.clone())
-            .unwrap_or_else(|| "file://<data dir>/objects".into()),
+            .map_or_else(|| "file://<data dir>/objects".into(), |u| mask_url(&u)),
         from("storage_url", file.storage_url.is_some()),
     );
     let (key, key_source) =
@@ -267,5 +291,9 @@ mod tests {
             "postgres://app@db/campus"
         );
         assert_eq!(mask_url("not a url"), "not a url");
+        assert_eq!(
+            mask_url("postgres://db/campus?user=app&password=pw&sslmode=require"),
+            "postgres://db/campus?user=app&password=***&sslmode=require"
+        );
     }
 }

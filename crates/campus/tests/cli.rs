@@ -859,3 +859,21 @@ fn config_shows_each_value_and_its_source_with_secrets_masked() {
     // It reads configuration only: no data directory, no database.
     assert!(!tmp.path().join("data").exists());
 }
+
+#[test]
+fn a_broken_config_file_is_named_without_quoting_its_secrets() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        tmp.path().join("campus.toml"),
+        "listen = \"127.0.0.1:8080\"\ndatabase_url = \"postgres://app:hunter2-secret@db/campus\n",
+    )
+    .expect("campus.toml");
+    let out = campus_in(tmp.path())
+        .args(["config"])
+        .output()
+        .expect("campus config");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("campus.toml line 2"), "{err}");
+    assert!(!err.contains("hunter2"), "a secret printed: {err}");
+}

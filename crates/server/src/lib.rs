@@ -69,7 +69,10 @@ pub fn router(state: AppState) -> Router {
         api = api.merge(admin_router).route("/metrics", get(metrics));
     }
     let cors = cors(&state.config.cors_origins);
-    let app = finish(api, state);
+    // Readiness details (errors naming hosts, roles, buckets) stay off a
+    // public listener when the admin listener exists to show them.
+    let detailed = !state.config.separate_admin;
+    let app = finish(api, state, detailed);
     match cors {
         Some(layer) => app.layer(layer),
         None => app,
@@ -83,13 +86,14 @@ pub fn admin_router(state: AppState) -> Router {
     let (admin_router, _) = OpenApiRouter::new()
         .merge(admin::routes())
         .split_for_parts();
-    finish(admin_router.route("/metrics", get(metrics)), state)
+    finish(admin_router.route("/metrics", get(metrics)), state, true)
 }
 
 /// What every listener's application shares: health, readiness, the
 /// fallbacks, and the edge's outer layers.
-fn finish(api: Router<AppState>, state: AppState) -> Router {
+fn finish(api: Router<AppState>, state: AppState, detailed: bool) -> Router {
     let json_limit = state.config.json_limit;
+    let readyz = move |State(state): State<AppState>| readyz(state, detailed);
     api.route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found() })
@@ -169,10 +173,58 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// How long one readiness check answers `/readyz`.
+const READINESS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The dependencies' state, checked at most once a second: concurrent
+/// callers wait for the one check under way. Changes are logged once.
+async fn readiness(state: &AppState) -> Arc<Vec<tenancy::kernel::Dependency>> {
+    use tenancy::kernel::Health;
+    let mut last = state.readiness.lock().await;
+    if let Some((at, checks)) = last.as_ref()
+        && at.elapsed() < READINESS_TTL
+    {
+        return checks.clone();
+    }
+    // Within a second, whatever a dependency does: a load balancer asks
+    // because it needs an answer now.
+    let checks = Arc::new(
+        state
+            .kernel
+            .readiness(std::time::Duration::from_millis(900))
+            .await,
+    );
+    let was = last.as_ref().map(|(_, c)| c.clone());
+    for c in checks.iter() {
+        let before = was
+            .as_ref()
+            .and_then(|w| w.iter().find(|b| b.name == c.name))
+            .map(|b| std::mem::discriminant(&b.health));
+        if before != Some(std::mem::discriminant(&c.health)) {
+            match &c.health {
+                Health::Up if before.is_some() => {
+                    tracing::info!(dependency = %c.name, "ready again: it answers")
+                }
+                Health::Up => {}
+                Health::Degraded(why) => {
+                    tracing::warn!(dependency = %c.name, reason = %why, "degraded")
+                }
+                Health::Down(why) => {
+                    tracing::warn!(dependency = %c.name, reason = %why, "not ready: a dependency is down")
+                }
+            }
+        }
+    }
+    *last = Some((std::time::Instant::now(), checks.clone()));
+    checks
+}
+
 /// Ready: every dependency answers (Redis gone after answering is
 /// `degraded`, still ready: nodes go on without it), and the node is not
-/// stopping. Each dependency is listed either way.
-async fn readyz(State(state): State<AppState>) -> Response {
+/// stopping. Each dependency is listed either way; `detailed` adds what
+/// failed (on the admin listener, or when there is none: the public one
+/// then names dependencies and states only).
+async fn readyz(state: AppState, detailed: bool) -> Response {
     use std::sync::atomic::Ordering;
     use tenancy::kernel::Health;
     if state.stopping.load(Ordering::Relaxed) {
@@ -186,12 +238,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         )
             .into_response();
     }
-    // Within a second, whatever a dependency does: a load balancer asks
-    // because it needs an answer now.
-    let checks = state
-        .kernel
-        .readiness(std::time::Duration::from_millis(900))
-        .await;
+    let checks = readiness(&state).await;
     let down: Vec<&str> = checks
         .iter()
         .filter(|c| matches!(c.health, Health::Down(_)))
@@ -200,8 +247,22 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let degraded = checks
         .iter()
         .any(|c| matches!(c.health, Health::Degraded(_)));
+    let listed: serde_json::Value = if detailed {
+        serde_json::to_value(checks.as_ref()).unwrap_or_default()
+    } else {
+        checks
+            .iter()
+            .map(|c| {
+                let status = match c.health {
+                    Health::Up => "up",
+                    Health::Degraded(_) => "degraded",
+                    Health::Down(_) => "down",
+                };
+                serde_json::json!({ "name": c.name, "status": status })
+            })
+            .collect()
+    };
     if !down.is_empty() {
-        tracing::warn!(down = ?down, "not ready: a dependency is down");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "2")],
@@ -209,14 +270,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 "status": "not_ready",
                 "code": "not_ready",
                 "detail": format!("unreachable: {}", down.join(", ")),
-                "checks": checks,
+                "checks": listed,
             })),
         )
             .into_response();
     }
     Json(serde_json::json!({
         "status": if degraded { "degraded" } else { "ready" },
-        "checks": checks,
+        "checks": listed,
     }))
     .into_response()
 }
@@ -298,11 +359,22 @@ pub async fn serve_with_admin(
     });
     let limits = state.config.connections;
     let res = connection::run(listener, router(state), limits, on_stop(stopped)).await;
-    if let Some(task) = admin_task {
-        match task.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "the admin listener stopped with an error"),
-            Err(e) => tracing::warn!(error = %e, "the admin listener's task failed"),
-            Ok(Ok(())) => {}
+    if let Some(mut task) = admin_task {
+        // The control plane's long work (an export, a move) gets the same
+        // grace as requests, and no more: the stop is bounded.
+        match tokio::time::timeout(limits.shutdown_grace, &mut task).await {
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "the admin listener stopped with an error")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "the admin listener's task failed"),
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => {
+                tracing::warn!(
+                    grace_ms = limits.shutdown_grace.as_millis() as u64,
+                    "control-plane requests still running after the grace period; cut off (a re-run settles an interrupted import or move)"
+                );
+                task.abort();
+            }
         }
     }
     watcher.abort();

@@ -84,6 +84,11 @@ pub struct Inner {
     /// Set when shutdown begins: `/readyz` answers 503 from then on, so
     /// that load balancers stop sending requests while the rest drain.
     pub stopping: std::sync::atomic::AtomicBool,
+    /// The last readiness check and when it ran: `/readyz` answers from it
+    /// for a second, and concurrent calls wait for one check (a flood of
+    /// `/readyz` costs the dependencies one probe a second).
+    pub readiness:
+        tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<tenancy::kernel::Dependency>>)>>,
 }
 
 impl AppState {
@@ -106,6 +111,7 @@ impl AppState {
             metrics: crate::edge::metrics::handle(),
             limits,
             stopping: std::sync::atomic::AtomicBool::new(false),
+            readiness: tokio::sync::Mutex::new(None),
         }));
         // Idle tenants' limiter states are dropped once a minute; the task
         // ends with the last handle on the state.

@@ -512,17 +512,29 @@ impl Kernel {
     /// the registry, every placement (PostgreSQL), Redis (when configured)
     /// and the object store. What `/readyz` shows.
     pub async fn readiness(&self, wait: Duration) -> Vec<Dependency> {
-        let timed = |what: &'static str| {
-            move |r: std::result::Result<Result<()>, tokio::time::error::Elapsed>| match r {
-                Ok(Ok(())) => Health::Up,
-                Ok(Err(e)) => Health::Down(e.to_string()),
-                Err(_) => Health::Down(format!("{what} did not answer within {wait:?}")),
+        // The probes run at once, under one deadline.
+        let registry = tokio::time::timeout(wait, self.0.registry.ping());
+        let redis = async {
+            match self.shared() {
+                Some(r) => Some(match tokio::time::timeout(wait, r.health()).await {
+                    Ok(h) => h,
+                    Err(_) => (false, r.ever_answered()),
+                }),
+                None => None,
             }
         };
+        let store = self.object_store();
+        let probe = object_store::path::Path::from("campus-readiness-probe");
+        let stored = tokio::time::timeout(wait, store.head(&probe));
+        let (registry, redis, stored) = tokio::join!(registry, redis, stored);
         let mut out = Vec::new();
         out.push(Dependency {
             name: "registry".into(),
-            health: timed("the registry")(tokio::time::timeout(wait, self.0.registry.ping()).await),
+            health: match registry {
+                Ok(Ok(())) => Health::Up,
+                Ok(Err(e)) => Health::Down(e.to_string()),
+                Err(_) => Health::Down(format!("the registry did not answer within {wait:?}")),
+            },
         });
         for (name, up) in self.0.data.placements_reachable() {
             out.push(Dependency {
@@ -534,11 +546,7 @@ impl Kernel {
                 },
             });
         }
-        if let Some(redis) = self.shared() {
-            let (now, ever) = match tokio::time::timeout(wait, redis.health()).await {
-                Ok(h) => h,
-                Err(_) => (false, redis.ever_answered()),
-            };
+        if let Some((now, ever)) = redis {
             out.push(Dependency {
                 name: "redis".into(),
                 health: match (now, ever) {
@@ -553,11 +561,9 @@ impl Kernel {
                 },
             });
         }
-        let store = self.object_store();
-        let probe = object_store::path::Path::from("campus-readiness-probe");
         out.push(Dependency {
             name: "object_store".into(),
-            health: match tokio::time::timeout(wait, store.head(&probe)).await {
+            health: match stored {
                 Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => Health::Up,
                 Ok(Err(e)) => Health::Down(e.to_string()),
                 Err(_) => Health::Down(format!("the object store did not answer within {wait:?}")),

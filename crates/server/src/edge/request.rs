@@ -48,7 +48,17 @@ pub fn traceparent(value: &str) -> Option<(&str, &str)> {
 /// A header value fit for a log line: printable, at most 200 characters.
 fn loggable(v: Option<&HeaderValue>) -> String {
     let s = v.and_then(|v| v.to_str().ok()).unwrap_or("-");
-    s.chars().filter(|c| !c.is_control()).take(200).collect()
+    let mut out = String::new();
+    for c in s.chars().filter(|c| !c.is_control()).take(200) {
+        match c {
+            // Escaped: a user agent cannot pass for other fields of a text
+            // log line (`x status=200 tenant=acme`).
+            '=' => out.push_str("%3D"),
+            '"' => out.push_str("%22"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 pub async fn layer(
@@ -141,6 +151,17 @@ pub async fn layer(
 #[cfg(test)]
 mod tests {
     use super::{traceparent, well_formed};
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn user_agents_cannot_forge_fields() {
+        let v = HeaderValue::from_static("x status=200 tenant=\"acme\"");
+        assert_eq!(
+            super::loggable(Some(&v)),
+            "x status%3D200 tenant%3D%22acme%22"
+        );
+        assert_eq!(super::loggable(None), "-");
+    }
 
     #[test]
     fn traceparents() {

@@ -179,9 +179,10 @@ async fn readiness_lists_each_dependency_and_turns_503_while_stopping() {
 
 #[tokio::test]
 async fn a_redis_that_never_answered_makes_the_node_not_ready() {
-    let app = spawn_app_with(|k, _| {
+    let app = spawn_app_with(|k, s| {
         k.cache.redis_url = Some("redis://127.0.0.1:1/0".into());
         k.cache.environment = unique_environment();
+        s.separate_admin = true;
     })
     .await;
     let res = app.client.get(app.url("/readyz")).send().await.unwrap();
@@ -190,11 +191,24 @@ async fn a_redis_that_never_answered_makes_the_node_not_ready() {
     assert_eq!(body["status"], "not_ready", "{body}");
     let redis = check(&body, "redis");
     assert_eq!(redis["status"], "down");
+    // The public answer names what is down, never why (errors name hosts,
+    // roles, buckets): that is the admin listener's.
+    assert!(redis.get("detail").is_none(), "{body}");
+    assert_eq!(check(&body, "registry")["status"], "up");
+    let admin = app.admin_base.clone().expect("admin listener");
+    let res = app
+        .client
+        .get(format!("{admin}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = res.json().await.unwrap();
+    let redis = check(&body, "redis");
     assert!(
         redis["detail"].as_str().unwrap().contains("--redis-url"),
         "{body}"
     );
-    assert_eq!(check(&body, "registry")["status"], "up");
 }
 
 /// The metric names an alert rule or a dashboard query uses (histogram
