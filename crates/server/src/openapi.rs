@@ -136,6 +136,21 @@ pub fn polish(doc: &OpenApi) -> serde_json::Value {
             map.insert("application/problem+json".into(), m);
         }
     };
+    // Every problem's `code` is one of the stable ones.
+    if let Some(code) = v["components"]["schemas"]["Problem"]["properties"]["code"].as_object_mut()
+    {
+        code.insert("enum".into(), json!(PROBLEM_CODES));
+    }
+    // Ids are UUIDs, times RFC 3339.
+    if let Some(schemas) = v["components"]["schemas"].as_object_mut() {
+        for (_, schema) in schemas.iter_mut() {
+            if let Some(props) = schema["properties"].as_object_mut() {
+                for (name, prop) in props.iter_mut() {
+                    format_of(name, prop);
+                }
+            }
+        }
+    }
     let Some(paths) = v["paths"].as_object_mut() else {
         return v;
     };
@@ -162,15 +177,115 @@ pub fn polish(doc: &OpenApi) -> serde_json::Value {
                     }));
                 }
             }
+            if let Some(params) = op["parameters"].as_array_mut() {
+                for p in params.iter_mut() {
+                    let name = p["name"].as_str().unwrap_or("").to_owned();
+                    match (p["in"].as_str(), name.as_str()) {
+                        (Some("query"), "limit") => {
+                            p["schema"] = json!({ "type": "integer", "minimum": 1, "maximum": 200, "default": 50 });
+                        }
+                        (Some("path"), "id" | "cid" | "lid" | "user_id") => {
+                            p["schema"] = json!({ "type": "string", "format": "uuid" });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let is_list = op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == "after"));
             fix_content(&mut op["requestBody"]["content"]);
             if let Some(responses) = op["responses"].as_object_mut() {
-                for (_, r) in responses.iter_mut() {
+                for (status, r) in responses.iter_mut() {
                     fix_content(&mut r["content"]);
+                    let headers = match status.as_str() {
+                        "429" => vec![
+                            ("Retry-After", "Seconds to wait before trying again"),
+                            ("RateLimit-Limit", "Requests the allowance holds"),
+                            ("RateLimit-Remaining", "Requests left in it now"),
+                            ("RateLimit-Reset", "Seconds until it is full again"),
+                        ],
+                        "503" => vec![("Retry-After", "Seconds to wait before trying again")],
+                        "200" if is_list => vec![(
+                            "Link",
+                            "`<…?limit=N&after=CURSOR>; rel=\"next\"` while there is a next page",
+                        )],
+                        "200" | "206"
+                            if path.ends_with("/content") || path.ends_with("/avatar") =>
+                        {
+                            vec![
+                                ("ETag", "The stored file's version"),
+                                ("Accept-Ranges", "`bytes`"),
+                            ]
+                        }
+                        _ => vec![],
+                    };
+                    for (name, description) in headers {
+                        r["headers"][name] = json!({
+                            "description": description,
+                            "schema": { "type": if name == "Link" || name == "ETag" || name == "Accept-Ranges" { "string" } else { "integer" } }
+                        });
+                    }
                 }
             }
         }
     }
     v
+}
+
+/// Every problem `code` the server answers with (RFC 9457 bodies and
+/// `/readyz`); stable, machine-readable. The suite checks every problem it
+/// meets against this list.
+pub const PROBLEM_CODES: &[&str] = &[
+    "bad_request",
+    "conflict",
+    "forbidden",
+    "headers_too_large",
+    "incomplete",
+    "internal",
+    "invalid_archive",
+    "invalid_body",
+    "invalid_credentials",
+    "invalid_query",
+    "invalid_signature",
+    "invalid_tenant",
+    "method_not_allowed",
+    "not_found",
+    "not_implemented",
+    "not_ready",
+    "overloaded",
+    "payload_too_large",
+    "purge_incomplete",
+    "quota_exceeded",
+    "range_not_satisfiable",
+    "rate_limited",
+    "request_timeout",
+    "tenant_conflict",
+    "tenant_maintenance",
+    "tenant_required",
+    "tenant_suspended",
+    "unauthorized",
+    "unavailable",
+    "unsupported_media_type",
+    "uri_too_long",
+    "validation_failed",
+];
+
+/// `id` and `…_id` are UUIDs (not `request_id`: a client may send its own),
+/// `…_at` RFC 3339 times.
+fn format_of(name: &str, prop: &mut serde_json::Value) {
+    let is_string = prop["type"] == "string"
+        || prop["type"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|x| x == "string"));
+    if !is_string {
+        return;
+    }
+    if (name == "id" || name.ends_with("_id")) && name != "request_id" {
+        prop["format"] = serde_json::json!("uuid");
+    } else if name.ends_with("_at") {
+        prop["format"] = serde_json::json!("date-time");
+    }
 }
 
 pub fn base() -> OpenApi {

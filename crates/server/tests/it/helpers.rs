@@ -682,6 +682,10 @@ pub async fn id_of(res: Response) -> String {
 
 /// Asserts a problem response: status, `code`, content type, request id.
 pub async fn assert_problem(res: Response, status: u16, code: &str) -> Value {
+    assert!(
+        server::openapi::PROBLEM_CODES.contains(&code),
+        "`{code}` is not a documented problem code"
+    );
     assert_eq!(res.status().as_u16(), status, "expected {status} {code}");
     let ct = res
         .headers()

@@ -189,3 +189,36 @@ async fn clients_generated_from_the_document_can_name_the_tenant_and_send_files(
     let problem = &doc["paths"]["/api/v1/courses"]["post"]["responses"]["422"]["content"];
     assert!(problem["application/problem+json"].is_object(), "{problem}");
 }
+
+#[tokio::test]
+async fn ids_times_bounds_codes_and_headers_are_declared() {
+    let doc = doc().await;
+    let course = &doc["components"]["schemas"]["Course"]["properties"];
+    assert_eq!(course["id"]["format"], "uuid");
+    assert_eq!(course["created_at"]["format"], "date-time");
+    let problem = &doc["components"]["schemas"]["Problem"]["properties"];
+    assert!(problem["request_id"].get("format").is_none());
+    let codes = problem["code"]["enum"].as_array().expect("the code enum");
+    assert!(codes.iter().any(|c| c == "invalid_tenant"));
+    let list = &doc["paths"]["/api/v1/courses"]["get"];
+    let limit = list["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .expect("limit");
+    assert_eq!(limit["schema"]["minimum"], 1);
+    assert_eq!(limit["schema"]["maximum"], 200);
+    assert!(list["responses"]["200"]["headers"]["Link"].is_object());
+    assert!(list["responses"]["429"]["headers"]["RateLimit-Remaining"].is_object());
+    assert!(list["responses"]["503"]["headers"]["Retry-After"].is_object());
+    let content = &doc["paths"]["/api/v1/courses/{cid}/lessons/{lid}/content"]["get"];
+    assert!(content["responses"]["200"]["headers"]["ETag"].is_object());
+    let cid = content["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "cid")
+        .expect("cid");
+    assert_eq!(cid["schema"]["format"], "uuid");
+}
