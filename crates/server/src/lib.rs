@@ -181,8 +181,17 @@ const READINESS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 async fn readiness(state: &AppState) -> Arc<Vec<tenancy::kernel::Dependency>> {
     use tenancy::kernel::Health;
     let mut last = state.readiness.lock().await;
+    // Fresh, and no placement changed state since (what this node itself
+    // found, with no I/O): a database seen down is never answered ready.
+    let placements = state.kernel.data_plane().placements_reachable();
     if let Some((at, checks)) = last.as_ref()
         && at.elapsed() < READINESS_TTL
+        && placements.iter().all(|(name, up)| {
+            checks
+                .iter()
+                .find(|c| c.name == format!("placement:{name}"))
+                .is_some_and(|c| matches!(c.health, Health::Up) == *up)
+        })
     {
         return checks.clone();
     }

@@ -137,21 +137,30 @@ pub fn polish(doc: &OpenApi) -> serde_json::Value {
         }
     };
     // Every problem's `code` is one of the stable ones.
-    if let Some(code) = v["components"]["schemas"]["Problem"]["properties"]["code"].as_object_mut()
+    if let Some(code) = v
+        .pointer_mut("/components/schemas/Problem/properties/code")
+        .and_then(|c| c.as_object_mut())
     {
         code.insert("enum".into(), json!(PROBLEM_CODES));
     }
     // Ids are UUIDs, times RFC 3339.
-    if let Some(schemas) = v["components"]["schemas"].as_object_mut() {
-        for (_, schema) in schemas.iter_mut() {
-            if let Some(props) = schema["properties"].as_object_mut() {
+    if let Some(schemas) = v
+        .pointer_mut("/components/schemas")
+        .and_then(|c| c.as_object_mut())
+    {
+        for (schema_name, schema) in schemas.iter_mut() {
+            let takes_password = schema_name.starts_with("New") || schema_name.ends_with("Patch");
+            // `get_mut`, never `[]` on a `&mut Value`: indexing inserts a
+            // null where the key is missing, which would change the document.
+            if let Some(props) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) {
                 for (name, prop) in props.iter_mut() {
                     format_of(name, prop);
+                    bounds_of(name, prop, takes_password);
                 }
             }
         }
     }
-    let Some(paths) = v["paths"].as_object_mut() else {
+    let Some(paths) = v.get_mut("paths").and_then(|p| p.as_object_mut()) else {
         return v;
     };
     for (path, item) in paths.iter_mut() {
@@ -177,12 +186,15 @@ pub fn polish(doc: &OpenApi) -> serde_json::Value {
                     }));
                 }
             }
-            if let Some(params) = op["parameters"].as_array_mut() {
+            if let Some(params) = op.get_mut("parameters").and_then(|p| p.as_array_mut()) {
                 for p in params.iter_mut() {
                     let name = p["name"].as_str().unwrap_or("").to_owned();
                     match (p["in"].as_str(), name.as_str()) {
                         (Some("query"), "limit") => {
                             p["schema"] = json!({ "type": "integer", "minimum": 1, "maximum": 200, "default": 50 });
+                        }
+                        (Some("query"), "after") => {
+                            p["schema"] = json!({ "type": "string", "format": "uuid" });
                         }
                         (Some("path"), "id" | "cid" | "lid" | "user_id") => {
                             p["schema"] = json!({ "type": "string", "format": "uuid" });
@@ -194,10 +206,14 @@ pub fn polish(doc: &OpenApi) -> serde_json::Value {
             let is_list = op["parameters"]
                 .as_array()
                 .is_some_and(|ps| ps.iter().any(|p| p["name"] == "after"));
-            fix_content(&mut op["requestBody"]["content"]);
-            if let Some(responses) = op["responses"].as_object_mut() {
+            if let Some(content) = op.get_mut("requestBody").and_then(|b| b.get_mut("content")) {
+                fix_content(content);
+            }
+            if let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) {
                 for (status, r) in responses.iter_mut() {
-                    fix_content(&mut r["content"]);
+                    if let Some(content) = r.get_mut("content") {
+                        fix_content(content);
+                    }
                     let headers = match status.as_str() {
                         "429" => vec![
                             ("Retry-After", "Seconds to wait before trying again"),
@@ -220,6 +236,26 @@ pub fn polish(doc: &OpenApi) -> serde_json::Value {
                         }
                         _ => vec![],
                     };
+                    // What a file route answers with: the file's own type.
+                    if matches!(status.as_str(), "200" | "206") && r.get("content").is_some() {
+                        let types: &[&str] = if path.ends_with("/lessons/{lid}/content") {
+                            &["video/mp4", "application/pdf"]
+                        } else if path.ends_with("/avatar") {
+                            &["image/png", "image/jpeg", "image/webp"]
+                        } else {
+                            &[]
+                        };
+                        if !types.is_empty() {
+                            let mut content = serde_json::Map::new();
+                            for t in types {
+                                content.insert(
+                                    (*t).into(),
+                                    json!({ "schema": { "type": "string", "format": "binary" } }),
+                                );
+                            }
+                            r["content"] = Value::Object(content);
+                        }
+                    }
                     for (name, description) in headers {
                         r["headers"][name] = json!({
                             "description": description,
@@ -270,6 +306,41 @@ pub const PROBLEM_CODES: &[&str] = &[
     "uri_too_long",
     "validation_failed",
 ];
+
+/// What the validation rules accept, so that a schema-valid request is
+/// not refused: titles and names are 1 to 200 characters, not all spaces;
+/// a new or changed password 8 to 1024.
+fn bounds_of(name: &str, prop: &mut serde_json::Value, takes_password: bool) {
+    let is = |kind: &str| {
+        prop["type"] == kind
+            || prop["type"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|x| x == kind))
+    };
+    if name == "position" && is("integer") {
+        prop["minimum"] = serde_json::json!(0);
+        prop["maximum"] = serde_json::json!(1_000_000);
+        return;
+    }
+    if !is("string") {
+        return;
+    }
+    match name {
+        "title" | "name" => {
+            prop["minLength"] = serde_json::json!(1);
+            prop["maxLength"] = serde_json::json!(200);
+            // Not all spaces, no control character.
+            prop["pattern"] = serde_json::json!(
+                "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+            );
+        }
+        "password" if takes_password => {
+            prop["minLength"] = serde_json::json!(8);
+            prop["maxLength"] = serde_json::json!(1024);
+        }
+        _ => {}
+    }
+}
 
 /// `id` and `…_id` are UUIDs (not `request_id`: a client may send its own),
 /// `…_at` RFC 3339 times.
