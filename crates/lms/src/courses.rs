@@ -323,7 +323,10 @@ pub async fn create_lesson(cx: &Cx, course_id: &str, req: NewLesson) -> Result<L
                     .bind(course_id)
                     .fetch_one(tx.conn())
                     .await?;
-            position(last.map_or(0, |p| p + 1))?
+            // After the last, or with it at the end of the range: ties are
+            // ordered by id (UUIDv7, in creation order), so it still
+            // comes last.
+            position(last.map_or(0, |p| (p + 1).min(MAX_POSITION)))?
         }
     };
     let now = tenancy::clock::now();

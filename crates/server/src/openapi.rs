@@ -334,6 +334,13 @@ fn bounds_of(name: &str, prop: &mut serde_json::Value, takes_password: bool) {
                 "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
             );
         }
+        // As `lms::validate::email` has it: one `@`, a dotted domain.
+        "email" => {
+            prop["maxLength"] = serde_json::json!(254);
+            prop["pattern"] = serde_json::json!(
+                "^[^@\\s\\u0000-\\u001f\\u007f-\\u009f]+@[^@\\s.\\u0000-\\u001f\\u007f-\\u009f][^@\\s\\u0000-\\u001f\\u007f-\\u009f]*\\.[^@\\s\\u0000-\\u001f\\u007f-\\u009f]*[^@\\s.\\u0000-\\u001f\\u007f-\\u009f]$"
+            );
+        }
         "password" if takes_password => {
             prop["minLength"] = serde_json::json!(8);
             prop["maxLength"] = serde_json::json!(1024);

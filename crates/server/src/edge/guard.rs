@@ -1,6 +1,9 @@
 //! What is refused before a handler runs, and what a slow body becomes:
 //!
-//! * a method that is not one of the standard seven → 501 `not_implemented`
+//! * a method that is not one of RFC 9110's (`CONNECT` aside, which no
+//!   route takes, and the `QUERY` of the HTTP working group's draft) →
+//!   501 `not_implemented`; `TRACE` and `QUERY`, methods this server knows
+//!   and no route allows, are 405 like any other unrouted method
 //!   (RFC 9110 §15.6.2: the answer for a method the server does not
 //!   recognise), so that no handler, label or log line sees it;
 //! * a declared `Content-Length` over the route's limit → 413
@@ -31,7 +34,8 @@ pub fn is_standard(m: &Method) -> bool {
             | Method::PATCH
             | Method::DELETE
             | Method::OPTIONS
-    )
+            | Method::TRACE
+    ) || m.as_str() == "QUERY"
 }
 
 pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {

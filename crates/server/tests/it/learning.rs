@@ -461,3 +461,31 @@ async fn the_audit_log_records_changes_newest_first() {
     assert!(actions.contains(&"auth.login"));
     assert!(actions.contains(&"tenant.provisioned"));
 }
+
+#[tokio::test]
+async fn a_lesson_without_a_position_comes_last_even_after_the_highest_one() {
+    let app = spawn_app().await;
+    let t = app.tenant("positions").await;
+    let c = app.course(&t.admin, "Ordered", true).await;
+    let res = app
+        .post(
+            &t.admin,
+            &format!("/api/v1/courses/{c}/lessons"),
+            json!({ "title": "At the end", "position": 1_000_000 }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let last = app.lesson(&t.admin, &c, "After it").await;
+    let listed = json_ok(
+        app.get(&t.admin, &format!("/api/v1/courses/{c}/lessons"))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.last().unwrap()["id"], last.as_str(), "{listed}");
+}
