@@ -2,7 +2,7 @@
 //! through the tenant's [`TenantStorage`], whose keys are built from the
 //! lesson's or user's id once it is known to exist in this tenant.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -119,12 +119,6 @@ async fn open_lesson(kernel: &Kernel, tenant: &Tenant, lesson_id: &str) -> Resul
     Ok(Opened { storage, object })
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 /// A signed link to a lesson's content, valid for [`LINK_TTL`] (staff, or an
 /// enrolled learner: whoever may read it).
 pub async fn content_url(cx: &Cx, course_id: &str, lesson_id: &str) -> Result<ContentUrl> {
@@ -134,7 +128,7 @@ pub async fn content_url(cx: &Cx, course_id: &str, lesson_id: &str) -> Result<Co
         courses::lesson_in(&mut tx, course_id, lesson_id).await?;
     }
     let storage = cx.kernel.storage(&cx.tenant).await?;
-    let expires = unix_now() + i64::try_from(LINK_TTL.as_secs()).unwrap_or(900);
+    let expires = tenancy::clock::unix_now() + i64::try_from(LINK_TTL.as_secs()).unwrap_or(900);
     let slug = cx.tenant.slug.to_string();
     let sig = storage.sign(LINK_PURPOSE, &[course_id, lesson_id, &slug], expires);
     let expires_at = humantime::format_rfc3339_seconds(
@@ -167,7 +161,7 @@ fn link_holds(
         Ok(e) if e.to_string() == expires => e,
         _ => return false,
     };
-    let now = unix_now();
+    let now = tenancy::clock::unix_now();
     if exp < now || exp > now + i64::try_from(LINK_TTL.as_secs()).unwrap_or(900) {
         return false;
     }

@@ -15,6 +15,14 @@ pub fn format(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
+/// Now, in whole seconds since the Unix epoch (leases, link expiries,
+/// upload reservations).
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// Now plus `d`, formatted.
 pub fn after(d: Duration) -> String {
     format(SystemTime::now() + d)

@@ -664,12 +664,6 @@ impl Lease {
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 impl Kernel {
     /// The lease `name` (`move:<tenant id>`, `import:<slug>`), so that the
     /// same long work never runs twice at once, from any node or CLI: `None`
@@ -678,7 +672,7 @@ impl Kernel {
     pub(crate) async fn lease(&self, name: &str) -> Result<Option<Lease>> {
         let owner = uuid::Uuid::now_v7().to_string();
         let lease = LEASE.as_secs() as i64;
-        let now = unix_now();
+        let now = crate::clock::unix_now();
         if !self
             .0
             .registry
@@ -692,7 +686,7 @@ impl Kernel {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(LEASE / 4).await;
-                    let now = unix_now();
+                    let now = crate::clock::unix_now();
                     if let Err(e) = kernel
                         .0
                         .registry

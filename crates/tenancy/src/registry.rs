@@ -497,12 +497,8 @@ impl Registry {
                 let id: String = r.try_get("id")?;
                 let id = TenantId::parse(&id).ok_or_else(|| Error::Invalid("tenant id".into()))?;
                 let status: String = r.try_get("status")?;
-                Ok((r.try_get("slug")?, id, status))
-            })
-            .map(|r: Result<(String, TenantId, String)>| {
-                r.map(|(slug, id, status)| {
-                    (id, slug, matches!(status.as_str(), "deleted" | "purged"))
-                })
+                let gone = matches!(status.as_str(), "deleted" | "purged");
+                Ok((id, r.try_get("slug")?, gone))
             })
             .collect()
     }

@@ -86,6 +86,9 @@ pub async fn layer(
         req.extensions(),
         &state.config.trusted_proxies,
     );
+    // Computed once per request: the tenant layer and the handlers take it
+    // from the extensions.
+    req.extensions_mut().insert(client.clone());
     let user_agent = loggable(req.headers().get(axum::http::header::USER_AGENT));
     let span = tracing::info_span!(
         "request",

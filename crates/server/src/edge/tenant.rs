@@ -156,11 +156,18 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     };
     tracing::Span::current().record("tenant", tenant.slug.as_str());
     super::metrics::tenant_request(&tenant.id);
-    let client = super::client::address(
-        req.headers(),
-        req.extensions(),
-        &state.config.trusted_proxies,
-    );
+    // The request layer's (outermost): computed once per request.
+    let client = req
+        .extensions()
+        .get::<lms::throttle::ClientAddr>()
+        .cloned()
+        .unwrap_or_else(|| {
+            super::client::address(
+                req.headers(),
+                req.extensions(),
+                &state.config.trusted_proxies,
+            )
+        });
     let credential = match super::auth::bearer_of(req.headers()) {
         None => Credential::Missing,
         Some(token) => match lms::auth::authenticate(&state.kernel, &tenant, token).await {

@@ -48,6 +48,7 @@ use sha2::Sha256;
 use crate::error::{Error, Result};
 use crate::id::TenantId;
 use crate::storage::MasterKey;
+use crate::storage::decode_hex;
 use crate::storage::keys::Secret;
 
 /// The archive format's name and version, in every manifest.
@@ -457,16 +458,6 @@ fn mac_ok(mac: Hmac<Sha256>, given: &[u8]) -> bool {
         return false;
     };
     mac.verify_slice(&raw).is_ok()
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.is_ascii() {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
 }
 
 /// The entry names of the layout.

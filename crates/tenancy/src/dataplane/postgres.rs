@@ -175,6 +175,42 @@ fn is_err_code(e: &Error, code: &str) -> bool {
     matches!(e, Error::Db(d) if is_code(d, code))
 }
 
+const SCHEMA_NAMED: &str = "SELECT count(*) FROM pg_namespace WHERE nspname = $1";
+const ROLE_NAMED: &str = "SELECT count(*) FROM pg_roles WHERE rolname = $1";
+const DATABASE_NAMED: &str = "SELECT count(*) FROM pg_database WHERE datname = $1";
+
+/// Whether the placement's catalog `sql` (one of the `…_NAMED` counts)
+/// finds `name`.
+async fn catalog_has(p: &Placement, sql: &'static str, name: &str) -> Result<bool> {
+    let n: i64 = sqlx::query_scalar(sql)
+        .bind(name)
+        .fetch_one(&p.owner)
+        .await?;
+    Ok(n > 0)
+}
+
+/// Whether each shared table holds rows of tenant `id`, read as the owner
+/// under forced row-level security: the tenant's setting and an explicit
+/// predicate both name it.
+async fn pool_rows(p: &Placement, id: TenantId) -> Result<Vec<(&'static str, bool)>> {
+    let mut tx = p.owner.begin().await?;
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    let mut out = Vec::with_capacity(POOL_TABLES.len());
+    for table in POOL_TABLES {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {POOL_SCHEMA}.{table} WHERE tenant_id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        out.push((*table, n > 0));
+    }
+    Ok(out)
+}
+
 async fn current_user(pool: &Pool) -> Result<String> {
     Ok(sqlx::query_scalar("SELECT current_user::text")
         .fetch_one(pool)
@@ -740,44 +776,14 @@ impl Placements {
     pub(crate) async fn holds(&self, t: &Tenant, roles: bool) -> Result<bool> {
         let p = self.placement(&t.placement)?;
         let name = sql_name(t.id);
-        let count = |sql: &'static str| {
-            let name = name.clone();
-            async move {
-                let n: i64 = sqlx::query_scalar(sql)
-                    .bind(name)
-                    .fetch_one(&p.owner)
-                    .await?;
-                Ok::<_, Error>(n > 0)
+        Ok(match t.isolation {
+            Isolation::Schema => {
+                catalog_has(p, SCHEMA_NAMED, &name).await?
+                    || (roles && catalog_has(p, ROLE_NAMED, &name).await?)
             }
-        };
-        match t.isolation {
-            Isolation::Schema => Ok(
-                count("SELECT count(*) FROM pg_namespace WHERE nspname = $1").await?
-                    || (roles && count("SELECT count(*) FROM pg_roles WHERE rolname = $1").await?),
-            ),
-            Isolation::Database => {
-                count("SELECT count(*) FROM pg_database WHERE datname = $1").await
-            }
-            Isolation::Pool => {
-                let mut tx = p.owner.begin().await?;
-                sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-                    .bind(t.id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                for table in POOL_TABLES {
-                    let n: i64 = sqlx::query_scalar(&format!(
-                        "SELECT count(*) FROM {POOL_SCHEMA}.{table} WHERE tenant_id = $1"
-                    ))
-                    .bind(t.id.to_string())
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    if n > 0 {
-                        return Ok(true);
-                    }
-                }
-                Ok(false)
-            }
-        }
+            Isolation::Database => catalog_has(p, DATABASE_NAMED, &name).await?,
+            Isolation::Pool => pool_rows(p, t.id).await?.iter().any(|(_, found)| *found),
+        })
     }
 
     /// What of `t`'s data is still on its placement, each thing named and
@@ -786,46 +792,24 @@ impl Placements {
     pub(crate) async fn remains(&self, t: &Tenant) -> Result<Vec<(String, bool)>> {
         let p = self.placement(&t.placement)?;
         let name = sql_name(t.id);
-        let mut out = Vec::new();
-        let count = |sql: &'static str| {
-            let name = name.clone();
-            async move {
-                let n: i64 = sqlx::query_scalar(sql)
-                    .bind(name)
-                    .fetch_one(&p.owner)
-                    .await?;
-                Ok::<_, Error>(n > 0)
-            }
-        };
-        out.push((
-            format!("schema {name} on placement {}", p.name),
-            count("SELECT count(*) FROM pg_namespace WHERE nspname = $1").await?,
-        ));
-        out.push((
-            format!("role {name}"),
-            count("SELECT count(*) FROM pg_roles WHERE rolname = $1").await?,
-        ));
-        out.push((
-            format!("database {name} on placement {}", p.name),
-            count("SELECT count(*) FROM pg_database WHERE datname = $1").await?,
-        ));
-        // The shared tables, as the owner under forced row-level security:
-        // the tenant's setting and an explicit predicate both name it.
-        let mut tx = p.owner.begin().await?;
-        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-            .bind(t.id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        for table in POOL_TABLES {
-            let n: i64 = sqlx::query_scalar(&format!(
-                "SELECT count(*) FROM {POOL_SCHEMA}.{table} WHERE tenant_id = $1"
-            ))
-            .bind(t.id.to_string())
-            .fetch_one(&mut *tx)
-            .await?;
+        let mut out = vec![
+            (
+                format!("schema {name} on placement {}", p.name),
+                catalog_has(p, SCHEMA_NAMED, &name).await?,
+            ),
+            (
+                format!("role {name}"),
+                catalog_has(p, ROLE_NAMED, &name).await?,
+            ),
+            (
+                format!("database {name} on placement {}", p.name),
+                catalog_has(p, DATABASE_NAMED, &name).await?,
+            ),
+        ];
+        for (table, found) in pool_rows(p, t.id).await? {
             out.push((
                 format!("rows of {POOL_SCHEMA}.{table} on placement {}", p.name),
-                n > 0,
+                found,
             ));
         }
         Ok(out)

@@ -747,7 +747,7 @@ impl TenantStorage {
 }
 
 /// Strict lowercase hex: one spelling per value.
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_hex(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     if !b.len().is_multiple_of(2) {
         return None;
@@ -814,7 +814,7 @@ impl Reservation {
         let registry = self.kernel.registry();
         let (mut tx, used) = storage.lock_usage().await?;
         let used = u64::try_from(used.ok_or(Error::NotFound)?).unwrap_or(0);
-        let now = unix_now();
+        let now = crate::clock::unix_now();
         let table = registry.t("storage_reservations");
         sqlx::query(&format!(
             "DELETE FROM {table} WHERE tenant_id = $1 AND expires_at <= $2"
@@ -909,12 +909,6 @@ impl Drop for Reservation {
             });
         }
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The size of each uploaded part but the last (S3's minimum is 5 MiB).
