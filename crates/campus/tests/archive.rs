@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 use serde_json::{Value, json};
-use support::{Server, campus_in, fresh_pg_database, pg_admin_url, psql_ok};
+use support::{Server, campus_in, fresh_pg_database, psql_ok};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -37,17 +37,7 @@ struct Deployment {
 impl Drop for Deployment {
     fn drop(&mut self) {
         if let Some(db) = &self.database {
-            let tenants = support::psql(
-                &support::pg_url("postgres", db),
-                "SELECT 't_' || replace(id, '-', '') FROM campus_control.tenants",
-            );
-            let mut script = format!("DROP DATABASE IF EXISTS {db} WITH (FORCE);\n");
-            for t in String::from_utf8_lossy(&tenants.stdout).lines() {
-                script.push_str(&format!(
-                    "DROP DATABASE IF EXISTS {t} WITH (FORCE);\nDROP ROLE IF EXISTS {t};\n"
-                ));
-            }
-            let _ = support::psql(&pg_admin_url(), &script);
+            support::drop_test_database(db);
         }
     }
 }

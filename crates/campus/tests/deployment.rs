@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 
 mod support;
-use support::{Server, campus_in, fresh_pg_database, pg_admin_url, psql, psql_ok};
+use support::{Server, campus_in, fresh_pg_database, pg_admin_url, psql_ok};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -142,10 +142,7 @@ struct Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         if !std::thread::panicking() {
-            let _ = psql(
-                &pg_admin_url(),
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE);", self.database),
-            );
+            support::drop_test_database(&self.database);
         }
     }
 }

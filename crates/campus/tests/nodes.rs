@@ -16,7 +16,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 mod support;
-use support::{Server, campus_in, fresh_pg_database, pg_admin_url, psql};
+use support::{Server, campus_in, fresh_pg_database};
 
 const TOKEN: &str = "nodes-test-operator-token-0123456789";
 const PASSWORD: &str = "correct horse battery";
@@ -34,11 +34,7 @@ struct Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if !std::thread::panicking() {
-            // Tenants' own databases and roles are the CI run's housekeeping.
-            let _ = psql(
-                &pg_admin_url(),
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE);", self.database),
-            );
+            support::drop_test_database(&self.database);
         }
     }
 }

@@ -5,10 +5,13 @@
 //! 503; started again, requests succeed without restarting Campus; and a
 //! restart under a write load answers no 500 and loses no acknowledged write.
 //!
-//! Skipped (with a note) where PostgreSQL's server binaries are missing,
-//! unless `CI=true`: then failing to start the cluster fails the test.
+//! Where PostgreSQL's server binaries are missing the summary counts the
+//! tests as ignored, with the reason; under CI that fails them.
 
 #![allow(clippy::unwrap_used)]
+
+#[path = "support/trials.rs"]
+mod trials;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,6 +25,7 @@ use server::{AppState, ServerConfig};
 use sqlx::Connection;
 use tenancy::dataplane::postgres::{PgConfig, PlacementConfig};
 use tenancy::{Kernel, KernelConfig};
+use trials::{Skip, trial};
 
 const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
 const PASSWORD: &str = "correct horse battery";
@@ -183,19 +187,20 @@ impl Drop for Cluster {
     }
 }
 
-/// The cluster, or `None` (the test skipped) where it cannot be started and
-/// this is not CI.
-fn cluster() -> Option<Cluster> {
-    match Cluster::start_new() {
-        Ok(c) => Some(c),
-        Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("cannot start a PostgreSQL cluster for the outage test: {e}");
-            }
-            eprintln!("skipped: cannot start a PostgreSQL cluster of its own: {e}");
-            None
-        }
-    }
+/// Why the outage tests cannot run here: they need PostgreSQL's server
+/// binaries to start a cluster of their own.
+fn no_cluster() -> Option<Skip> {
+    pg_bin().is_none().then(|| {
+        Skip::missing(
+            "needs PostgreSQL's server binaries (initdb, pg_ctl) under /usr/lib/postgresql",
+        )
+    })
+}
+
+/// A cluster of the test's own; failing to start one fails the test.
+fn cluster() -> Cluster {
+    Cluster::start_new()
+        .unwrap_or_else(|e| panic!("cannot start a PostgreSQL cluster for the outage test: {e}"))
 }
 
 struct App {
@@ -388,9 +393,8 @@ async fn titles_stored(pg: &Cluster, tenant_id: &str) -> Vec<String> {
     titles
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_outage_answers_unavailable_and_campus_recovers_when_it_is_back() {
-    let Some(pg) = cluster() else { return };
+    let pg = cluster();
     tokio::time::timeout(Duration::from_secs(240), async {
         let app = spawn_app(&pg).await;
         let t = app.tenant().await;
@@ -443,9 +447,8 @@ async fn a_database_outage_answers_unavailable_and_campus_recovers_when_it_is_ba
     .expect("the test ran within its overall bound");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restart_under_write_load_answers_no_500_and_loses_no_acknowledged_write() {
-    let Some(pg) = cluster() else { return };
+    let pg = cluster();
     tokio::time::timeout(Duration::from_secs(240), async {
         let app = Arc::new(spawn_app(&pg).await);
         let t = Arc::new(app.tenant().await);
@@ -502,4 +505,21 @@ async fn a_restart_under_write_load_answers_no_500_and_loses_no_acknowledged_wri
     })
     .await
     .expect("the test ran within its overall bound");
+}
+
+fn main() -> std::process::ExitCode {
+    trials::main(vec![
+        trial(
+            "a_database_outage_answers_unavailable_and_campus_recovers_when_it_is_back",
+            4,
+            no_cluster(),
+            a_database_outage_answers_unavailable_and_campus_recovers_when_it_is_back,
+        ),
+        trial(
+            "a_restart_under_write_load_answers_no_500_and_loses_no_acknowledged_write",
+            4,
+            no_cluster(),
+            a_restart_under_write_load_answers_no_500_and_loses_no_acknowledged_write,
+        ),
+    ])
 }

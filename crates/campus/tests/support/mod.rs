@@ -128,6 +128,29 @@ pub fn pg_url(user: &str, database: &str) -> String {
 }
 
 /// Runs SQL statements through `psql`, one transaction each.
+/// Drops a test database made by [`fresh_pg_database`] and what its tenants
+/// made outside it (their databases and roles are cluster-wide). Best effort.
+pub fn drop_test_database(database: &str) {
+    let listed = psql(
+        &pg_url("postgres", database),
+        "SELECT 't_' || replace(id, '-', '') FROM campus_control.tenants",
+    );
+    let names: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|n| n.len() == 34 && n[2..].bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .collect();
+    // One statement per line (psql -f): DROP DATABASE takes no transaction.
+    let mut script = format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE);\n");
+    for n in &names {
+        script.push_str(&format!("DROP DATABASE IF EXISTS \"{n}\" WITH (FORCE);\n"));
+    }
+    for n in &names {
+        script.push_str(&format!("DROP ROLE IF EXISTS \"{n}\";\n"));
+    }
+    let _ = psql(&pg_admin_url(), &script);
+}
+
 pub fn psql(url: &str, script: &str) -> Output {
     use std::io::Write;
     let mut child = Command::new("psql")

@@ -6,7 +6,15 @@
 //! against a tampered database, and slugs that look like SQL.
 //!
 //! They run in the PostgreSQL matrix (`CAMPUS_TEST_BACKEND=schema`, `pool`,
-//! and `database` where it makes sense); on SQLite each returns at once.
+//! and `database` where it makes sense); elsewhere the summary counts them
+//! as ignored, with the reason (see `support/trials.rs`).
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../it/helpers.rs"]
+mod helpers;
+#[path = "../support/trials.rs"]
+mod trials;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -22,20 +30,25 @@ use tenancy::dataplane::{DataPlane, quote, sql_name};
 use tenancy::{DbConn, Isolation, Kernel, KernelConfig, Slug, Tenant};
 
 use crate::helpers::*;
+use crate::trials::{Skip, trial};
 
 // ---------------------------------------------------------------------------
 // Helpers of this file.
 
-/// True (and says why) when the suite runs on SQLite: these tests attack
-/// PostgreSQL's mechanism, which the PostgreSQL matrix runs.
-fn not_on_postgres(test: &str) -> bool {
-    if backend().is_postgres() {
-        return false;
+/// Why a test of this file does not run on the suite's backend: they attack
+/// PostgreSQL's mechanism, which the PostgreSQL matrix runs; `shared_pool`
+/// tests look at the serving pool tenants share, which database mode's
+/// tenants (a database each) never use.
+fn not_here(shared_pool: bool) -> Option<Skip> {
+    match backend() {
+        Backend::Sqlite => Some(Skip::elsewhere(
+            "a PostgreSQL mechanism test: runs with CAMPUS_TEST_BACKEND=schema, pool or database",
+        )),
+        Backend::Database if shared_pool => Some(Skip::elsewhere(
+            "database tenants never share a serving connection: runs on schema and pool",
+        )),
+        _ => None,
     }
-    eprintln!(
-        "{test}: a PostgreSQL mechanism test, skipped on sqlite (CI runs the PostgreSQL matrix)"
-    );
-    true
 }
 
 /// The isolation mode of the suite's backend.
@@ -498,11 +511,7 @@ async fn load_request(
     None
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_tenants_on_a_serving_pool_of_two_never_see_each_other() {
-    if not_on_postgres("fifty_tenants_on_a_serving_pool_of_two_never_see_each_other") {
-        return;
-    }
     const TENANTS: usize = 50;
     const REQUESTS: usize = 400;
     const SERVING: u32 = 2;
@@ -651,11 +660,7 @@ async fn fifty_tenants_on_a_serving_pool_of_two_never_see_each_other() {
 // ---------------------------------------------------------------------------
 // 2. A transaction cancelled half-way, then another tenant on its connection.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_cancelled_mid_query_leaves_nothing_for_the_next_tenant() {
-    if not_on_postgres("a_transaction_cancelled_mid_query_leaves_nothing_for_the_next_tenant") {
-        return;
-    }
     // One connection: the serving pool's (schema, pool) or each database
     // tenant's pool (database).
     let (kernel, db, _dir) = pg_kernel(1, |pg| pg.database_pool_size = 1).await;
@@ -755,17 +760,7 @@ async fn a_transaction_cancelled_mid_query_leaves_nothing_for_the_next_tenant() 
 /// The same through HTTP: tenant A's request is held inside its transaction
 /// (its table locked from outside), its client goes away, then tenant B's
 /// request runs on the serving pool's only connection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_client_went_away_mid_transaction_leaves_nothing_for_the_next_tenant() {
-    let test =
-        "a_request_whose_client_went_away_mid_transaction_leaves_nothing_for_the_next_tenant";
-    if not_on_postgres(test) {
-        return;
-    }
-    if backend() == Backend::Database {
-        eprintln!("{test}: database tenants never share a connection; covered at kernel level");
-        return;
-    }
     let app = spawn_app_with(|k, _| {
         let pg = k.postgres.as_mut().expect("a PostgreSQL configuration");
         pg.placements[0].pool_size = 1;
@@ -928,11 +923,7 @@ async fn a_request_whose_client_went_away_mid_transaction_leaves_nothing_for_the
 // ---------------------------------------------------------------------------
 // 3. Deliberately unscoped SQL inside tenant A's transaction.
 
-#[tokio::test]
 async fn unscoped_sql_inside_a_tenant_transaction_sees_none_of_another_tenant() {
-    if not_on_postgres("unscoped_sql_inside_a_tenant_transaction_sees_none_of_another_tenant") {
-        return;
-    }
     let (kernel, db, _dir) = pg_kernel(4, |_| {}).await;
     let a = kernel_tenant(&kernel, "unscoped-a", None).await;
     let b = kernel_tenant(&kernel, "unscoped-b", None).await;
@@ -1171,18 +1162,7 @@ async fn unscoped_sql_inside_a_tenant_transaction_sees_none_of_another_tenant() 
 // ---------------------------------------------------------------------------
 // 4. What a pooled connection carries after release.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_pooled_connection_is_clean_after_tenant_transactions() {
-    if not_on_postgres("every_pooled_connection_is_clean_after_tenant_transactions") {
-        return;
-    }
-    if backend() == Backend::Database {
-        eprintln!(
-            "every_pooled_connection_is_clean_after_tenant_transactions: database tenants do not \
-             use the shared serving pool (each has its own database); nothing to check"
-        );
-        return;
-    }
     let (kernel, db, _dir) = pg_kernel(2, |_| {}).await;
     let mut tenants = Vec::new();
     for _ in 0..4 {
@@ -1275,17 +1255,7 @@ async fn every_pooled_connection_is_clean_after_tenant_transactions() {
 /// The probe of test 4 can fail: a session-level setting made inside a
 /// tenant transaction (what the data plane must never do) outlives it and is
 /// seen on the idle connection.
-#[tokio::test]
 async fn the_idle_probe_sees_a_session_level_leak() {
-    if not_on_postgres("the_idle_probe_sees_a_session_level_leak") {
-        return;
-    }
-    if backend() == Backend::Database {
-        eprintln!(
-            "the_idle_probe_sees_a_session_level_leak: no shared serving pool for database tenants"
-        );
-        return;
-    }
     let (kernel, _db, _dir) = pg_kernel(1, |_| {}).await;
     let a = kernel_tenant(&kernel, "leak", None).await;
     assert_idle_clean(&kernel).await;
@@ -1321,11 +1291,7 @@ async fn the_idle_probe_sees_a_session_level_leak() {
 /// provoked on purpose, many times, on a serving pool of one connection, and
 /// every tenant transaction must still open as its tenant. (The race is a
 /// matter of timing: some runs never hit it, and say so.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_grant_lost_by_a_sessions_role_cache_does_not_refuse_the_tenant() {
-    if not_on_postgres("a_grant_lost_by_a_sessions_role_cache_does_not_refuse_the_tenant") {
-        return;
-    }
     const MAX_ROUNDS: usize = 600;
     const ENOUGH: usize = 5;
     const PADDING: usize = 300;
@@ -1508,11 +1474,7 @@ async fn audit(kernel: &Kernel) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
 async fn the_audit_refuses_unforced_or_disabled_rls_and_stray_schema_grants() {
-    if not_on_postgres("the_audit_refuses_unforced_or_disabled_rls_and_stray_schema_grants") {
-        return;
-    }
     let (kernel, db, scratch) = pg_kernel(2, |_| {}).await;
     let _own = kernel_tenant(&kernel, "audit", None).await;
     // A schema tenant whatever the backend: a schema to grant on.
@@ -1627,11 +1589,7 @@ impl Drop for DedicatedRole {
     }
 }
 
-#[tokio::test]
 async fn the_audit_refuses_a_serving_role_with_bypassrls() {
-    if not_on_postgres("the_audit_refuses_a_serving_role_with_bypassrls") {
-        return;
-    }
     let scratch = scratch();
     let db = scratch.db.clone();
     let role = DedicatedRole {
@@ -1722,11 +1680,7 @@ async fn provision(app: &TestApp, slug: &str, email: &str) -> reqwest::Response 
         .expect("provision")
 }
 
-#[tokio::test]
 async fn slugs_that_look_like_sql_are_harmless_or_refused() {
-    if not_on_postgres("slugs_that_look_like_sql_are_harmless_or_refused") {
-        return;
-    }
     let app = spawn_app().await;
     let db = app.pg_database().expect("PostgreSQL");
     let public_tables = "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace";
@@ -1846,4 +1800,69 @@ async fn slugs_that_look_like_sql_are_harmless_or_refused() {
         su_count(&db, "SELECT count(*) FROM campus_pool.users", &[]).await,
         pool_rows_before
     );
+}
+
+fn main() -> std::process::ExitCode {
+    trials::main(vec![
+        trial(
+            "fifty_tenants_on_a_serving_pool_of_two_never_see_each_other",
+            4,
+            not_here(false),
+            fifty_tenants_on_a_serving_pool_of_two_never_see_each_other,
+        ),
+        trial(
+            "a_transaction_cancelled_mid_query_leaves_nothing_for_the_next_tenant",
+            2,
+            not_here(false),
+            a_transaction_cancelled_mid_query_leaves_nothing_for_the_next_tenant,
+        ),
+        trial(
+            "a_request_whose_client_went_away_mid_transaction_leaves_nothing_for_the_next_tenant",
+            2,
+            not_here(true),
+            a_request_whose_client_went_away_mid_transaction_leaves_nothing_for_the_next_tenant,
+        ),
+        trial(
+            "unscoped_sql_inside_a_tenant_transaction_sees_none_of_another_tenant",
+            1,
+            not_here(false),
+            unscoped_sql_inside_a_tenant_transaction_sees_none_of_another_tenant,
+        ),
+        trial(
+            "every_pooled_connection_is_clean_after_tenant_transactions",
+            4,
+            not_here(true),
+            every_pooled_connection_is_clean_after_tenant_transactions,
+        ),
+        trial(
+            "the_idle_probe_sees_a_session_level_leak",
+            1,
+            not_here(true),
+            the_idle_probe_sees_a_session_level_leak,
+        ),
+        trial(
+            "a_grant_lost_by_a_sessions_role_cache_does_not_refuse_the_tenant",
+            4,
+            not_here(false),
+            a_grant_lost_by_a_sessions_role_cache_does_not_refuse_the_tenant,
+        ),
+        trial(
+            "the_audit_refuses_unforced_or_disabled_rls_and_stray_schema_grants",
+            1,
+            not_here(false),
+            the_audit_refuses_unforced_or_disabled_rls_and_stray_schema_grants,
+        ),
+        trial(
+            "the_audit_refuses_a_serving_role_with_bypassrls",
+            1,
+            not_here(false),
+            the_audit_refuses_a_serving_role_with_bypassrls,
+        ),
+        trial(
+            "slugs_that_look_like_sql_are_harmless_or_refused",
+            1,
+            not_here(false),
+            slugs_that_look_like_sql_are_harmless_or_refused,
+        ),
+    ])
 }

@@ -9,11 +9,18 @@
 //! server answered them with 206.
 //!
 //! Needs `chromium` and `chromedriver` on `PATH` (`.ci/run` installs them).
-//! Under CI (`CI` set) their absence fails the test; elsewhere it is reported
-//! and the test returns. It runs on the embedded backend only (the file path
-//! is the same on every database backend, and a browser is costly on a
-//! 2-core machine): with `CAMPUS_TEST_BACKEND` set to a PostgreSQL mode it
-//! says so and returns. It does run in CI's S3 storage run.
+//! Without them the summary counts the test as ignored, with the reason;
+//! under CI (`CI` set) their absence fails it. It runs on the embedded
+//! backend only (the file path is the same on every database backend, and a
+//! browser is costly on a 2-core machine): with `CAMPUS_TEST_BACKEND` set to
+//! a PostgreSQL mode it is ignored. It does run in CI's S3 storage run.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../it/helpers.rs"]
+mod helpers;
+#[path = "../support/trials.rs"]
+mod trials;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -27,6 +34,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+use crate::trials::{Skip, trial};
 
 /// 8 s of 320x240 H.264 at 25 fps, a keyframe every 10 frames, `moov` first
 /// (see `tests/fixtures/README.md`): ~417 KB, so 7 chunks of 64 KiB.
@@ -41,30 +49,20 @@ fn on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The browser and its driver, or `None` (after saying why) when the test
-/// may not run here. Panics under CI when they are missing.
-fn tools() -> Option<(PathBuf, PathBuf)> {
+/// The browser and its driver, or why the test does not run here.
+fn tools() -> Result<(PathBuf, PathBuf), Skip> {
     if backend() != Backend::Sqlite {
-        eprintln!(
-            "browser test: runs on the embedded backend only, not {:?}",
-            backend()
-        );
-        return None;
+        return Err(Skip::elsewhere(
+            "a browser test: runs on the embedded backend (CAMPUS_TEST_BACKEND unset)",
+        ));
     }
-    let chromium = on_path("chromium");
-    let driver = on_path("chromedriver");
-    match (chromium, driver) {
-        (Some(c), Some(d)) => Some((c, d)),
-        (c, d) => {
-            let why = format!(
-                "chromium {} and chromedriver {} (apt-get install chromium chromium-driver)",
-                if c.is_some() { "found" } else { "missing" },
-                if d.is_some() { "found" } else { "missing" },
-            );
-            assert!(std::env::var_os("CI").is_none(), "under CI: {why}");
-            eprintln!("browser test SKIPPED: {why}");
-            None
-        }
+    match (on_path("chromium"), on_path("chromedriver")) {
+        (Some(c), Some(d)) => Ok((c, d)),
+        (c, d) => Err(Skip::missing(format!(
+            "needs chromium ({}) and chromedriver ({}): apt-get install chromium chromium-driver",
+            if c.is_some() { "found" } else { "missing" },
+            if d.is_some() { "found" } else { "missing" },
+        ))),
     }
 }
 
@@ -348,11 +346,8 @@ fn pump(mut from: TcpStream, mut to: TcpStream, seen: &Mutex<Seen>, request: boo
     let _ = to.shutdown(Shutdown::Write);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_plays_and_seeks_an_uploaded_mp4_through_a_signed_link() {
-    let Some((chromium, chromedriver)) = tools() else {
-        return;
-    };
+    let (chromium, chromedriver) = tools().unwrap_or_else(|_| unreachable!("checked before"));
     let app = spawn_app_with(|_, s| s.base_domain = Some("localhost".into())).await;
     let t = app.tenant("video").await;
     let course = app.course(&t.admin, "Films", true).await;
@@ -478,4 +473,67 @@ async fn chromium_plays_and_seeks_an_uploaded_mp4_through_a_signed_link() {
         "the tampered link was not refused with 403: {:?}",
         seen.statuses
     );
+}
+
+/// Waits (up to 60 s) until the page's text holds every one of `want`, then
+/// reports the text's length, what is missing, and every resource the page
+/// loaded from another origin than its own (or from a `blob:`).
+const RENDERED: &str = r#"
+const [want, done] = arguments;
+const deadline = Date.now() + 60000;
+const look = () => {
+  const text = document.body ? document.body.innerText : '';
+  const missing = want.filter((w) => !text.includes(w));
+  if (missing.length === 0 || Date.now() > deadline) {
+    const foreign = performance.getEntriesByType('resource')
+      .map((e) => e.name)
+      .filter((n) => !n.startsWith(location.origin) && !n.startsWith('blob:'));
+    done({ length: text.length, missing, foreign });
+  } else {
+    setTimeout(look, 200);
+  }
+};
+look();
+"#;
+
+/// The API reference renders in a real browser from what the binary serves:
+/// Redoc draws the document's operations, under the page's CSP, and the
+/// page loads nothing from another origin.
+async fn chromium_renders_the_api_reference_from_the_binary() {
+    let (chromium, chromedriver) = tools().unwrap_or_else(|_| unreachable!("checked before"));
+    let app = spawn_app().await;
+    let browser = Browser::start(&chromium, &chromedriver).await;
+    browser.goto(&app.url("/api/v1/docs")).await;
+    let got = browser
+        .run_async(
+            RENDERED,
+            json!([[
+                "Campus",
+                "Log in with email and password",
+                "/api/v1/courses"
+            ]]),
+        )
+        .await;
+    browser.close().await;
+    eprintln!("reference: {got}");
+    assert_eq!(got["missing"], json!([]), "{got}");
+    assert_eq!(got["foreign"], json!([]), "{got}");
+    assert!(got["length"].as_u64().unwrap() > 2000, "{got}");
+}
+
+fn main() -> std::process::ExitCode {
+    trials::main(vec![
+        trial(
+            "chromium_plays_and_seeks_an_uploaded_mp4_through_a_signed_link",
+            2,
+            tools().err(),
+            chromium_plays_and_seeks_an_uploaded_mp4_through_a_signed_link,
+        ),
+        trial(
+            "chromium_renders_the_api_reference_from_the_binary",
+            2,
+            tools().err(),
+            chromium_renders_the_api_reference_from_the_binary,
+        ),
+    ])
 }
