@@ -58,6 +58,7 @@ pub struct Lesson {
 pub struct NewLesson {
     pub title: String,
     /// Defaults to after the last lesson.
+    #[serde(default, deserialize_with = "validate::whole_number")]
     pub position: Option<i64>,
 }
 
@@ -65,6 +66,7 @@ pub struct NewLesson {
 #[serde(deny_unknown_fields)]
 pub struct LessonPatch {
     pub title: Option<String>,
+    #[serde(default, deserialize_with = "validate::whole_number")]
     pub position: Option<i64>,
 }
 

@@ -400,6 +400,7 @@ pub async fn export_tenant<W: tokio::io::AsyncWrite + Unpin + Send>(
 
 /// Where and as what an archive is imported.
 #[derive(Debug, Default, Clone, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
     /// A copy under this slug (a new tenant); absent: a restore under the

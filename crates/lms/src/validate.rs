@@ -26,17 +26,45 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<String> {
 
 /// A longer free text (may be empty; newlines and tabs allowed).
 pub fn long_text(field: &str, value: &str, max: usize) -> Result<String> {
-    if too_long(value, max)
-        || value.chars().count() > max
-        || value
-            .chars()
-            .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
-    {
+    if too_long(value, max) || value.chars().count() > max {
         return Err(Error::Validation(format!(
             "{field} must be at most {max} characters"
         )));
     }
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+    {
+        return Err(Error::Validation(format!(
+            "{field} may hold no control characters but tabs and line breaks"
+        )));
+    }
     Ok(value.to_owned())
+}
+
+/// An optional whole number, as JSON Schema has it: `42` and `42.0` alike
+/// (a client that sends every number as a float is not refused); `42.5`,
+/// or a number past `i64`, is.
+pub fn whole_number<'de, D>(d: D) -> std::result::Result<Option<i64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::Deserialize;
+    use serde::de::Error as _;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => {
+            if let Some(i) = n.as_i64() {
+                return Ok(Some(i));
+            }
+            match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+                _ => Err(D::Error::custom(format!(
+                    "{n} is not a whole number in range"
+                ))),
+            }
+        }
+    }
 }
 
 /// An email address, normalised to lower case. Deliberately loose: one `@`,

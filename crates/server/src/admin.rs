@@ -360,11 +360,19 @@ async fn patch_tenant(
     )))
 }
 
+/// `DELETE /admin/api/v1/tenants/{slug}`'s one parameter.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteParams {
+    purge: Option<bool>,
+}
+
 /// Delete a tenant (its API answers `invalid_tenant` at once); `?purge=true`
 /// destroys its data too, then checks that nothing of it remains (`purge`).
 #[utoipa::path(delete, path = "/admin/api/v1/tenants/{slug}", tag = "control-plane", security(("operator" = [])),
     params(("slug" = String, Path), ("purge" = Option<bool>, Query)),
     responses((status = 200, body = Deleted),
+        (status = 400, description = "`invalid_query`", body = Problem),
         (status = 401, description = "`unauthorized`", body = Problem),
         (status = 404, description = "`not_found`", body = Problem),
         (status = 500, description = "`purge_incomplete`: the purge ran, but something of the tenant remains (named in `detail`); run it again", body = Problem)))]
@@ -372,9 +380,9 @@ async fn delete_tenant(
     _: Operator,
     State(state): State<AppState>,
     Path(slug): Path<String>,
-    q: Query,
+    QueryOf(q): QueryOf<DeleteParams>,
 ) -> Result<Json<Deleted>, ApiError> {
-    let done = lms::ops::delete_tenant(&state.kernel, &slug, q.purge).await?;
+    let done = lms::ops::delete_tenant(&state.kernel, &slug, q.purge.unwrap_or(false)).await?;
     if let Some(report) = done.purge.as_ref().filter(|r| !r.clean()) {
         return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

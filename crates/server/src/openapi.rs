@@ -111,13 +111,62 @@ pub fn add_edge_errors(doc: &mut OpenApi) {
     }
 }
 
+/// What this deployment offers, for the document it serves: a request
+/// naming anything else is refused (422), so the document says so.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    /// The isolation modes tenants may be given here.
+    pub isolations: Vec<&'static str>,
+    /// The placements tenants may be put on.
+    pub placements: Vec<String>,
+}
+
+impl Offer {
+    pub fn of(kernel: &tenancy::Kernel) -> Self {
+        match kernel.data_plane() {
+            tenancy::dataplane::DataPlane::Embedded(_) => Offer {
+                isolations: vec!["database"],
+                placements: vec!["default".into()],
+            },
+            p @ tenancy::dataplane::DataPlane::Postgres(_) => Offer {
+                isolations: vec!["schema", "pool", "database"],
+                placements: p
+                    .placements_reachable()
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .collect(),
+            },
+        }
+    }
+}
+
+/// A slug, as `tenancy::Slug` takes it.
+pub const SLUG_PATTERN: &str = "^[a-z][a-z0-9-]{1,61}[a-z0-9]$";
+
+/// The plans.
+pub const PLANS: &[&str] = &["free", "standard", "enterprise"];
+
 /// The document as served, with what the annotations cannot say: every
 /// tenant operation takes `X-Tenant` (generated clients must be able to
 /// send it); file bodies are binary, not arrays of integers; problems are
-/// `application/problem+json` (RFC 9457).
-pub fn polish(doc: &OpenApi) -> serde_json::Value {
+/// `application/problem+json` (RFC 9457); the modes, placements and plans
+/// this deployment takes; the headers a file route reads.
+pub fn polish(doc: &OpenApi, offer: &Offer) -> serde_json::Value {
     use serde_json::{Value, json};
     let mut v = serde_json::to_value(doc).unwrap_or(Value::Null);
+    // What names a choice: (property or query parameter, allowed values).
+    let choices: Vec<(&str, Value)> = vec![
+        ("isolation", json!(offer.isolations)),
+        ("placement", json!(offer.placements)),
+        ("plan", json!(PLANS)),
+    ];
+    let choose = |name: &str, schema: &mut Value| {
+        if let Some((_, values)) = choices.iter().find(|(n, _)| *n == name)
+            && let Some(obj) = schema.as_object_mut()
+        {
+            obj.insert("enum".into(), values.clone());
+        }
+    };
     let binary = |schema: &Value| schema["type"] == "array" && schema["items"]["type"] == "integer";
     let fix_content = |content: &mut Value| {
         let Some(map) = content.as_object_mut() else {
@@ -150,13 +199,40 @@ pub fn polish(doc: &OpenApi) -> serde_json::Value {
     {
         for (schema_name, schema) in schemas.iter_mut() {
             let takes_password = schema_name.starts_with("New") || schema_name.ends_with("Patch");
+            // What a request names: only what this deployment takes.
+            let request = matches!(
+                schema_name.as_str(),
+                "NewTenant" | "TenantPatch" | "MoveRequest" | "ImportRequest"
+            );
             // `get_mut`, never `[]` on a `&mut Value`: indexing inserts a
             // null where the key is missing, which would change the document.
             if let Some(props) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) {
                 for (name, prop) in props.iter_mut() {
                     format_of(name, prop);
                     bounds_of(name, prop, takes_password);
+                    if request {
+                        choice_of(name, prop, &choose);
+                        if name == "slug" {
+                            prop["pattern"] = json!(SLUG_PATTERN);
+                        }
+                    }
                 }
+            }
+        }
+        // A page's items are the item's own schema (its formats, its name
+        // in generated clients), not a copy of it.
+        let names: Vec<String> = schemas.keys().cloned().collect();
+        for (schema_name, schema) in schemas.iter_mut() {
+            let Some(item) = schema_name
+                .strip_prefix("Page_")
+                .filter(|item| names.iter().any(|n| n == item))
+            else {
+                continue;
+            };
+            if let Some(items) = schema.pointer_mut("/properties/items")
+                && items.get("type").is_some_and(|t| t == "array")
+            {
+                items["items"] = json!({ "$ref": format!("#/components/schemas/{item}") });
             }
         }
     }
@@ -186,12 +262,61 @@ pub fn polish(doc: &OpenApi) -> serde_json::Value {
                     }));
                 }
             }
+            if path.ends_with("/content") || path.ends_with("/avatar") {
+                let method_get = op.get("requestBody").is_none()
+                    && op
+                        .get("responses")
+                        .and_then(|r| r.get("200"))
+                        .and_then(|r| r.get("content"))
+                        .is_some();
+                if method_get
+                    && let Some(r) = op.get_mut("responses").and_then(|r| r.as_object_mut())
+                {
+                    r.entry("206").or_insert_with(
+                        || json!({ "description": "The part of the file a `Range` asked for" }),
+                    );
+                    r.entry("416").or_insert_with(|| {
+                        json!({
+                            "description": "`range_not_satisfiable`: the range starts past the end of the file",
+                            "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+                        })
+                    });
+                }
+                if method_get && let Some(Value::Array(params)) = op.get_mut("parameters") {
+                    params.push(json!({
+                        "name": "Range",
+                        "in": "header",
+                        "required": false,
+                        "description": "One byte range (`bytes=0-1023`, `bytes=1024-`, `bytes=-512`): 206 with `Content-Range`; a range past the end is 416 `range_not_satisfiable`; several ranges are answered with the whole file.",
+                        "schema": { "type": "string" }
+                    }));
+                    params.push(json!({
+                        "name": "If-None-Match",
+                        "in": "header",
+                        "required": false,
+                        "description": "An `ETag` from an earlier answer: 304, no body, while the file is unchanged.",
+                        "schema": { "type": "string" }
+                    }));
+                }
+            }
             if let Some(params) = op.get_mut("parameters").and_then(|p| p.as_array_mut()) {
                 for p in params.iter_mut() {
                     let name = p["name"].as_str().unwrap_or("").to_owned();
+                    if p["in"] == "query"
+                        && let Some(schema) = p.get_mut("schema")
+                    {
+                        choice_of(&name, schema, &choose);
+                        if name == "slug" {
+                            schema["pattern"] = json!(SLUG_PATTERN);
+                        }
+                    }
                     match (p["in"].as_str(), name.as_str()) {
                         (Some("query"), "limit") => {
                             p["schema"] = json!({ "type": "integer", "minimum": 1, "maximum": 200, "default": 50 });
+                        }
+                        // As `lms::ops::create_tenant` has it.
+                        (Some("header"), "Idempotency-Key") => {
+                            p["schema"] = json!({ "type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]+$" });
                         }
                         (Some("query"), "after") => {
                             p["schema"] = json!({ "type": "string", "format": "uuid" });
@@ -206,6 +331,34 @@ pub fn polish(doc: &OpenApi) -> serde_json::Value {
             let is_list = op["parameters"]
                 .as_array()
                 .is_some_and(|ps| ps.iter().any(|p| p["name"] == "after"));
+            // A route with query parameters refuses others, and bad values.
+            let takes_query = op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
+            if takes_query && let Some(r) = op.get_mut("responses").and_then(|r| r.as_object_mut())
+            {
+                match r.get_mut("400") {
+                    Some(bad) => {
+                        if let Some(d) = bad.get_mut("description")
+                            && let Some(text) = d.as_str()
+                            && !text.contains("invalid_query")
+                        {
+                            *d = json!(format!(
+                                "{text}; `invalid_query`: an unknown query parameter, or a bad value"
+                            ));
+                        }
+                    }
+                    None => {
+                        r.insert(
+                            "400".into(),
+                            json!({
+                                "description": "`invalid_query`: an unknown query parameter, or a bad value",
+                                "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+                            }),
+                        );
+                    }
+                }
+            }
             if let Some(content) = op.get_mut("requestBody").and_then(|b| b.get_mut("content")) {
                 fix_content(content);
             }
@@ -226,18 +379,28 @@ pub fn polish(doc: &OpenApi) -> serde_json::Value {
                             "Link",
                             "`<…?limit=N&after=CURSOR>; rel=\"next\"` while there is a next page",
                         )],
-                        "200" | "206"
-                            if path.ends_with("/content") || path.ends_with("/avatar") =>
-                        {
+                        "200" if path.ends_with("/content") || path.ends_with("/avatar") => {
                             vec![
                                 ("ETag", "The stored file's version"),
                                 ("Accept-Ranges", "`bytes`"),
                             ]
                         }
+                        "206" if path.ends_with("/content") || path.ends_with("/avatar") => {
+                            vec![
+                                ("ETag", "The stored file's version"),
+                                ("Accept-Ranges", "`bytes`"),
+                                ("Content-Range", "`bytes FIRST-LAST/LENGTH`: the part sent"),
+                            ]
+                        }
                         _ => vec![],
                     };
-                    // What a file route answers with: the file's own type.
-                    if matches!(status.as_str(), "200" | "206") && r.get("content").is_some() {
+                    // What a file route answers with: the file's own type
+                    // (a part of it, for 206).
+                    let file_answer = status == "206"
+                        && (path.ends_with("/content") || path.ends_with("/avatar"));
+                    if matches!(status.as_str(), "200" | "206")
+                        && (r.get("content").is_some() || file_answer)
+                    {
                         let types: &[&str] = if path.ends_with("/lessons/{lid}/content") {
                             &["video/mp4", "application/pdf"]
                         } else if path.ends_with("/avatar") {
@@ -257,9 +420,11 @@ pub fn polish(doc: &OpenApi) -> serde_json::Value {
                         }
                     }
                     for (name, description) in headers {
+                        let string =
+                            matches!(name, "Link" | "ETag" | "Accept-Ranges" | "Content-Range");
                         r["headers"][name] = json!({
                             "description": description,
-                            "schema": { "type": if name == "Link" || name == "ETag" || name == "Accept-Ranges" { "string" } else { "integer" } }
+                            "schema": { "type": if string { "string" } else { "integer" } }
                         });
                     }
                 }
@@ -326,6 +491,14 @@ fn bounds_of(name: &str, prop: &mut serde_json::Value, takes_password: bool) {
         return;
     }
     match name {
+        // As `lms::validate::long_text` has it: tabs and line breaks, no
+        // other control character.
+        "description" => {
+            prop["maxLength"] = serde_json::json!(20_000);
+            prop["pattern"] = serde_json::json!(
+                "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
+            );
+        }
         "title" | "name" => {
             prop["minLength"] = serde_json::json!(1);
             prop["maxLength"] = serde_json::json!(200);
@@ -346,6 +519,35 @@ fn bounds_of(name: &str, prop: &mut serde_json::Value, takes_password: bool) {
             prop["maxLength"] = serde_json::json!(1024);
         }
         _ => {}
+    }
+}
+
+/// A property or query parameter naming an isolation mode, a placement or
+/// a plan: one of those this deployment takes (or null, where it may be).
+fn choice_of(
+    name: &str,
+    schema: &mut serde_json::Value,
+    choose: &impl Fn(&str, &mut serde_json::Value),
+) {
+    let nullable = schema
+        .get("type")
+        .and_then(|t| t.as_array())
+        .is_some_and(|t| t.iter().any(|x| x == "null"));
+    let mut one = serde_json::json!({ "type": "string" });
+    choose(name, &mut one);
+    if one.get("enum").is_none() {
+        return;
+    }
+    // `Option<String>` is `type: [string, null]`: null stays allowed, as a
+    // choice of its own (an `enum` would have to list a JSON null).
+    let Some(obj) = schema.as_object_mut() else {
+        return;
+    };
+    obj.remove("type");
+    if nullable {
+        obj.insert("anyOf".into(), serde_json::json!([one, { "type": "null" }]));
+    } else if let Some(one) = one.as_object() {
+        obj.extend(one.clone());
     }
 }
 

@@ -1,7 +1,7 @@
 //! Extractors that turn bad input into clean problems: JSON bodies (unknown
 //! fields rejected), ids in paths, pagination in queries.
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -13,32 +13,62 @@ use serde::de::DeserializeOwned;
 
 use crate::problem::ApiError;
 
-/// A JSON body; any rejection becomes a problem.
+/// A JSON body, which must be an object (serde would also take a struct
+/// written as an array: `["a title"]`); any rejection becomes a problem.
 pub struct Body<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
+        if !is_json(req.headers()) {
+            return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "send the body as application/json",
-            )),
-            Err(JsonRejection::BytesRejection(r))
-                if r.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                Err(ApiError::new(
+            ));
+        }
+        let bytes = match Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
                     "the body is larger than this server accepts",
-                ))
+                ));
             }
+            Err(r) => return Err(ApiError::invalid_body(r.body_text())),
+        };
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::invalid_body(
+                "the body must be a JSON object".to_owned(),
+            ));
+        }
+        match Json::<T>::from_bytes(&bytes) {
+            Ok(Json(v)) => Ok(Body(v)),
             Err(e) => Err(ApiError::invalid_body(e.body_text())),
         }
     }
+}
+
+/// `Content-Type: application/json`, or any `…+json` type (as axum's `Json`).
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    kind == "application" && (sub == "json" || sub.ends_with("+json"))
 }
 
 /// A UUID from the path, in canonical form. Anything else names nothing: 404.
@@ -53,16 +83,13 @@ pub fn id(raw: &str) -> Result<String, ApiError> {
 struct PageParams {
     limit: Option<u32>,
     after: Option<String>,
-    user_id: Option<String>,
-    purge: Option<bool>,
 }
 
-/// `?limit=&after=` (and the few other query parameters routes take).
+/// A list's `?limit=&after=`, and nothing else: any other parameter is 400
+/// `invalid_query` (a route with parameters of its own takes [`QueryOf`]).
 pub struct Query {
     pub page: PageRequest,
     pub path: String,
-    pub user_id: Option<String>,
-    pub purge: bool,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Query {
@@ -76,8 +103,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Query {
         Ok(Query {
             page,
             path: parts.uri.path().to_owned(),
-            user_id: p.user_id,
-            purge: p.purge.unwrap_or(false),
         })
     }
 }

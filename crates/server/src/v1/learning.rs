@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::edge::auth::Caller;
-use crate::edge::extract::{Body, Query, id, paged};
+use crate::edge::extract::{Body, Query, QueryOf, id, paged};
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
@@ -87,6 +87,13 @@ async fn record_progress(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET …/progress`'s one parameter.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressParams {
+    user_id: Option<String>,
+}
+
 /// Progress through a course: own, or (staff) `?user_id=`.
 #[utoipa::path(get, path = "/api/v1/courses/{id}/progress", tag = "progress", security(("bearer" = [])),
     params(("id" = String, Path), ("user_id" = Option<String>, Query)),
@@ -96,7 +103,7 @@ async fn record_progress(
 async fn course_progress(
     Caller(cx): Caller,
     Path(course): Path<String>,
-    q: Query,
+    QueryOf(q): QueryOf<ProgressParams>,
 ) -> Result<Json<CourseProgress>, ApiError> {
     let user = q.user_id.as_deref().map(id).transpose()?;
     Ok(Json(

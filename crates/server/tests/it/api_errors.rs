@@ -137,6 +137,122 @@ async fn bad_queries_are_400() {
     }
 }
 
+/// A body is a JSON object: a struct written as an array (which serde
+/// would take) is refused and makes nothing; whole numbers may be written
+/// as floats (`142.0`), as JSON Schema counts them; a description says
+/// what is wrong with it.
+#[tokio::test]
+async fn bodies_are_objects_and_numbers_are_read_as_json_schema_reads_them() {
+    let app = spawn_app().await;
+    let t = app.tenant("bodies").await;
+    for body in [
+        "[\"array course\", \"\", true]",
+        "\"a string\"",
+        "42",
+        "null",
+    ] {
+        let res = app
+            .req(Method::POST, &t.admin, "/api/v1/courses")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(res, 400, "invalid_body").await;
+    }
+    let listed = json_ok(
+        app.get(&t.admin, "/api/v1/courses").send().await.unwrap(),
+        200,
+    )
+    .await;
+    assert_eq!(listed["items"], json!([]), "nothing was made");
+
+    let c = app.course(&t.admin, "Numbers", true).await;
+    let res = app
+        .post(
+            &t.admin,
+            &format!("/api/v1/courses/{c}/lessons"),
+            json!({ "title": "Float", "position": 142.0 }),
+        )
+        .send()
+        .await
+        .unwrap();
+    let made = json_ok(res, 201).await;
+    assert_eq!(made["position"], 142);
+    for position in [json!(142.5), json!(1e300), json!(-0.5)] {
+        let res = app
+            .post(
+                &t.admin,
+                &format!("/api/v1/courses/{c}/lessons"),
+                json!({ "title": "Bad", "position": position }),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_problem(res, 400, "invalid_body").await;
+    }
+    let res = app
+        .post(
+            &t.admin,
+            "/api/v1/courses",
+            json!({ "title": "Ctl", "description": "bell \u{7}" }),
+        )
+        .send()
+        .await
+        .unwrap();
+    let p = assert_problem(res, 422, "validation_failed").await;
+    assert!(
+        p["detail"].as_str().unwrap().contains("control characters"),
+        "{p}"
+    );
+}
+
+/// Each route takes its own query parameters and no other: one route's
+/// parameter sent to another is refused, never silently ignored.
+#[tokio::test]
+async fn a_routes_query_takes_only_its_own_parameters() {
+    let app = spawn_app().await;
+    let t = app.tenant("qp").await;
+    let course = app.course(&t.admin, "Q", true).await;
+    for path in [
+        "/api/v1/courses?purge=true".to_owned(),
+        "/api/v1/courses?user_id=00000000-0000-0000-0000-000000000000".to_owned(),
+        "/api/v1/users?purge=false".to_owned(),
+        format!("/api/v1/courses/{course}/progress?limit=5"),
+        format!("/api/v1/courses/{course}/progress?bogus=1"),
+    ] {
+        let res = app.get(&t.admin, &path).send().await.unwrap();
+        assert_problem(res, 400, "invalid_query").await;
+    }
+    // The progress route's own parameter still works.
+    let me = app.get(&t.admin, "/api/v1/me").send().await.unwrap();
+    let me = json_ok(me, 200).await;
+    let mine = me["id"].as_str().unwrap().to_owned();
+    let res = app
+        .get(
+            &t.admin,
+            &format!("/api/v1/courses/{course}/progress?user_id={mine}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    json_ok(res, 200).await;
+    // The control plane's delete refuses what it does not know, and deletes nothing.
+    for q in ["purge=maybe", "purge=true&force=1", "user_id=x"] {
+        let res = app
+            .operator(
+                Method::DELETE,
+                &format!("/admin/api/v1/tenants/{}?{q}", t.slug),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_problem(res, 400, "invalid_query").await;
+    }
+    let res = app.get(&t.admin, "/api/v1/courses").send().await.unwrap();
+    json_ok(res, 200).await;
+}
+
 #[tokio::test]
 async fn ids_that_are_not_uuids_name_nothing() {
     let app = spawn_app().await;
@@ -257,7 +373,7 @@ async fn health_readiness_and_metrics() {
     assert!(text.contains(r#"route="/api/v1/courses""#), "{text}");
     assert!(
         text.contains(&format!(
-            r#"campus_tenant_requests_total{{tenant="{}"}}"#,
+            r#"campus_tenant_requests_total{{tenant="{}",class="2xx"}}"#,
             t.id
         )),
         "{text}"

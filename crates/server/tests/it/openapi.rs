@@ -223,6 +223,93 @@ async fn ids_times_bounds_codes_and_headers_are_declared() {
     assert_eq!(cid["schema"]["format"], "uuid");
 }
 
+/// What schemathesis and generated clients found missing: the choices this
+/// deployment takes, the slug's grammar, the import's query parameters, a
+/// file's ranges, list items as their own schema, and `invalid_query` on
+/// every operation that takes a query.
+#[tokio::test]
+async fn choices_ranges_pages_and_queries_are_declared() {
+    let doc = doc().await;
+    let schemas = &doc["components"]["schemas"];
+    let plan = &schemas["NewTenant"]["properties"]["plan"];
+    let plans = plan["anyOf"][0]["enum"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{plan}"));
+    assert_eq!(plans.len(), 3, "{plan}");
+    assert_eq!(plan["anyOf"][1]["type"], "null", "{plan}");
+    let isolation = &schemas["NewTenant"]["properties"]["isolation"]["anyOf"][0]["enum"];
+    let offered: Vec<&str> = isolation
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    if backend().is_postgres() {
+        assert_eq!(offered, ["schema", "pool", "database"]);
+    } else {
+        assert_eq!(offered, ["database"]);
+    }
+    assert!(
+        schemas["NewTenant"]["properties"]["slug"]["pattern"]
+            .as_str()
+            .is_some()
+    );
+    assert!(
+        schemas["TenantPatch"]["properties"]["plan"]["anyOf"][0]["enum"]
+            .as_array()
+            .is_some()
+    );
+    // The import's choices are query parameters.
+    let import = &doc["paths"]["/admin/api/v1/tenants/import"]["post"];
+    for name in ["slug", "isolation", "placement", "plan"] {
+        let p = import["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not declared: {import}"));
+        assert_eq!(p["in"], "query", "{p}");
+    }
+    // A file's ranges.
+    let get = &doc["paths"]["/api/v1/courses/{cid}/lessons/{lid}/content"]["get"];
+    let headers: Vec<&str> = get["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["in"] == "header")
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for h in ["X-Tenant", "Range", "If-None-Match"] {
+        assert!(headers.contains(&h), "{headers:?}");
+    }
+    let partial = &get["responses"]["206"];
+    assert!(partial["headers"]["Content-Range"].is_object(), "{partial}");
+    assert!(partial["content"]["video/mp4"].is_object(), "{partial}");
+    assert!(get["responses"]["416"].is_object());
+    let avatar = &doc["paths"]["/api/v1/users/{id}/avatar"]["get"]["responses"];
+    assert!(
+        avatar["206"]["headers"]["Content-Range"].is_object(),
+        "{avatar}"
+    );
+    // A page's items are the item's schema.
+    assert_eq!(
+        schemas["Page_Course"]["properties"]["items"]["items"]["$ref"],
+        "#/components/schemas/Course"
+    );
+    // Every operation with a query documents its 400.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let takes_query = op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
+            if takes_query {
+                let bad = op["responses"]["400"]["description"].as_str().unwrap_or("");
+                assert!(bad.contains("invalid_query"), "{method} {path}: {bad}");
+            }
+        }
+    }
+}
+
 /// The paths in `v` that hold `null`: a document generators read must say
 /// nothing it does not mean (an operation with `"requestBody": {"content":
 /// null}` would get a body in every generated client).
@@ -255,4 +342,77 @@ async fn the_document_holds_no_null() {
             .get("requestBody")
             .is_none()
     );
+}
+
+/// The reference for people, from the binary: `/api/v1/docs` is Redoc over
+/// this document, its script served by this server (no CDN), the page under
+/// a policy that runs no inline script and loads nothing from elsewhere.
+#[tokio::test]
+async fn the_api_reference_is_served_from_the_binary() {
+    use sha2::Digest;
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .get(app.url("/api/v1/docs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let h = res.headers().clone();
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
+    let csp = h["content-security-policy"].to_str().unwrap().to_owned();
+    let script_src = csp
+        .split(';')
+        .map(str::trim)
+        .find(|d| d.starts_with("script-src"))
+        .unwrap();
+    assert_eq!(script_src, "script-src 'self'", "{csp}");
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let page = res.text().await.unwrap();
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "{page}"
+    );
+    assert!(page.contains("spec-url=\"openapi.json\""), "{page}");
+    let script = format!("docs/redoc-{}.js", server::docs::REDOC_VERSION);
+    assert!(page.contains(&format!("src=\"{script}\"")), "{page}");
+    assert!(!page.contains("<script>"), "an inline script: {page}");
+
+    let res = app
+        .client
+        .get(app.url(&format!("/api/v1/{script}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(
+        res.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    let body = res.bytes().await.unwrap();
+    let digest: String = sha2::Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // The vendored bundle, unchanged (crates/server/assets/redoc/README.md).
+    assert_eq!(
+        digest,
+        "52dd9fc0390a689ce66bf7ec2352aeba4772d22eb93fc504c7a2c2110fa426eb"
+    );
+    // The page's relative links resolve to what it needs.
+    let res = app
+        .client
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
 }
