@@ -190,7 +190,7 @@ fn tenant_commands_create_list_show_update_and_lifecycle() {
     assert_eq!(t["isolation"], "database");
     assert_eq!(t["placement"], "default");
     assert_eq!(t["plan"], "standard");
-    assert_eq!(t["schema_version"], 1);
+    assert_eq!(t["schema_version"], lms::TENANT_MIGRATIONS.latest());
     assert_eq!(t["migration_pending"], false);
     assert_eq!(t["usage"]["users"], 1);
     assert!(
@@ -666,7 +666,7 @@ async fn migrate_brings_every_tenant_up_and_names_failures() {
     assert!(stdout.contains("failed: broken"), "{stdout}");
     assert!(!stdout.contains("failed: behind"), "{stdout}");
     let shown = env.json(&["tenant", "show", "behind", "--json"]);
-    assert_eq!(shown["schema_version"], 1);
+    assert_eq!(shown["schema_version"], lms::TENANT_MIGRATIONS.latest());
     assert_eq!(shown["migration_pending"], false);
     assert_eq!(shown["id"], behind.id.to_string());
 

@@ -24,31 +24,66 @@ pub struct AuditEvent {
     #[schema(value_type = Option<Object>)]
     pub details: Option<serde_json::Value>,
     pub created_at: String,
+    /// The client's address, as the limits key it: an IPv4 address, an IPv6
+    /// /64, or `unknown`. Absent for events no request caused.
+    pub client: Option<String>,
+    /// The request's `User-Agent`, at most 200 characters.
+    pub user_agent: Option<String>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The longest `User-Agent` kept in the audit log, in characters.
+pub const USER_AGENT_MAX: usize = 200;
+
+/// Where a request came from, as its audit events record it.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub request_id: String,
+    /// The client address (see [`crate::throttle::ClientAddr`]).
+    pub client: Option<String>,
+    /// The `User-Agent`, cut to [`USER_AGENT_MAX`] characters, control
+    /// characters replaced (it is the client's to choose).
+    pub user_agent: Option<String>,
+}
+
+impl Origin {
+    pub fn new(request_id: String, client: Option<String>, user_agent: Option<&str>) -> Self {
+        let user_agent = user_agent.map(|ua| {
+            ua.chars()
+                .take(USER_AGENT_MAX)
+                .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+                .collect()
+        });
+        Origin {
+            request_id,
+            client,
+            user_agent,
+        }
+    }
+}
+
 async fn insert(
     tx: &mut TenantTx,
-    actor_kind: &str,
-    actor_id: Option<&str>,
-    request_id: Option<&str>,
+    actor: (&str, Option<&str>),
+    origin: Option<&Origin>,
     action: &str,
     target: Option<(&str, &str)>,
     details: Option<serde_json::Value>,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO audit_events (id, actor_kind, actor_id, action, target_type, target_id, request_id, details, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO audit_events (id, actor_kind, actor_id, action, target_type, target_id, request_id, details, created_at, client, user_agent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(Uuid::now_v7().to_string())
-    .bind(actor_kind)
-    .bind(actor_id)
+    .bind(actor.0)
+    .bind(actor.1)
     .bind(action)
     .bind(target.map(|t| t.0))
     .bind(target.map(|t| t.1))
-    .bind(request_id)
+    .bind(origin.map(|o| o.request_id.as_str()))
     .bind(details.map(|d| d.to_string()))
     .bind(tenancy::clock::now())
+    .bind(origin.and_then(|o| o.client.as_deref()))
+    .bind(origin.and_then(|o| o.user_agent.as_deref()))
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -57,26 +92,25 @@ async fn insert(
 pub(crate) async fn record(
     tx: &mut TenantTx,
     actor: &Principal,
-    request_id: Option<&str>,
+    origin: &Origin,
     action: &str,
     target: Option<(&str, &str)>,
     details: Option<serde_json::Value>,
 ) -> Result<()> {
     let (kind, id) = actor.audit_actor();
-    insert(tx, kind, Some(id), request_id, action, target, details).await
+    insert(tx, (kind, Some(id)), Some(origin), action, target, details).await
 }
 
 pub(crate) async fn record_anonymous(
     tx: &mut TenantTx,
-    request_id: &str,
+    origin: &Origin,
     action: &str,
     details: serde_json::Value,
 ) -> Result<()> {
     insert(
         tx,
-        "anonymous",
-        None,
-        Some(request_id),
+        ("anonymous", None),
+        Some(origin),
         action,
         None,
         Some(details),
@@ -89,7 +123,7 @@ pub(crate) async fn record_operator(
     action: &str,
     target: Option<(&str, &str)>,
 ) -> Result<()> {
-    insert(tx, "operator", None, None, action, target, None).await
+    insert(tx, ("operator", None), None, action, target, None).await
 }
 
 /// The tenant's audit log, newest first. Admins only.
@@ -97,7 +131,8 @@ pub async fn list(cx: &crate::Cx, page: &PageRequest) -> Result<Page<AuditEvent>
     cx.require(&[Role::Admin])?;
     let mut tx = cx.read().await?;
     let rows = sqlx::query(
-        "SELECT id, actor_kind, actor_id, action, target_type, target_id, request_id, details, created_at
+        "SELECT id, actor_kind, actor_id, action, target_type, target_id, request_id, details, created_at,
+                client, user_agent
          FROM audit_events WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
     )
     .bind(&page.after)
@@ -118,6 +153,8 @@ pub async fn list(cx: &crate::Cx, page: &PageRequest) -> Result<Page<AuditEvent>
                 request_id: crate::col(r, "request_id")?,
                 details: details.and_then(|d| serde_json::from_str(&d).ok()),
                 created_at: crate::col(r, "created_at")?,
+                client: crate::col(r, "client")?,
+                user_agent: crate::col(r, "user_agent")?,
             })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -19,6 +19,7 @@ use tenancy::{Kernel, Lookup, Tenant, TenantId, TenantTx};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::audit::Origin;
 use crate::error::{Error, Result};
 use crate::hashing::Hasher;
 use crate::throttle::{ClientAddr, LoginThrottle};
@@ -382,7 +383,7 @@ pub async fn login(
     tenant: &Tenant,
     sessions: &Sessions,
     client: &ClientAddr,
-    request_id: &str,
+    origin: &Origin,
     req: LoginRequest,
 ) -> Result<LoginResponse> {
     // Bounded before anything is counted, hashed, stored or logged.
@@ -410,7 +411,7 @@ pub async fn login(
         let mut tx = kernel.begin_write(tenant).await?;
         crate::audit::record_anonymous(
             &mut tx,
-            request_id,
+            origin,
             "auth.login_failed",
             serde_json::json!({ "email": email }),
         )
@@ -457,7 +458,7 @@ pub async fn login(
     crate::audit::record(
         &mut tx,
         &actor,
-        Some(request_id),
+        origin,
         "auth.login",
         Some(("user", &user.id)),
         None,

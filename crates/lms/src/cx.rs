@@ -2,6 +2,7 @@
 
 use tenancy::{Kernel, Tenant, TenantTx};
 
+use crate::audit::Origin;
 use crate::auth::{Principal, Role};
 use crate::error::{Error, Result};
 
@@ -12,7 +13,8 @@ pub struct Cx {
     pub kernel: Kernel,
     pub tenant: Tenant,
     pub actor: Principal,
-    pub request_id: String,
+    /// The request: its id, client address and user agent (audited).
+    pub origin: Origin,
 }
 
 impl Cx {
@@ -61,14 +63,6 @@ impl Cx {
         target: Option<(&str, &str)>,
         details: Option<serde_json::Value>,
     ) -> Result<()> {
-        crate::audit::record(
-            tx,
-            &self.actor,
-            Some(&self.request_id),
-            action,
-            target,
-            details,
-        )
-        .await
+        crate::audit::record(tx, &self.actor, &self.origin, action, target, details).await
     }
 }

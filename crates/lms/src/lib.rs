@@ -31,21 +31,42 @@ use tenancy::{Migration, MigrationSet};
 /// The tenant schema, oldest first, one folder per backend dialect. The
 /// versions match across dialects.
 pub const TENANT_MIGRATIONS: MigrationSet = MigrationSet {
-    sqlite: &[Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../../../migrations/tenant/sqlite/0001_init.sql"),
-    }],
-    postgres: &[Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../../../migrations/tenant/postgres/0001_init.sql"),
-    }],
-    pool: &[Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../../../migrations/pool/postgres/0001_init.sql"),
-    }],
+    sqlite: &[
+        Migration {
+            version: 1,
+            name: "init",
+            sql: include_str!("../../../migrations/tenant/sqlite/0001_init.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "audit_origin",
+            sql: include_str!("../../../migrations/tenant/sqlite/0002_audit_origin.sql"),
+        },
+    ],
+    postgres: &[
+        Migration {
+            version: 1,
+            name: "init",
+            sql: include_str!("../../../migrations/tenant/postgres/0001_init.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "audit_origin",
+            sql: include_str!("../../../migrations/tenant/postgres/0002_audit_origin.sql"),
+        },
+    ],
+    pool: &[
+        Migration {
+            version: 1,
+            name: "init",
+            sql: include_str!("../../../migrations/pool/postgres/0001_init.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "audit_origin",
+            sql: include_str!("../../../migrations/pool/postgres/0002_audit_origin.sql"),
+        },
+    ],
 };
 
 /// The tenant tables, as an archive holds them (`tenancy::archive`), in
@@ -147,6 +168,8 @@ pub const TENANT_TABLES: &[Table] = &[
             Column::nullable("request_id", Text),
             Column::nullable("details", Text),
             Column::new("created_at", Text),
+            Column::nullable("client", Text),
+            Column::nullable("user_agent", Text),
         ],
         key: &["id"],
     },

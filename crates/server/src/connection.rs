@@ -81,6 +81,25 @@ pub struct ConnectionLimits {
     /// `/readyz` answers 503 `stopping` (so that load balancers take the
     /// node out first); then requests in flight get `shutdown_grace`.
     pub shutdown_delay: Duration,
+    /// Which listener this is (`public`, `admin`): the `listener` label of
+    /// `campus_connections_open` and `campus_connections_pressure` (the
+    /// counters sum every listener).
+    pub listener: &'static str,
+}
+
+/// The admin listener's connection cap: operators and a Prometheus, not the
+/// public; enough for them, too few to matter if it is reached.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+impl ConnectionLimits {
+    /// The admin listener's limits: these, with its own smaller cap.
+    pub fn for_admin(self) -> Self {
+        Self {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            listener: "admin",
+            ..self
+        }
+    }
 }
 
 impl Default for ConnectionLimits {
@@ -95,6 +114,7 @@ impl Default for ConnectionLimits {
             },
             shutdown_grace: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
+            listener: "public",
         }
     }
 }
@@ -152,8 +172,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let pressure = Arc::new(Pressure::default());
-    metrics::gauge!("campus_connections_pressure").set(0.0);
+    let pressure = Arc::new(Pressure {
+        listener: limits.listener,
+        ..Pressure::default()
+    });
+    metrics::gauge!("campus_connections_pressure", "listener" => limits.listener).set(0.0);
     let cap = limits.max_connections;
     let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
     let (stop, stopping) = watch::channel(false);
@@ -324,6 +347,7 @@ struct Conn {
 /// requests get at most [`PRESSED_TIMEOUT`].
 #[derive(Default)]
 struct Pressure {
+    listener: &'static str,
     on: AtomicBool,
     /// Wakes every watchdog when the pressure comes on.
     raised: Notify,
@@ -336,11 +360,11 @@ impl Pressure {
             if self.on.swap(true, Ordering::Relaxed) {
                 return;
             }
-            metrics::gauge!("campus_connections_pressure").set(1.0);
+            metrics::gauge!("campus_connections_pressure", "listener" => self.listener).set(1.0);
             tally().pressure.fetch_add(1, Ordering::Relaxed);
             self.raised.notify_waiters();
         } else if on && free >= cap / 2 && self.on.swap(false, Ordering::Relaxed) {
-            metrics::gauge!("campus_connections_pressure").set(0.0);
+            metrics::gauge!("campus_connections_pressure", "listener" => self.listener).set(0.0);
         }
     }
 
@@ -351,7 +375,7 @@ impl Pressure {
 
 impl Conn {
     async fn serve(mut self, stream: TcpStream) {
-        let _open = OpenGauge::new();
+        let _open = OpenGauge::new(self.limits.listener);
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
         let io = TokioIo::new(Watched {
@@ -706,19 +730,19 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// `campus_connections_open`, while it lives.
-struct OpenGauge;
+/// `campus_connections_open{listener}`, while it lives.
+struct OpenGauge(&'static str);
 
 impl OpenGauge {
-    fn new() -> Self {
-        metrics::gauge!("campus_connections_open").increment(1.0);
-        Self
+    fn new(listener: &'static str) -> Self {
+        metrics::gauge!("campus_connections_open", "listener" => listener).increment(1.0);
+        Self(listener)
     }
 }
 
 impl Drop for OpenGauge {
     fn drop(&mut self) {
-        metrics::gauge!("campus_connections_open").decrement(1.0);
+        metrics::gauge!("campus_connections_open", "listener" => self.0).decrement(1.0);
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod connection;
+pub mod docs;
 pub mod edge;
 pub mod openapi;
 pub mod problem;
@@ -60,11 +61,13 @@ pub fn router(state: AppState) -> Router {
         ),
     );
     openapi::add_edge_errors(&mut doc);
-    let doc = Arc::new(openapi::polish(&doc));
-    let mut api = tenant_router.route(
-        "/api/v1/openapi.json",
-        get(move || async move { Json(doc.as_ref().clone()) }),
-    );
+    let doc = Arc::new(openapi::polish(&doc, &openapi::Offer::of(&state.kernel)));
+    let mut api = tenant_router
+        .route(
+            "/api/v1/openapi.json",
+            get(move || async move { Json(doc.as_ref().clone()) }),
+        )
+        .merge(docs::routes());
     if !state.config.separate_admin {
         api = api.merge(admin_router).route("/metrics", get(metrics));
     }
@@ -292,11 +295,9 @@ async fn readyz(state: AppState, detailed: bool) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    let mut text = state.metrics.render();
+    text.push_str(&state.fleet.render());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` resolves (then for
@@ -323,11 +324,23 @@ pub async fn serve_with_admin(
     let upkeep = {
         let state = state.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+            let mut tick = tokio::time::interval(EVERY);
+            let mut n: u32 = 0;
+            let audit_every = (edge::metrics::AUDIT_EVERY.as_secs() / EVERY.as_secs()) as u32;
             loop {
                 tick.tick().await;
                 edge::metrics::upkeep(&state);
                 state.metrics.run_upkeep();
+                // The fleet's figures at once, then every minute; the
+                // isolation audit at once, then every five.
+                if n.is_multiple_of(12) {
+                    state
+                        .fleet
+                        .refresh(&state.kernel, n.is_multiple_of(audit_every))
+                        .await;
+                }
+                n = n.wrapping_add(1);
             }
         })
     };
@@ -354,19 +367,15 @@ pub async fn serve_with_admin(
     let on_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let limits = state.config.connections;
+    // The admin listener under the same connection rules (timeouts, slow
+    // clients), with a small cap of its own: a flood of it never takes the
+    // public listener's slots, nor the public's the operators'.
     let admin_task = admin.map(|listener| {
         let app = admin_router(state.clone());
         let stopping = on_stop(stopped.clone());
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(stopping)
-            .await
-        })
+        tokio::spawn(connection::run(listener, app, limits.for_admin(), stopping))
     });
-    let limits = state.config.connections;
     let res = connection::run(listener, router(state), limits, on_stop(stopped)).await;
     if let Some(mut task) = admin_task {
         // The control plane's long work (an export, a move) gets the same

@@ -80,6 +80,9 @@ pub struct Inner {
     pub config: ServerConfig,
     pub sessions: Sessions,
     pub metrics: PrometheusHandle,
+    /// The fleet's figures for `/metrics` (schema drift, storage, the
+    /// isolation audit), refreshed by the upkeep.
+    pub fleet: crate::edge::metrics::Fleet,
     pub limits: crate::edge::limits::Limits,
     /// Set when shutdown begins: `/readyz` answers 503 from then on, so
     /// that load balancers stop sending requests while the rest drain.
@@ -109,6 +112,7 @@ impl AppState {
             config,
             sessions,
             metrics: crate::edge::metrics::handle(),
+            fleet: Default::default(),
             limits,
             stopping: std::sync::atomic::AtomicBool::new(false),
             readiness: tokio::sync::Mutex::new(None),

@@ -202,6 +202,41 @@ impl Registry {
         rows.iter().map(decode).collect()
     }
 
+    /// How many served tenants (active, suspended, maintenance) are at each
+    /// schema version.
+    pub async fn schema_versions(&self) -> Result<Vec<(i64, i64)>> {
+        let sql = format!(
+            "SELECT schema_version, COUNT(*) FROM {}
+             WHERE status IN ('active', 'suspended', 'maintenance')
+             GROUP BY schema_version",
+            self.t("tenants")
+        );
+        Ok(sqlx::query_as(&sql).fetch_all(&self.pool).await?)
+    }
+
+    /// The `top` tenants by bytes their files take, largest first, and the
+    /// bytes every tenant's files take together.
+    pub async fn storage_figures(&self, top: i64) -> Result<(Vec<(TenantId, i64)>, i64)> {
+        let table = self.t("tenant_storage");
+        let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+            "SELECT tenant_id, stored_bytes FROM {table}
+             WHERE stored_bytes > 0 ORDER BY stored_bytes DESC, tenant_id LIMIT $1"
+        ))
+        .bind(top)
+        .fetch_all(&self.pool)
+        .await?;
+        let total: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT CAST(SUM(stored_bytes) AS BIGINT) FROM {table}"
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        let top = rows
+            .into_iter()
+            .filter_map(|(id, n)| TenantId::parse(&id).map(|id| (id, n)))
+            .collect();
+        Ok((top, total.unwrap_or(0)))
+    }
+
     /// The slug of every tenant that is not purged.
     pub async fn live_slugs(&self) -> Result<Vec<String>> {
         let sql = format!(

@@ -5,7 +5,9 @@ use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use lms::Cx;
+use lms::audit::Origin;
 use lms::auth::{Principal, Refused};
+use lms::throttle::ClientAddr;
 
 use super::limits::Holder;
 use sha2::{Digest, Sha256};
@@ -36,16 +38,24 @@ pub enum Credential {
     Refused(Refused),
 }
 
-pub fn request_id(parts: &Parts) -> String {
-    parts
-        .extensions
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default()
+/// Where a request came from, as its audit events record it: its id, the
+/// client address the request layer computed, its `User-Agent`.
+pub fn origin(parts: &Parts) -> Origin {
+    let ext = &parts.extensions;
+    Origin::new(
+        ext.get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default(),
+        ext.get::<ClientAddr>().map(|c| c.as_str().to_owned()),
+        parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+    )
 }
 
 /// The resolved tenant, for the few routes that need no caller (login).
-pub struct TenantOnly(pub tenancy::Tenant, pub String);
+pub struct TenantOnly(pub tenancy::Tenant, pub Origin);
 
 impl FromRequestParts<AppState> for TenantOnly {
     type Rejection = ApiError;
@@ -56,7 +66,7 @@ impl FromRequestParts<AppState> for TenantOnly {
             .get::<ResolvedTenant>()
             .map(|t| t.0.clone())
             .ok_or_else(|| ApiError::internal("tenant route without tenant resolution"))?;
-        Ok(Self(tenant, request_id(parts)))
+        Ok(Self(tenant, origin(parts)))
     }
 }
 
@@ -67,7 +77,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let TenantOnly(tenant, request_id) = TenantOnly::from_request_parts(parts, state).await?;
+        let TenantOnly(tenant, origin) = TenantOnly::from_request_parts(parts, state).await?;
         let found = match parts.extensions.get::<Credential>() {
             Some(c) => c.clone(),
             // Not through the tenant layer: look it up here.
@@ -99,7 +109,7 @@ impl FromRequestParts<AppState> for Caller {
                     kernel: state.kernel.clone(),
                     tenant,
                     actor,
-                    request_id,
+                    origin,
                 }))
             }
             Credential::Refused(Refused::OtherTenant { .. }) => {

@@ -8,6 +8,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+
+/// How long a counter or histogram series stays in `/metrics` untouched.
+pub const IDLE_SERIES: Duration = Duration::from_secs(15 * 60);
 
 /// The process-wide recorder's handle (installed on first use).
 pub fn handle() -> PrometheusHandle {
@@ -22,7 +26,22 @@ pub fn handle() -> PrometheusHandle {
                         10.0,
                     ],
                 )
-                .unwrap_or_else(|_| PrometheusBuilder::new());
+                .and_then(|b| {
+                    // Few buckets: one histogram per active tenant.
+                    b.set_buckets_for_metric(
+                        Matcher::Full("campus_tenant_request_duration_seconds".into()),
+                        &[0.005, 0.025, 0.1, 0.5, 2.5],
+                    )
+                })
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+                // Per-tenant series are bounded by activity: a counter or
+                // histogram not touched for 15 minutes leaves the output
+                // (it starts again from zero, which rate() reads as a
+                // reset). Gauges stay: some are set only when they change.
+                .idle_timeout(
+                    MetricKindMask::COUNTER | MetricKindMask::HISTOGRAM,
+                    Some(IDLE_SERIES),
+                );
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
@@ -68,7 +87,37 @@ pub const DESCRIBED: &[(&str, Kind, Option<metrics::Unit>, &str)] = &[
         "campus_tenant_requests_total",
         Kind::Counter,
         None,
-        "Requests that reached a tenant, by tenant id",
+        "Requests a tenant was answered (refusals included), by tenant id and status class (2xx, 4xx, 5xx…); a tenant idle for 15 minutes drops out until its next request",
+    ),
+    (
+        "campus_tenant_request_duration_seconds",
+        Kind::Histogram,
+        Some(metrics::Unit::Seconds),
+        "Time to answer a tenant's request, by tenant id; a tenant idle for 15 minutes drops out until its next request",
+    ),
+    (
+        "campus_tenants_by_schema",
+        Kind::Gauge,
+        None,
+        "Served tenants by where their schema stands against this build: behind (not served until `campus migrate`), current, ahead",
+    ),
+    (
+        "campus_storage_bytes",
+        Kind::Gauge,
+        Some(metrics::Unit::Bytes),
+        "Bytes every tenant's files take together",
+    ),
+    (
+        "campus_tenant_storage_bytes",
+        Kind::Gauge,
+        Some(metrics::Unit::Bytes),
+        "Bytes a tenant's files take, for the 20 largest tenants only (by tenant id)",
+    ),
+    (
+        "campus_isolation_audit_findings",
+        Kind::Gauge,
+        None,
+        "Problems the isolation audit found at its last run while serving (every 5 minutes; each is logged under campus::security)",
     ),
     (
         "campus_rate_limited_total",
@@ -295,8 +344,124 @@ pub fn request(method: &axum::http::Method, route: &str, status: u16, elapsed: D
         .record(elapsed.as_secs_f64());
 }
 
-pub fn tenant_request(tenant: &tenancy::TenantId) {
-    metrics::counter!("campus_tenant_requests_total", "tenant" => tenant.to_string()).increment(1);
+/// A tenant's request answered: counted by status class, timed.
+pub fn tenant_response(tenant: &tenancy::TenantId, status: u16, elapsed: Duration) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    let id = tenant.to_string();
+    metrics::counter!("campus_tenant_requests_total", "tenant" => id.clone(), "class" => class)
+        .increment(1);
+    metrics::histogram!("campus_tenant_request_duration_seconds", "tenant" => id)
+        .record(elapsed.as_secs_f64());
+}
+
+/// How many tenants get a series of their own in
+/// `campus_tenant_storage_bytes`: the largest ones.
+pub const TOP_STORAGE_TENANTS: i64 = 20;
+
+/// How often the isolation audit runs again while serving (it runs in full
+/// before serving starts).
+pub const AUDIT_EVERY: Duration = Duration::from_secs(300);
+
+/// Figures about the whole fleet, read from the registry by the upkeep (every
+/// minute) and appended to `/metrics` as they stand, so that a tenant that
+/// leaves the largest-by-storage list leaves the output too.
+#[derive(Default)]
+pub struct Fleet {
+    text: std::sync::Mutex<String>,
+    /// The isolation audit's findings at its last run (`None`: not run yet).
+    findings: std::sync::Mutex<Option<usize>>,
+}
+
+impl Fleet {
+    /// The fleet's lines of `/metrics` (Prometheus text format).
+    pub fn render(&self) -> String {
+        self.text.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Reads the registry again (and, when `audit`, runs the isolation
+    /// audit) and replaces the fleet's lines. A figure that cannot be read
+    /// now is left out (and logged), never reported as zero.
+    pub async fn refresh(&self, kernel: &tenancy::Kernel, audit: bool) {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let registry = kernel.registry();
+        match registry.schema_versions().await {
+            Ok(rows) => {
+                let latest = kernel.latest_version();
+                let mut by = [0i64; 3];
+                for (version, n) in rows {
+                    by[usize::from(version >= latest) + usize::from(version > latest)] += n;
+                }
+                head(&mut out, "campus_tenants_by_schema");
+                for (state, n) in ["behind", "current", "ahead"].iter().zip(by) {
+                    let _ = writeln!(out, "campus_tenants_by_schema{{state=\"{state}\"}} {n}");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "fleet figures: schema versions not read"),
+        }
+        match registry.storage_figures(TOP_STORAGE_TENANTS).await {
+            Ok((top, total)) => {
+                head(&mut out, "campus_storage_bytes");
+                let _ = writeln!(out, "campus_storage_bytes {total}");
+                if !top.is_empty() {
+                    head(&mut out, "campus_tenant_storage_bytes");
+                    for (id, n) in top {
+                        let _ = writeln!(out, "campus_tenant_storage_bytes{{tenant=\"{id}\"}} {n}");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "fleet figures: storage not read"),
+        }
+        if audit {
+            let found = match tenancy::audit::run(kernel).await {
+                Ok(findings) => {
+                    for f in &findings {
+                        tracing::error!(
+                            target: "campus::security",
+                            event = "isolation_audit_finding",
+                            placement = %f.placement,
+                            problem = %f.problem,
+                            "the isolation audit found a problem while serving"
+                        );
+                    }
+                    Some(findings.len())
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the isolation audit could not run");
+                    None
+                }
+            };
+            if let Ok(mut last) = self.findings.lock() {
+                *last = found;
+            }
+        }
+        if let Some(n) = self.findings.lock().ok().and_then(|f| *f) {
+            head(&mut out, "campus_isolation_audit_findings");
+            let _ = writeln!(out, "campus_isolation_audit_findings {n}");
+        }
+        if let Ok(mut text) = self.text.lock() {
+            *text = out;
+        }
+    }
+}
+
+/// The `# HELP` and `# TYPE` lines of a fleet metric, from [`DESCRIBED`].
+fn head(out: &mut String, name: &str) {
+    use std::fmt::Write;
+    if let Some((_, kind, _, help)) = DESCRIBED.iter().find(|(n, ..)| *n == name) {
+        let kind = match kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
 }
 
 /// A request refused by a limit: `tenant` (the organisation's) or `user`.

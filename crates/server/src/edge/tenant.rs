@@ -148,14 +148,24 @@ pub fn gate(t: &Tenant, method: &Method, latest: i64) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Middleware: resolves and gates the tenant, or answers the problem.
-pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+/// Middleware: resolves and gates the tenant, or answers the problem. What
+/// a resolved tenant was answered (refusals included), and how fast, is
+/// counted under its id.
+pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let tenant = match resolve(&state, req.headers(), req.method(), req.uri()).await {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
     tracing::Span::current().record("tenant", tenant.slug.as_str());
-    super::metrics::tenant_request(&tenant.id);
+    let id = tenant.id;
+    let started = std::time::Instant::now();
+    let res = serve(state, req, next, tenant).await;
+    super::metrics::tenant_response(&id, res.status().as_u16(), started.elapsed());
+    res
+}
+
+/// The rest of [`layer`], for a resolved tenant.
+async fn serve(state: AppState, mut req: Request, next: Next, tenant: Tenant) -> Response {
     // The request layer's (outermost): computed once per request.
     let client = req
         .extensions()

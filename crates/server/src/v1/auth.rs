@@ -36,7 +36,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     ))]
 async fn login(
     axum::extract::State(state): axum::extract::State<AppState>,
-    TenantOnly(tenant, request_id): TenantOnly,
+    TenantOnly(tenant, origin): TenantOnly,
     client: Option<axum::Extension<lms::throttle::ClientAddr>>,
     Body(req): Body<LoginRequest>,
 ) -> Result<Response, ApiError> {
@@ -46,7 +46,7 @@ async fn login(
         &tenant,
         &state.sessions,
         &client,
-        &request_id,
+        &origin,
         req,
     )
     .await?;

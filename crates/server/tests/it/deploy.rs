@@ -291,3 +291,147 @@ async fn the_alert_rules_and_the_dashboard_use_only_metrics_the_server_exports()
         );
     }
 }
+
+/// The fleet's figures on `/metrics`: where tenants' schemas stand, the
+/// bytes their files take (the largest tenants by id, never by slug), and
+/// the isolation audit's verdict while serving.
+#[tokio::test]
+async fn metrics_carry_the_fleets_schema_storage_and_audit_figures() {
+    let app = spawn_app().await;
+    let t = app.tenant("fleet").await;
+    let course = app.course(&t.admin, "Stored", true).await;
+    let lesson = app.lesson(&t.admin, &course, "File").await;
+    let res = app
+        .req(
+            Method::PUT,
+            &t.admin,
+            &format!("/api/v1/courses/{course}/lessons/{lesson}/content"),
+        )
+        .header("content-type", "video/mp4")
+        .body({
+            let mut mp4 = b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom".to_vec();
+            mp4.resize(12_345, 7);
+            mp4
+        })
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+
+    // What the upkeep does every minute, now.
+    let fleet = server::edge::metrics::Fleet::default();
+    fleet.refresh(&app.kernel, true).await;
+    let text = fleet.render();
+    assert!(
+        text.contains("# TYPE campus_tenants_by_schema gauge"),
+        "{text}"
+    );
+    assert!(
+        text.contains("campus_tenants_by_schema{state=\"behind\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("campus_tenants_by_schema{state=\"ahead\"} 0"),
+        "{text}"
+    );
+    let current: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("campus_tenants_by_schema{state=\"current\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(current >= 1, "{text}");
+    let figure = |prefix: &str| -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix}: {text}"))
+            .parse()
+            .unwrap()
+    };
+    // As stored: the file sealed, a little more than its 12,345 bytes.
+    let theirs = figure(&format!(
+        "campus_tenant_storage_bytes{{tenant=\"{}\"}} ",
+        t.id
+    ));
+    assert!((12_345..13_000).contains(&theirs), "{text}");
+    assert_eq!(figure("campus_storage_bytes "), theirs, "{text}");
+    assert!(text.contains("campus_isolation_audit_findings 0"), "{text}");
+    assert!(!text.contains(&t.slug), "a slug in /metrics: {text}");
+
+    // The server's own scrape carries them too (its upkeep refreshed them
+    // when it started), with the per-tenant latency of the upload.
+    let scraped = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        scraped.contains("# TYPE campus_tenants_by_schema gauge"),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("campus_isolation_audit_findings "),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains(&format!(
+            "campus_tenant_request_duration_seconds_count{{tenant=\"{}\"}}",
+            t.id
+        )),
+        "{scraped}"
+    );
+}
+
+/// The admin listener has a connection cap of its own: clients holding
+/// every one of its slots get 503 `overloaded` there, and take nothing
+/// from the public listener (nor the public's flood from the operators).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_has_a_connection_cap_of_its_own() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|_, s| s.separate_admin = true).await;
+    let admin = app.admin_base.clone().unwrap();
+    let addr = admin.trim_start_matches("http://").to_owned();
+    // Idle connections: connected, nothing sent (each holds a slot until
+    // its header timeout).
+    let mut held = Vec::new();
+    for _ in 0..server::connection::ADMIN_MAX_CONNECTIONS {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Accepted in order: the next one is over the cap.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut over = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    over.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), over.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("overloaded"), "{answer}");
+    // The public listener serves on, untouched.
+    let res = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // Slots come back as the held connections go.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = app
+            .client
+            .get(format!("{admin}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK);
+        if ok {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the admin listener did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -434,6 +434,7 @@ async fn the_audit_log_records_changes_newest_first() {
             &format!("/api/v1/courses/{c}"),
         )
         .header("X-Request-Id", "audit-req-1")
+        .header("User-Agent", "Audit-Agent/1.0 \t(tabbed)")
         .send()
         .await
         .unwrap();
@@ -458,8 +459,47 @@ async fn the_audit_log_records_changes_newest_first() {
     assert_eq!(items[0]["target_id"], c.as_str());
     assert_eq!(items[0]["actor_id"], t.admin.user_id.as_str());
     assert_eq!(items[0]["request_id"], "audit-req-1");
+    // Where the request came from: the client address (loopback here) and
+    // its user agent, control characters replaced.
+    assert_eq!(items[0]["client"], "127.0.0.1");
+    assert_eq!(items[0]["user_agent"], "Audit-Agent/1.0 \u{fffd}(tabbed)");
     assert!(actions.contains(&"auth.login"));
-    assert!(actions.contains(&"tenant.provisioned"));
+    let login = items.iter().find(|e| e["action"] == "auth.login").unwrap();
+    assert_eq!(login["client"], "127.0.0.1");
+    // The operator's provisioning came through the control plane: no
+    // tenant request, no client.
+    let made = items
+        .iter()
+        .find(|e| e["action"] == "tenant.provisioned")
+        .unwrap();
+    assert!(made["client"].is_null(), "{made}");
+}
+
+/// A user agent is the client's to choose: the audit log keeps at most 200
+/// characters of it.
+#[tokio::test]
+async fn the_audit_log_keeps_a_bounded_user_agent() {
+    let app = spawn_app().await;
+    let t = app.tenant("ua").await;
+    let long = "Z".repeat(5000);
+    let res = app
+        .post(&t.admin, "/api/v1/courses", json!({ "title": "UA" }))
+        .header("User-Agent", long.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let log = json_ok(
+        app.get(&t.admin, "/api/v1/audit-events?limit=1")
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    let e = &log["items"][0];
+    assert_eq!(e["action"], "course.created");
+    assert_eq!(e["user_agent"].as_str().unwrap(), &long[..200]);
 }
 
 #[tokio::test]
