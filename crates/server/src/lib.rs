@@ -37,31 +37,19 @@ pub fn router(state: AppState) -> Router {
         state.clone(),
         edge::tenant::layer,
     ));
-    let (tenant_router, mut doc) = OpenApiRouter::with_openapi(openapi::base())
+    let (tenant_router, _) = OpenApiRouter::with_openapi(openapi::base())
         .merge(tenant_api)
         .split_for_parts();
-    let (admin_router, admin_doc) = OpenApiRouter::new()
+    let (admin_router, _) = OpenApiRouter::new()
         .merge(admin::routes())
         .split_for_parts();
-    // The document describes the control plane wherever it is served.
-    doc.merge(admin_doc);
-    doc.paths.paths.insert(
-        "/api/v1/openapi.json".into(),
-        utoipa::openapi::path::PathItem::new(
-            utoipa::openapi::HttpMethod::Get,
-            utoipa::openapi::path::OperationBuilder::new()
-                .summary(Some("This document"))
-                .response(
-                    "200",
-                    utoipa::openapi::ResponseBuilder::new()
-                        .description("The OpenAPI 3.1 document")
-                        .build(),
-                )
-                .build(),
-        ),
-    );
-    openapi::add_edge_errors(&mut doc);
-    let doc = Arc::new(openapi::polish(&doc, &openapi::Offer::of(&state.kernel)));
+    // The public listener's document describes what it serves: with an
+    // admin listener, not the control plane (nor the placements' names).
+    let full = document(&state);
+    let doc = match state.config.separate_admin {
+        false => full,
+        true => Arc::new(openapi::without_control_plane(&full)),
+    };
     let mut api = tenant_router
         .route(
             "/api/v1/openapi.json",
@@ -82,14 +70,48 @@ pub fn router(state: AppState) -> Router {
     }
 }
 
+/// The whole OpenAPI document (tenant API and control plane), as served.
+fn document(state: &AppState) -> Arc<serde_json::Value> {
+    let (_, mut doc) = OpenApiRouter::with_openapi(openapi::base())
+        .merge(v1::routes())
+        .split_for_parts();
+    let (_, admin_doc) = OpenApiRouter::new()
+        .merge(admin::routes())
+        .split_for_parts();
+    doc.merge(admin_doc);
+    doc.paths.paths.insert(
+        "/api/v1/openapi.json".into(),
+        utoipa::openapi::path::PathItem::new(
+            utoipa::openapi::HttpMethod::Get,
+            utoipa::openapi::path::OperationBuilder::new()
+                .summary(Some("This document"))
+                .response(
+                    "200",
+                    utoipa::openapi::ResponseBuilder::new()
+                        .description("The OpenAPI 3.1 document")
+                        .build(),
+                )
+                .build(),
+        ),
+    );
+    openapi::add_edge_errors(&mut doc);
+    Arc::new(openapi::polish(&doc, &openapi::Offer::of(&state.kernel)))
+}
+
 /// The control plane's own application (`--admin-listen`): the control
-/// plane, `/metrics`, health and readiness. Never reachable with a tenant's
-/// token: every control-plane route takes the operator token only.
+/// plane, the whole OpenAPI document (`/api/v1/openapi.json`), `/metrics`,
+/// health and readiness. Never reachable with a tenant's token: every
+/// control-plane route takes the operator token only.
 pub fn admin_router(state: AppState) -> Router {
     let (admin_router, _) = OpenApiRouter::new()
         .merge(admin::routes())
         .split_for_parts();
-    finish(admin_router.route("/metrics", get(metrics)), state, true)
+    let doc = document(&state);
+    let app = admin_router.route("/metrics", get(metrics)).route(
+        "/api/v1/openapi.json",
+        get(move || async move { Json(doc.as_ref().clone()) }),
+    );
+    finish(app, state, true)
 }
 
 /// What every listener's application shares: health, readiness, the
@@ -324,21 +346,35 @@ pub async fn serve_with_admin(
     let upkeep = {
         let state = state.clone();
         tokio::spawn(async move {
-            const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-            let mut tick = tokio::time::interval(EVERY);
-            let mut n: u32 = 0;
-            let audit_every = (edge::metrics::AUDIT_EVERY.as_secs() / EVERY.as_secs()) as u32;
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
             loop {
                 tick.tick().await;
                 edge::metrics::upkeep(&state);
                 state.metrics.run_upkeep();
-                // The fleet's figures at once, then every minute; the
-                // isolation audit at once, then every five.
-                if n.is_multiple_of(12) {
-                    state
-                        .fleet
-                        .refresh(&state.kernel, n.is_multiple_of(audit_every))
-                        .await;
+            }
+        })
+    };
+    // The fleet's figures at once, then every minute; the isolation audit
+    // at once, then every five. A task of its own, each round bounded: a
+    // slow registry never holds up the upkeep above.
+    let fleet = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+            const BOUND: std::time::Duration = std::time::Duration::from_secs(30);
+            let audit_every = (edge::metrics::AUDIT_EVERY.as_secs() / EVERY.as_secs()).max(1);
+            let mut tick = tokio::time::interval(EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n: u64 = 0;
+            loop {
+                tick.tick().await;
+                let audit = n.is_multiple_of(audit_every);
+                let round = state.fleet.refresh(&state.kernel, audit);
+                if tokio::time::timeout(BOUND, round).await.is_err() {
+                    tracing::warn!(
+                        bound_s = BOUND.as_secs(),
+                        "fleet figures not refreshed in time; the last ones stand"
+                    );
                 }
                 n = n.wrapping_add(1);
             }
@@ -397,5 +433,6 @@ pub async fn serve_with_admin(
     }
     watcher.abort();
     upkeep.abort();
+    fleet.abort();
     res
 }

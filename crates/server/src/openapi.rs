@@ -140,6 +140,30 @@ impl Offer {
     }
 }
 
+/// The document without the control plane: what a public listener serves
+/// when the control plane has a listener of its own (its paths, and the
+/// placements' names, are the admin listener's to tell). Its schemas stay
+/// (nothing public refers to them), the placements' names go.
+pub fn without_control_plane(doc: &serde_json::Value) -> serde_json::Value {
+    let mut doc = doc.clone();
+    if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        paths.retain(|path, _| !path.starts_with("/admin/"));
+    }
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(|s| s.as_object_mut())
+    {
+        for schema in schemas.values_mut() {
+            if let Some(p) = schema.pointer_mut("/properties/placement")
+                && (p.get("anyOf").is_some() || p.get("enum").is_some())
+            {
+                *p = serde_json::json!({ "type": ["string", "null"] });
+            }
+        }
+    }
+    doc
+}
+
 /// A slug, as `tenancy::Slug` takes it.
 pub const SLUG_PATTERN: &str = "^[a-z][a-z0-9-]{1,61}[a-z0-9]$";
 

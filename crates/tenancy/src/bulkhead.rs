@@ -17,12 +17,38 @@ use crate::id::TenantId;
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 /// A permit of `sem`, waited for at most `wait`; failing as a pool would
-/// ([`Error::Overloaded`] when the wait runs out).
-pub(crate) async fn permit(sem: Arc<Semaphore>, wait: Duration) -> Result<OwnedSemaphorePermit> {
+/// ([`Error::Overloaded`] when the wait runs out). A wait is counted in
+/// `campus_db_waiting{for}` while it lasts (`what`: `tenant_share`, a
+/// tenant's bulkhead; `database_slot`, the database-mode budget).
+pub(crate) async fn permit(
+    sem: Arc<Semaphore>,
+    wait: Duration,
+    what: &'static str,
+) -> Result<OwnedSemaphorePermit> {
+    if let Ok(permit) = sem.clone().try_acquire_owned() {
+        return Ok(permit);
+    }
+    let _waiting = Waiting::new(what);
     match tokio::time::timeout(wait, sem.acquire_owned()).await {
         Ok(Ok(permit)) => Ok(permit),
         Ok(Err(_)) => Err(Error::Db(sqlx::Error::PoolClosed)),
         Err(_) => Err(Error::Overloaded),
+    }
+}
+
+/// One transaction waiting, in `campus_db_waiting{for}`, while it lives.
+pub(crate) struct Waiting(&'static str);
+
+impl Waiting {
+    pub(crate) fn new(what: &'static str) -> Self {
+        metrics::gauge!("campus_db_waiting", "for" => what).increment(1.0);
+        Self(what)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        metrics::gauge!("campus_db_waiting", "for" => self.0).decrement(1.0);
     }
 }
 
@@ -71,7 +97,7 @@ impl Bulkheads {
                 .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant)))
                 .clone()
         };
-        permit(share, self.wait).await
+        permit(share, self.wait, "tenant_share").await
     }
 
     /// How many tenants the map holds (for tests and metrics).

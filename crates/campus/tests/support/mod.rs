@@ -127,7 +127,6 @@ pub fn pg_url(user: &str, database: &str) -> String {
     format!("postgres://{user}@{host}/{database}")
 }
 
-/// Runs SQL statements through `psql`, one transaction each.
 /// Drops a test database made by [`fresh_pg_database`] and what its tenants
 /// made outside it (their databases and roles are cluster-wide). Best effort.
 pub fn drop_test_database(database: &str) {
@@ -151,6 +150,7 @@ pub fn drop_test_database(database: &str) {
     let _ = psql(&pg_admin_url(), &script);
 }
 
+/// Runs SQL statements through `psql`, one transaction each.
 pub fn psql(url: &str, script: &str) -> Output {
     use std::io::Write;
     let mut child = Command::new("psql")

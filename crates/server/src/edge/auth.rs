@@ -50,7 +50,8 @@ pub fn origin(parts: &Parts) -> Origin {
         parts
             .headers
             .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok()),
+            .map(|v| String::from_utf8_lossy(v.as_bytes()))
+            .as_deref(),
     )
 }
 

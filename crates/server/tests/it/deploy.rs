@@ -279,12 +279,18 @@ async fn the_alert_rules_and_the_dashboard_use_only_metrics_the_server_exports()
             "{name} has no HELP"
         );
     }
-    for name in [
+    let mut expected = vec![
         "campus_build_info",
         "campus_http_requests_total",
         "campus_http_request_duration_seconds",
         "campus_tenant_requests_total",
-    ] {
+        "campus_tenant_request_duration_seconds",
+    ];
+    if backend().is_postgres() {
+        // A serving pool's connections are waited for through one door.
+        expected.push("campus_db_waiting");
+    }
+    for name in expected {
         assert!(
             text.contains(&format!("# TYPE {name} ")),
             "{name} not scraped"
@@ -395,23 +401,35 @@ async fn the_admin_listener_has_a_connection_cap_of_its_own() {
     let app = spawn_app_with(|_, s| s.separate_admin = true).await;
     let admin = app.admin_base.clone().unwrap();
     let addr = admin.trim_start_matches("http://").to_owned();
-    // Idle connections: connected, nothing sent (each holds a slot until
-    // its header timeout).
+    // Idle connections: connected, nothing sent; each holds a slot until its
+    // header timeout, which the pressure (a full listener) shortens to 2 s
+    // from its accept. So each round fills the cap and tries one more at
+    // once; on a machine too slow for that, another round.
     let mut held = Vec::new();
-    for _ in 0..server::connection::ADMIN_MAX_CONNECTIONS {
-        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    let mut answers = Vec::new();
+    for _round in 0..3 {
+        held.clear();
+        for _ in 0..server::connection::ADMIN_MAX_CONNECTIONS {
+            held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+        }
+        let mut over = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        over.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), over.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        if answer.starts_with("HTTP/1.1 503") {
+            assert!(answer.contains("overloaded"), "{answer}");
+            answers.clear();
+            break;
+        }
+        answers.push(answer);
     }
-    // Accepted in order: the next one is over the cap.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut over = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    over.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), over.read_to_end(&mut answer)).await;
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.contains("overloaded"), "{answer}");
+    assert!(
+        answers.is_empty(),
+        "never refused over the cap: {answers:?}"
+    );
     // The public listener serves on, untouched.
     let res = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
@@ -434,4 +452,47 @@ async fn the_admin_listener_has_a_connection_cap_of_its_own() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// With an admin listener, the public document describes what the public
+/// listener serves: no control plane, no placement names; the admin
+/// listener serves the whole document.
+#[tokio::test]
+async fn the_public_document_leaves_the_control_plane_to_the_admin_listener() {
+    let app = spawn_app_with(|_, s| s.separate_admin = true).await;
+    let admin = app.admin_base.clone().unwrap();
+    let public: Value = app
+        .client
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = public["paths"].as_object().unwrap();
+    assert!(paths.contains_key("/api/v1/courses"));
+    assert!(
+        paths.keys().all(|p| !p.starts_with("/admin/")),
+        "{:?}",
+        paths.keys().collect::<Vec<_>>()
+    );
+    for (name, schema) in public["components"]["schemas"].as_object().unwrap() {
+        let placement = &schema["properties"]["placement"];
+        assert!(
+            placement.get("anyOf").is_none() && placement.get("enum").is_none(),
+            "{name} names the placements: {placement}"
+        );
+    }
+    let whole: Value = app
+        .client
+        .get(format!("{admin}/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(whole["paths"]["/admin/api/v1/tenants"].is_object());
+    assert!(whole["paths"]["/api/v1/courses"].is_object());
 }

@@ -12,7 +12,7 @@ use super::{Kind, Table, invalid};
 use crate::dataplane::{DbRow, TenantTx};
 use crate::error::{Error, Result};
 
-/// Rows of one statement at most (9 columns × 100 binds stays far below
+/// Rows of one statement at most (11 columns, the widest table, × 100 rows stays far below
 /// SQLite's and PostgreSQL's bind limits).
 pub(crate) const BATCH: usize = 100;
 

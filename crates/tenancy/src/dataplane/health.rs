@@ -145,6 +145,8 @@ impl Health {
         pool: &sqlx::Pool<super::Db>,
     ) -> Result<sqlx::pool::PoolConnection<super::Db>> {
         self.gate()?;
+        // Counted while it waits (an idle connection is handed over at once).
+        let _waiting = crate::bulkhead::Waiting::new("connection");
         let acquire = pool.acquire();
         tokio::pin!(acquire);
         let probe = async {

@@ -426,8 +426,12 @@ impl Placements {
                 // A slot first, so that however many tenants are busy, no
                 // more transactions hold tenant-database connections than
                 // the budget allows; the others wait their turn.
-                let slot =
-                    crate::bulkhead::permit(p.database_slots.clone(), ACQUIRE_TIMEOUT).await?;
+                let slot = crate::bulkhead::permit(
+                    p.database_slots.clone(),
+                    ACQUIRE_TIMEOUT,
+                    "database_slot",
+                )
+                .await?;
                 let tx = self.begin_database(p, t.id, statement).await?;
                 return Ok(TenantTx::new(t.id, tx).holding(slot));
             }
