@@ -36,8 +36,9 @@ pub fn handle() -> PrometheusHandle {
                 .unwrap_or_else(|_| PrometheusBuilder::new())
                 // Per-tenant series are bounded by activity: a counter or
                 // histogram not touched for 15 minutes leaves the output
-                // (it starts again from zero, which rate() reads as a
-                // reset). Gauges stay: some are set only when they change.
+                // (when it comes back, its first new value is not seen by
+                // rate(); the counters alerts need are kept: `KEPT`).
+                // Gauges stay: some are set only when they change.
                 .idle_timeout(
                     MetricKindMask::COUNTER | MetricKindMask::HISTOGRAM,
                     Some(IDLE_SERIES),
