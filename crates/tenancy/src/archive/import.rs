@@ -79,7 +79,7 @@ impl Kernel {
         let manifest_bytes = tar.all(limits::MANIFEST).await?;
         let m: Manifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| invalid(format!("the manifest is not one this build reads: {e}")))?;
-        check_manifest(&m, opts.tables, self.latest_version())?;
+        let tables = check_manifest(&m, opts.tables, self.latest_version())?;
         expect(&mut tar, MANIFEST_MAC).await?;
         let given = tar.all(128).await?;
         let storage = &self.inner().storage;
@@ -149,15 +149,7 @@ impl Kernel {
                 )
                 .await?;
             let rows = self
-                .import_tables(
-                    &mut tar,
-                    &m,
-                    source,
-                    &target,
-                    &data_key,
-                    opts.tables,
-                    progress,
-                )
+                .import_tables(&mut tar, &m, source, &target, &data_key, &tables, progress)
                 .await?;
             if tar.next().await?.is_some() {
                 return Err(invalid("entries follow the last table"));
@@ -589,7 +581,13 @@ impl Kernel {
 }
 
 /// Checks a manifest's format, versions and tables against this build.
-fn check_manifest(m: &Manifest, tables: &[Table], latest: i64) -> Result<()> {
+/// Checks the manifest against this build, and gives the tables as the
+/// archive holds them. An archive of an older schema version is taken when
+/// each of its tables has a prefix of this build's columns and the columns
+/// after it may be null (a migration that added nullable columns): those are
+/// left null. (A migration that changes what existing data means must bump
+/// the archive format, so that older archives are refused.)
+fn check_manifest(m: &Manifest, tables: &[Table], latest: i64) -> Result<Vec<Table>> {
     if m.format != FORMAT {
         return Err(invalid("not a Campus tenant archive"));
     }
@@ -610,13 +608,10 @@ fn check_manifest(m: &Manifest, tables: &[Table], latest: i64) -> Result<()> {
             m.schema_version
         )));
     }
-    if m.schema_version < latest {
-        return Err(invalid(format!(
-            "the archive's schema version {} is older than this build's ({latest}): import it \
-             with the Campus that exported it, run `campus migrate`, and export it again",
-            m.schema_version
-        )));
+    if m.schema_version < 1 {
+        return Err(invalid("the archive's schema version is 0"));
     }
+    let older = m.schema_version < latest;
     let names: Vec<&str> = m.tables.iter().map(|t| t.name.as_str()).collect();
     let ours: Vec<&str> = tables.iter().map(|t| t.name).collect();
     if names != ours {
@@ -626,14 +621,34 @@ fn check_manifest(m: &Manifest, tables: &[Table], latest: i64) -> Result<()> {
             ours.join(", ")
         )));
     }
+    let mut held = Vec::with_capacity(tables.len());
     for (mt, t) in m.tables.iter().zip(tables) {
         let cols: Vec<&str> = t.columns.iter().map(|c| c.name).collect();
-        if mt.columns != cols {
-            return Err(invalid(format!(
-                "the archive's columns of {} are not this schema version's",
-                t.name
-            )));
+        let n = mt.columns.len();
+        let added_nullable = older
+            && n < cols.len()
+            && mt.columns[..] == cols[..n]
+            && t.columns[n..].iter().all(|c| c.nullable);
+        if mt.columns != cols && !added_nullable {
+            return Err(invalid(if older {
+                format!(
+                    "the archive's schema version {} is older than this build's ({latest}), and \
+                     its columns of {} are not this build's less some it may leave empty: \
+                     import it with the Campus that exported it, then run `campus migrate`",
+                    m.schema_version, t.name
+                )
+            } else {
+                format!(
+                    "the archive's columns of {} are not this schema version's",
+                    t.name
+                )
+            }));
         }
+        held.push(Table {
+            name: t.name,
+            columns: &t.columns[..n.min(t.columns.len())],
+            key: t.key,
+        });
         if mt.bytes > limits::TABLE_BYTES {
             return Err(invalid(format!(
                 "{} is larger than an import takes",
@@ -647,7 +662,7 @@ fn check_manifest(m: &Manifest, tables: &[Table], latest: i64) -> Result<()> {
             )));
         }
     }
-    Ok(())
+    Ok(held)
 }
 
 /// The next entry, which must be `name`.
@@ -830,6 +845,112 @@ mod tests {
     }
 
     use bytes::Bytes;
+
+    const SET_V2: MigrationSet = MigrationSet {
+        sqlite: &[
+            Migration {
+                version: 1,
+                name: "things",
+                sql: "CREATE TABLE things (id TEXT PRIMARY KEY, n INTEGER NOT NULL, note TEXT);",
+            },
+            Migration {
+                version: 2,
+                name: "extra",
+                sql: "ALTER TABLE things ADD COLUMN extra TEXT;",
+            },
+        ],
+        postgres: &[],
+        pool: &[],
+    };
+    const TABLES_V2: &[Table] = &[Table {
+        name: "things",
+        columns: &[
+            Column::new("id", Kind::Text),
+            Column::new("n", Kind::Int),
+            Column::nullable("note", Kind::Text),
+            Column::nullable("extra", Kind::Text),
+        ],
+        key: &["id"],
+    }];
+    /// As if version 2 had added a column every row must fill.
+    const TABLES_V2_STRICT: &[Table] = &[Table {
+        name: "things",
+        columns: &[
+            Column::new("id", Kind::Text),
+            Column::new("n", Kind::Int),
+            Column::nullable("note", Kind::Text),
+            Column::new("extra", Kind::Text),
+        ],
+        key: &["id"],
+    }];
+
+    fn copy_as<'a>(slug: &str, tables: &'a [Table], key: &'a ArchiveKey) -> ImportOptions<'a> {
+        ImportOptions {
+            tables,
+            key,
+            slug: Some(Slug::parse(slug).unwrap()),
+            isolation: None,
+            placement: None,
+            plan: None,
+        }
+    }
+
+    /// A backup made before an upgrade stays restorable: an archive of
+    /// version 1 imports into a build at version 2 whose migration only
+    /// added a nullable column (left null), and its rows verify as the
+    /// archive has them. A column the archive cannot fill is refused.
+    #[tokio::test]
+    async fn an_older_archive_imports_when_only_nullable_columns_were_added() {
+        let (dir, v1, archive) = fixture().await;
+        v1.close().await;
+        let v2 = Kernel::open(KernelConfig::new(dir.path(), SET_V2))
+            .await
+            .unwrap();
+        let done = v2
+            .import(
+                &archive[..],
+                copy_as("older-copy", TABLES_V2, &ArchiveKey::Deployment),
+                &|_, _, _| {},
+            )
+            .await
+            .unwrap();
+        assert_eq!(done.rows, 300);
+        let t = v2
+            .registry()
+            .by_slug(&Slug::parse("older-copy").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.schema_version, 2);
+        let mut tx = v2.begin(&t).await.unwrap();
+        let (n, notes, extra): (i64, i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), COUNT(note), COUNT(extra) FROM things")
+                .fetch_one(tx.conn())
+                .await
+                .unwrap();
+        assert_eq!((n, notes, extra), (300, 100, 0));
+        drop(tx);
+
+        let before = objects(&v2).await;
+        let refused = v2
+            .import(
+                &archive[..],
+                copy_as("older-strict", TABLES_V2_STRICT, &ArchiveKey::Deployment),
+                &|_, _, _| {},
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, Error::Archive(_)), "{refused}");
+        assert!(refused.to_string().contains("older"), "{refused}");
+        let left = v2
+            .registry()
+            .by_slug(&Slug::parse("older-strict").unwrap())
+            .await
+            .unwrap();
+        assert!(left.is_none(), "{left:?}");
+        assert_eq!(objects(&v2).await, before);
+        v2.close().await;
+    }
 
     async fn objects(kernel: &Kernel) -> usize {
         kernel.object_store().list(None).count().await
