@@ -580,13 +580,13 @@ impl Kernel {
     }
 }
 
-/// Checks a manifest's format, versions and tables against this build.
-/// Checks the manifest against this build, and gives the tables as the
-/// archive holds them. An archive of an older schema version is taken when
-/// each of its tables has a prefix of this build's columns and the columns
-/// after it may be null (a migration that added nullable columns): those are
-/// left null. (A migration that changes what existing data means must bump
-/// the archive format, so that older archives are refused.)
+/// Checks a manifest's format, versions and tables against this build, and
+/// gives the tables as the archive holds them. An archive of an older schema
+/// version is taken when each of its tables has a prefix of this build's
+/// columns and the columns after it may be null (a migration that added
+/// nullable columns): those are left null. (A migration that changes what
+/// existing data means must bump the archive format, so that older archives
+/// are refused.)
 fn check_manifest(m: &Manifest, tables: &[Table], latest: i64) -> Result<Vec<Table>> {
     if m.format != FORMAT {
         return Err(invalid("not a Campus tenant archive"));
