@@ -70,8 +70,13 @@ pub fn router(state: AppState) -> Router {
     }
 }
 
-/// The whole OpenAPI document (tenant API and control plane), as served.
+/// The whole OpenAPI document (tenant API and control plane), as served:
+/// built on first use, then shared by every listener.
 fn document(state: &AppState) -> Arc<serde_json::Value> {
+    state.document.get_or_init(|| build_document(state)).clone()
+}
+
+fn build_document(state: &AppState) -> Arc<serde_json::Value> {
     let (_, mut doc) = OpenApiRouter::with_openapi(openapi::base())
         .merge(v1::routes())
         .split_for_parts();

@@ -184,13 +184,6 @@ pub fn polish(doc: &OpenApi, offer: &Offer) -> serde_json::Value {
         ("placement", json!(offer.placements)),
         ("plan", json!(PLANS)),
     ];
-    let choose = |name: &str, schema: &mut Value| {
-        if let Some((_, values)) = choices.iter().find(|(n, _)| *n == name)
-            && let Some(obj) = schema.as_object_mut()
-        {
-            obj.insert("enum".into(), values.clone());
-        }
-    };
     let binary = |schema: &Value| schema["type"] == "array" && schema["items"]["type"] == "integer";
     let fix_content = |content: &mut Value| {
         let Some(map) = content.as_object_mut() else {
@@ -235,7 +228,7 @@ pub fn polish(doc: &OpenApi, offer: &Offer) -> serde_json::Value {
                     format_of(name, prop);
                     bounds_of(name, prop, takes_password);
                     if request {
-                        choice_of(name, prop, &choose);
+                        choice_of(name, prop, &choices);
                         if name == "slug" {
                             prop["pattern"] = json!(SLUG_PATTERN);
                         }
@@ -329,7 +322,7 @@ pub fn polish(doc: &OpenApi, offer: &Offer) -> serde_json::Value {
                     if p["in"] == "query"
                         && let Some(schema) = p.get_mut("schema")
                     {
-                        choice_of(&name, schema, &choose);
+                        choice_of(&name, schema, &choices);
                         if name == "slug" {
                             schema["pattern"] = json!(SLUG_PATTERN);
                         }
@@ -548,30 +541,26 @@ fn bounds_of(name: &str, prop: &mut serde_json::Value, takes_password: bool) {
 
 /// A property or query parameter naming an isolation mode, a placement or
 /// a plan: one of those this deployment takes (or null, where it may be).
-fn choice_of(
-    name: &str,
-    schema: &mut serde_json::Value,
-    choose: &impl Fn(&str, &mut serde_json::Value),
-) {
+fn choice_of(name: &str, schema: &mut serde_json::Value, choices: &[(&str, serde_json::Value)]) {
+    let Some((_, values)) = choices.iter().find(|(n, _)| *n == name) else {
+        return;
+    };
     let nullable = schema
         .get("type")
         .and_then(|t| t.as_array())
         .is_some_and(|t| t.iter().any(|x| x == "null"));
-    let mut one = serde_json::json!({ "type": "string" });
-    choose(name, &mut one);
-    if one.get("enum").is_none() {
-        return;
-    }
-    // `Option<String>` is `type: [string, null]`: null stays allowed, as a
-    // choice of its own (an `enum` would have to list a JSON null).
     let Some(obj) = schema.as_object_mut() else {
         return;
     };
+    let one = serde_json::json!({ "type": "string", "enum": values });
     obj.remove("type");
+    // `Option<String>` is `type: [string, null]`: null stays allowed, as a
+    // choice of its own (an `enum` would have to list a JSON null).
     if nullable {
         obj.insert("anyOf".into(), serde_json::json!([one, { "type": "null" }]));
-    } else if let Some(one) = one.as_object() {
-        obj.extend(one.clone());
+    } else {
+        obj.insert("type".into(), serde_json::json!("string"));
+        obj.insert("enum".into(), values.clone());
     }
 }
 

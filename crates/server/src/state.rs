@@ -83,6 +83,8 @@ pub struct Inner {
     /// The fleet's figures for `/metrics` (schema drift, storage, the
     /// isolation audit), refreshed by the upkeep.
     pub fleet: crate::edge::metrics::Fleet,
+    /// The whole OpenAPI document, built once for every listener.
+    pub document: std::sync::OnceLock<Arc<serde_json::Value>>,
     pub limits: crate::edge::limits::Limits,
     /// Set when shutdown begins: `/readyz` answers 503 from then on, so
     /// that load balancers stop sending requests while the rest drain.
@@ -113,6 +115,7 @@ impl AppState {
             sessions,
             metrics: crate::edge::metrics::handle(),
             fleet: Default::default(),
+            document: std::sync::OnceLock::new(),
             limits,
             stopping: std::sync::atomic::AtomicBool::new(false),
             readiness: tokio::sync::Mutex::new(None),

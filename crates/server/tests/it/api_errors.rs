@@ -356,15 +356,7 @@ async fn health_readiness_and_metrics() {
         "ready"
     );
     app.get(&t.admin, "/api/v1/courses").send().await.unwrap();
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(text.contains("campus_http_requests_total"), "{text}");
     assert!(
         text.contains("campus_http_request_duration_seconds_bucket"),

@@ -117,15 +117,7 @@ async fn a_token_under_another_tenant_is_refused_and_counted() {
         .await
         .unwrap();
     assert_problem(res, 401, "unauthorized").await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains(r#"campus_security_events_total{kind="cross_tenant_token"}"#),
         "{metrics}"

@@ -439,15 +439,7 @@ async fn unknown_methods_are_501_and_never_become_a_metric_label() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_IMPLEMENTED);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     for bad in ["FROBNICATE", "PROPFIND", "TRACE", "XXXXXXXX"] {
         assert!(!metrics.contains(bad), "{bad} is in /metrics");
     }
@@ -457,15 +449,7 @@ async fn unknown_methods_are_501_and_never_become_a_metric_label() {
         .get(&t.admin, "/api/v1/courses/some-raw-id")
         .send()
         .await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(!metrics.contains("some-raw-id"), "a raw path is a label");
 }
 

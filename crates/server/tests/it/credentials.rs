@@ -8,22 +8,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-async fn metric(app: &TestApp, series: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .filter_map(|l| l.strip_prefix(series))
-        .filter_map(|rest| rest.trim().parse::<f64>().ok())
-        .sum()
-}
-
 async fn api_key(app: &TestApp, s: &Session) -> Session {
     let created = json_ok(
         app.post(
@@ -91,7 +75,9 @@ async fn a_made_up_token_naming_another_tenant_is_not_counted_as_its_token() {
         r#"campus_cross_tenant_tokens_total{{issued_by="{}"}}"#,
         b.id
     );
-    let forged_before = metric(&app, r#"campus_security_events_total{kind="forged_token"}"#).await;
+    let forged_before = app
+        .metric(r#"campus_security_events_total{kind="forged_token"}"#)
+        .await;
 
     let made_up = Session {
         token: format!("cmp_{b_simple}_{}", "A".repeat(43)),
@@ -100,12 +86,14 @@ async fn a_made_up_token_naming_another_tenant_is_not_counted_as_its_token() {
     let res = app.get(&made_up, "/api/v1/me").send().await.unwrap();
     assert_problem(res, 401, "unauthorized").await;
     assert_eq!(
-        metric(&app, &by_b).await,
+        app.metric(&by_b).await,
         0.0,
         "a made-up token counted as B's"
     );
     assert!(
-        metric(&app, r#"campus_security_events_total{kind="forged_token"}"#).await > forged_before
+        app.metric(r#"campus_security_events_total{kind="forged_token"}"#)
+            .await
+            > forged_before
     );
 
     // B's real token under A: counted, and attributed to B.
@@ -115,7 +103,7 @@ async fn a_made_up_token_naming_another_tenant_is_not_counted_as_its_token() {
     };
     let res = app.get(&real, "/api/v1/me").send().await.unwrap();
     assert_problem(res, 401, "unauthorized").await;
-    assert_eq!(metric(&app, &by_b).await, 1.0);
+    assert_eq!(app.metric(&by_b).await, 1.0);
 }
 
 #[tokio::test]

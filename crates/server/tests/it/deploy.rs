@@ -262,15 +262,7 @@ async fn the_alert_rules_and_the_dashboard_use_only_metrics_the_server_exports()
     let app = spawn_app().await;
     let t = app.tenant("scraped").await;
     app.get(&t.admin, "/api/v1/courses").send().await.unwrap();
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     for line in text.lines().filter(|l| l.starts_with("# TYPE campus_")) {
         let name = line.split_whitespace().nth(2).unwrap();
         assert!(known.contains(name), "{name} is exported but not described");
@@ -366,15 +358,7 @@ async fn metrics_carry_the_fleets_schema_storage_and_audit_figures() {
 
     // The server's own scrape carries them too (its upkeep refreshed them
     // when it started), with the per-tenant latency of the upload.
-    let scraped = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scraped = app.metrics_text().await;
     assert!(
         scraped.contains("# TYPE campus_tenants_by_schema gauge"),
         "{scraped}"

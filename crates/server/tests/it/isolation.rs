@@ -303,23 +303,6 @@ async fn audit_log(app: &TestApp, w: &World) -> Vec<Value> {
     walk(app, &w.t.admin, "/api/v1/audit-events", 200).await
 }
 
-/// The value of one Prometheus counter series, 0 when absent.
-async fn counter(app: &TestApp, series: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter_map(|l| l.strip_prefix(series))
-        .filter_map(|rest| rest.trim().parse::<f64>().ok())
-        .sum()
-}
-
 const CROSS_TENANT_TOKENS: &str = r#"campus_security_events_total{kind="cross_tenant_token"}"#;
 
 // ---------------------------------------------------------------------------
@@ -544,7 +527,7 @@ async fn a_token_or_key_under_another_tenants_header_is_unauthorized_everywhere(
     let b = populate(&app, "tok-b").await;
     let before = snapshot(&app, &b).await;
     let a_before = snapshot(&app, &a).await;
-    let events_before = counter(&app, CROSS_TENANT_TOKENS).await;
+    let events_before = app.metric(CROSS_TENANT_TOKENS).await;
 
     let routes = every_route(&b);
     // A's admin token, A's learner token and A's admin-role API key, each
@@ -563,7 +546,7 @@ async fn a_token_or_key_under_another_tenants_header_is_unauthorized_everywhere(
 
     // Each attempt is counted as a security event (the counter is process-wide
     // and other tests only add to it).
-    let events_after = counter(&app, CROSS_TENANT_TOKENS).await;
+    let events_after = app.metric(CROSS_TENANT_TOKENS).await;
     let attempts = (forged.len() * routes.len()) as f64;
     assert!(
         events_after - events_before >= attempts,
