@@ -49,7 +49,7 @@ impl Backend {
 }
 
 /// Starts the server for `backend` (PostgreSQL: in the bench's database).
-async fn start(
+pub(crate) async fn start(
     args: &Args,
     bench: Option<&Bench>,
     http: &reqwest::Client,
@@ -83,7 +83,7 @@ async fn start(
 
 /// Provisions `n` tenants `<prefix>-00000`… (`at_once` at a time), each
 /// with its admin logged in and `courses` courses; their slugs and tokens.
-async fn provision(
+pub(crate) async fn provision(
     server: &Arc<Server>,
     http: &reqwest::Client,
     args: &Args,

@@ -13,6 +13,8 @@
 //! cargo build --release -p campus -p campus-bench &&
 //!     target/release/campus-bench burst [--tenants 100] [--clients 64] [--duration 30]
 //! cargo build --release -p campus -p campus-bench &&
+//!     target/release/campus-bench console [--tenants 10000] [--rounds 20] [--backend embedded|schema|pool]
+//! cargo build --release -p campus -p campus-bench &&
 //!     target/release/campus-bench slow-clients [--connections 1000] [--packet-clients 20] [--duration 20]
 //! ```
 //!
@@ -33,6 +35,7 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+mod console;
 mod lifecycle;
 mod load;
 mod noisy;
@@ -89,7 +92,7 @@ const WITH_SMALL: MigrationSet = MigrationSet {
 };
 
 const USAGE: &str =
-    "usage: campus-bench <provision|migrate|connections|upload|noisy|memory|burst|slow-clients> [options]
+    "usage: campus-bench <provision|migrate|connections|upload|noisy|memory|burst|console|slow-clients> [options]
 
   provision    [--n 50]                  median/p90 time to provision one tenant in each
                                          mode (schema, pool, database), kernel-level and
@@ -130,6 +133,12 @@ const USAGE: &str =
                                          the CLI's peak RSS against the archive's size), then
                                          `move` schema → pool → schema under a reader and a
                                          writer (the freeze; the reader's p99 against before)
+  console      [--tenants 10000] [--rounds 20] [--backend embedded|schema|pool] [--campus PATH]
+                                         the operator console's pages (tenants table:
+                                         first page, search, filter + sort, last page;
+                                         a tenant; fleet; audit log) with N tenants on a
+                                         real `campus serve`, p50/p95 against the
+                                         control-plane API's page of 50 in the same run
   slow-clients [--connections 1000] [--packet-clients 20] [--duration 20] [--campus PATH]
                                          /healthz and tenant B's latency alone, then while
                                          --connections slow connections (slowloris: half
@@ -187,6 +196,7 @@ fn parse_args() -> Result<Args> {
             | "memory"
             | "burst"
             | "slow-clients"
+            | "console"
             | "lifecycle"
     ) {
         bail!("unknown scenario `{scenario}`\n\n{USAGE}");
@@ -217,6 +227,9 @@ fn parse_args() -> Result<Args> {
     };
     if a.scenario == "lifecycle" {
         a.mb = 1024;
+    }
+    if a.scenario == "console" {
+        a.rounds = 20;
     }
     if a.scenario == "burst" {
         a.duration = Duration::from_secs(30);
@@ -292,7 +305,7 @@ async fn main() -> ExitCode {
     sqlx::any::install_default_drivers();
     // The scenarios that need no PostgreSQL: the real binary on the embedded default.
     let embedded = matches!(args.scenario.as_str(), "upload" | "slow-clients")
-        || (matches!(args.scenario.as_str(), "memory" | "burst")
+        || (matches!(args.scenario.as_str(), "memory" | "burst" | "console")
             && args.backend == load::Backend::Embedded);
     if embedded {
         println!("load average at start: {}", load_average());
@@ -308,6 +321,7 @@ async fn main() -> ExitCode {
                 .await
             }
             "memory" => load::memory(&args, None).await,
+            "console" => console::run(&args, None).await,
             _ => load::burst(&args, None).await,
         };
         println!("load average at end: {}", load_average());
@@ -334,6 +348,7 @@ async fn main() -> ExitCode {
         "lifecycle" => lifecycle::run(&bench, &args).await,
         "memory" => load::memory(&args, Some(&bench)).await,
         "burst" => load::burst(&args, Some(&bench)).await,
+        "console" => console::run(&args, Some(&bench)).await,
         _ => connections(&bench, &args).await,
     };
     println!("load average at end: {}", load_average());

@@ -161,6 +161,10 @@ pub struct ServeArgs {
     /// may call the API from a browser (CORS); `*` for any. Default: none.
     #[arg(long, env = "CAMPUS_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Option<Vec<String>>,
+    /// Minutes an operator's console session lives unused (1 to 1440).
+    /// Default 30.
+    #[arg(long, env = "CAMPUS_CONSOLE_IDLE_MINUTES", value_parser = clap::value_parser!(u64).range(1..=1440))]
+    pub console_idle_minutes: Option<u64>,
     /// With `example.com`, requests to `acme.example.com` are for the tenant `acme`.
     #[arg(long, env = "CAMPUS_BASE_DOMAIN")]
     pub base_domain: Option<String>,
@@ -416,6 +420,8 @@ pub struct FileConfig {
     pub admin_listen: Option<SocketAddr>,
     /// Origins allowed to call the API from a browser (CORS).
     pub cors_origins: Option<Vec<String>>,
+    /// Minutes an operator's console session lives unused.
+    pub console_idle_minutes: Option<u64>,
     pub base_domain: Option<String>,
     pub redis_url: Option<String>,
     pub environment: Option<String>,

@@ -234,6 +234,16 @@ pub fn print(cli: &Cli, matches: &clap::ArgMatches, json: bool) -> anyhow::Resul
         env_or_file("CAMPUS_CORS_ORIGINS", file.cors_origins.is_some()),
     );
     set(
+        "console_idle_minutes",
+        env("CAMPUS_CONSOLE_IDLE_MINUTES")
+            .or(file.console_idle_minutes.map(|m| m.to_string()))
+            .unwrap_or_else(|| "30".into()),
+        env_or_file(
+            "CAMPUS_CONSOLE_IDLE_MINUTES",
+            file.console_idle_minutes.is_some(),
+        ),
+    );
+    set(
         "trusted_proxies",
         env("CAMPUS_TRUSTED_PROXIES")
             .or(file.trusted_proxies.as_ref().map(|o| o.join(",")))

@@ -585,6 +585,12 @@ async fn serve(
             bail!("cors_origins: `{origin}` is not an origin (scheme://host[:port]) or `*`");
         }
     }
+    if let Some(m) = args.console_idle_minutes.or(file.console_idle_minutes) {
+        if !(1..=1440).contains(&m) {
+            bail!("console_idle_minutes: {m} is not between 1 and 1440");
+        }
+        config.console_idle = Duration::from_secs(m * 60);
+    }
     let admin_listen = args.admin_listen.or(file.admin_listen);
     config.separate_admin = admin_listen.is_some();
     if let Some(redis) = kernel.shared()
@@ -610,6 +616,14 @@ async fn serve(
         tracing::info!(addr = %a.local_addr()?, "the control plane and /metrics are served here only");
     }
     tracing::info!(addr = %listener.local_addr()?, data_dir = %data_dir.display(), "campus is serving");
+    let console_on = match &admin {
+        Some(a) => a.local_addr()?,
+        None => listener.local_addr()?,
+    };
+    tracing::info!(
+        url = %format!("http://{console_on}/console"),
+        "the operator console (sign in with the operator token)"
+    );
     let state = server::AppState::new(kernel, config);
     server::serve_with_admin(listener, admin, state, shutdown_signal()).await?;
     tracing::info!("stopped");
@@ -732,8 +746,71 @@ fn print_table(tenants: &[lms::ops::TenantView]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a tenant command changes, for the operator audit log: its action
+/// and the tenant's slug (`None` for the commands that only read).
+fn audited(cmd: &TenantCommand) -> Option<(&'static str, Option<String>)> {
+    Some(match cmd {
+        TenantCommand::Create(a) => ("tenant.create", Some(a.slug.clone())),
+        TenantCommand::Update { slug, plan, .. } => (
+            if plan.is_some() {
+                "tenant.plan"
+            } else {
+                "tenant.rename"
+            },
+            Some(slug.clone()),
+        ),
+        TenantCommand::Suspend { slug } => ("tenant.suspend", Some(slug.clone())),
+        TenantCommand::Resume { slug } => ("tenant.resume", Some(slug.clone())),
+        TenantCommand::Delete { slug, purge } => (
+            if *purge {
+                "tenant.purge"
+            } else {
+                "tenant.delete"
+            },
+            Some(slug.clone()),
+        ),
+        TenantCommand::Export(a) => ("tenant.export", Some(a.slug.clone())),
+        TenantCommand::Import(a) => ("tenant.import", a.slug.clone()),
+        TenantCommand::Move(a) => ("tenant.move", Some(a.slug.clone())),
+        TenantCommand::List { .. } | TenantCommand::Show { .. } => return None,
+    })
+}
+
+/// A tenant command, and its line in the operator audit log (the console
+/// shows it): who ran it (`cli`, with the user it ran as), what, and how
+/// it ended.
 async fn tenant(kernel: Kernel, cmd: TenantCommand) -> anyhow::Result<ExitCode> {
+    let noted = audited(&cmd);
+    let result = tenant_command(&kernel, cmd).await;
+    if let Some((action, slug)) = noted {
+        let (outcome, detail) = match &result {
+            Ok(code) if *code == ExitCode::SUCCESS => ("ok", String::new()),
+            Ok(_) => ("refused", "ended with a failure exit code".to_owned()),
+            Err(e) => ("refused", format!("{e:#}")),
+        };
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        let line = tenancy::operators::OperatorAction {
+            id: 0,
+            at: String::new(),
+            operator: format!("cli (as {user})"),
+            action: action.to_owned(),
+            tenant: slug.and_then(|s| tenancy::Slug::parse(&s).ok().map(|s| s.to_string())),
+            outcome: outcome.to_owned(),
+            detail,
+            client: None,
+            user_agent: None,
+            via: "cli".to_owned(),
+        };
+        if let Err(e) = kernel.registry().record_operator_action(&line).await {
+            tracing::warn!(error = %e, "the operator audit log could not be written");
+        }
+    }
+    result
+}
+
+async fn tenant_command(kernel: &Kernel, cmd: TenantCommand) -> anyhow::Result<ExitCode> {
     use lms::ops;
+    let kernel = kernel.clone();
     let result = match cmd {
         TenantCommand::Create(a) => {
             let admin_name = a.admin_name.unwrap_or_else(|| {

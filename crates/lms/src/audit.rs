@@ -130,17 +130,33 @@ pub(crate) async fn record_operator(
 pub async fn list(cx: &crate::Cx, page: &PageRequest) -> Result<Page<AuditEvent>> {
     cx.require(&[Role::Admin])?;
     let mut tx = cx.read().await?;
+    let events = read(&mut tx, page.after.as_deref(), page.fetch()).await?;
+    Ok(Page::from_rows(events, page, |e| e.id.clone()))
+}
+
+/// The tenant's latest `limit` audit events, for its operators (the
+/// console's tenant page): read through the tenant's own handle.
+pub async fn latest_for_operator(
+    kernel: &tenancy::Kernel,
+    tenant: &tenancy::Tenant,
+    limit: i64,
+) -> Result<Vec<AuditEvent>> {
+    let mut tx = kernel.begin(tenant).await?;
+    read(&mut tx, None, limit).await
+}
+
+/// Events older than `after` (an id), newest first, at most `limit`.
+async fn read(tx: &mut TenantTx, after: Option<&str>, limit: i64) -> Result<Vec<AuditEvent>> {
     let rows = sqlx::query(
         "SELECT id, actor_kind, actor_id, action, target_type, target_id, request_id, details, created_at,
                 client, user_agent
          FROM audit_events WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
     )
-    .bind(&page.after)
-    .bind(page.fetch())
+    .bind(after)
+    .bind(limit)
     .fetch_all(tx.conn())
     .await?;
-    let events = rows
-        .iter()
+    rows.iter()
         .map(|r| {
             let details: Option<String> = crate::col(r, "details")?;
             Ok(AuditEvent {
@@ -157,6 +173,5 @@ pub async fn list(cx: &crate::Cx, page: &PageRequest) -> Result<Page<AuditEvent>
                 user_agent: crate::col(r, "user_agent")?,
             })
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Page::from_rows(events, page, |e| e.id.clone()))
+        .collect::<Result<Vec<_>>>()
 }

@@ -245,7 +245,9 @@ pub async fn create_tenant_idempotent(
     Ok(done)
 }
 
-async fn usage(kernel: &Kernel, t: &Tenant) -> Option<Usage> {
+/// A tenant's users, courses and stored bytes, read from its own
+/// database; `None` (logged) when it cannot be read.
+pub async fn usage(kernel: &Kernel, t: &Tenant) -> Option<Usage> {
     if matches!(t.status, TenantStatus::Purged | TenantStatus::Provisioning)
         || t.schema_version == 0
     {

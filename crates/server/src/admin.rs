@@ -18,6 +18,31 @@ use crate::edge::extract::{Body, Query, QueryOf, paged};
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
+/// Writes the outcome of a control-plane call to the operator audit log
+/// (the console shows it), as the console does for its own actions.
+async fn noted<T>(
+    state: &AppState,
+    op: &Operator,
+    action: &str,
+    tenant: Option<&str>,
+    r: &Result<T, ApiError>,
+) {
+    let outcome = match r {
+        Ok(_) => Ok(String::new()),
+        Err(e) => Err(format!("{}: {}", e.code, e.detail)),
+    };
+    crate::console::record(
+        state,
+        crate::console::session::OPERATOR,
+        action,
+        tenant,
+        outcome,
+        &op.0,
+        "api",
+    )
+    .await
+}
+
 /// The view with the rate limits its plan gives it on this server.
 fn with_limits(state: &AppState, mut view: TenantView) -> TenantView {
     if let Some(plan) = tenancy::Plan::parse(&view.plan) {
@@ -104,16 +129,22 @@ async fn import_tenant_as_api_md(
         (status = 422, description = "`validation_failed`: no destination, the same place, an unknown placement, or a mode this deployment lacks", body = Problem),
         (status = 503, description = "`overloaded`: writes kept reaching the tenant during the freeze; the move was rolled back (`Retry-After`)", body = Problem)))]
 async fn move_tenant(
-    _: Operator,
+    op: Operator,
     State(state): State<AppState>,
     Path(slug): Path<String>,
     Body(req): Body<MoveRequest>,
 ) -> Result<Json<Moved>, ApiError> {
     let kernel = state.kernel.clone();
+    let (state2, name) = (state.clone(), slug.clone());
     // On a task of its own: a client gone half-way does not stop a move
-    // between its steps (a re-run would finish it, but need not).
+    // between its steps (a re-run would finish it, but need not); nor
+    // the line of the audit log that says how it ended.
     let done = tokio::spawn(async move {
-        lms::ops::move_tenant(&kernel, &slug, req, MOVE_FREEZE_WAIT, &|_, _, _| {}).await
+        let r = lms::ops::move_tenant(&kernel, &slug, req, MOVE_FREEZE_WAIT, &|_, _, _| {})
+            .await
+            .map_err(ApiError::from);
+        noted(&state2, &op, "tenant.move", Some(&name), &r).await;
+        r
     })
     .await
     .map_err(ApiError::internal)??;
@@ -122,7 +153,7 @@ async fn move_tenant(
 
 /// How long a move waits for every node to see a registry change: four of
 /// their polls (250 ms each).
-const MOVE_FREEZE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const MOVE_FREEZE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The import route takes an archive of any size (the tenant's plan
 /// bounds its files; the slow-body rules still apply).
@@ -188,14 +219,21 @@ fn archive_key(headers: &HeaderMap) -> Result<tenancy::archive::ArchiveKey, ApiE
         (status = 409, description = "`conflict`: not exportable (provisioning, purged)", body = Problem),
         (status = 422, description = "`validation_failed`: a bad key, or the tenant needs `migrate` first", body = Problem)))]
 async fn export_tenant(
-    _: Operator,
+    op: Operator,
     State(state): State<AppState>,
     Path(slug): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let key = archive_key(&headers)?;
     // What would fail at once fails as a problem, before the answer starts.
-    let tenant = lms::ops::exportable(&state.kernel, &slug).await?;
+    let checked = match archive_key(&headers) {
+        Ok(key) => lms::ops::exportable(&state.kernel, &slug)
+            .await
+            .map(|t| (t, key))
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    noted(&state, &op, "tenant.export", Some(&slug), &checked).await;
+    let (tenant, key) = checked?;
     let (writer, reader) = tokio::io::duplex(256 * 1024);
     let kernel = state.kernel.clone();
     tokio::spawn(async move {
@@ -235,21 +273,39 @@ async fn export_tenant(
         (status = 409, description = "`conflict`: the slug is taken", body = Problem),
         (status = 422, description = "`invalid_archive`: damaged, forged, too new, or the wrong key; `validation_failed`", body = Problem)))]
 async fn import_tenant(
-    _: Operator,
+    op: Operator,
     State(state): State<AppState>,
     QueryOf(req): QueryOf<ImportRequest>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     use futures_util::TryStreamExt;
-    let key = archive_key(&headers)?;
+    let key = archive_key(&headers);
+    if let Err(e) = &key {
+        noted(
+            &state,
+            &op,
+            "tenant.import",
+            req.slug.as_deref(),
+            &Err::<(), _>(e.clone()),
+        )
+        .await;
+    }
+    let key = key?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let reader = tokio_util::io::StreamReader::new(stream);
     let kernel = state.kernel.clone();
     // On a task of its own: a client gone half-way ends the body, and the
     // import removes what it made instead of stopping mid-step.
+    let state2 = state.clone();
     let done = tokio::spawn(async move {
-        lms::ops::import_tenant(&kernel, reader, req, &key, &|_, _, _| {}).await
+        let asked = req.slug.clone();
+        let r = lms::ops::import_tenant(&kernel, reader, req, &key, &|_, _, _| {})
+            .await
+            .map_err(ApiError::from);
+        let slug = r.as_ref().ok().map(|d| d.tenant.slug.clone()).or(asked);
+        noted(&state2, &op, "tenant.import", slug.as_deref(), &r).await;
+        r
     })
     .await
     .map_err(ApiError::internal)??;
@@ -266,7 +322,7 @@ async fn import_tenant(
         (status = 409, description = "`conflict`: the slug is taken, or the key was used for another request", body = Problem),
         (status = 422, description = "`validation_failed`", body = Problem)))]
 async fn create_tenant(
-    _: Operator,
+    op: Operator,
     State(state): State<AppState>,
     headers: HeaderMap,
     Body(req): Body<NewTenant>,
@@ -281,8 +337,13 @@ async fn create_tenant(
         })?),
         None => None,
     };
-    let mut done =
-        lms::ops::create_tenant_idempotent(&state.kernel, &state.sessions.hasher, key, req).await?;
+    let slug = req.slug.clone();
+    let r = lms::ops::create_tenant_idempotent(&state.kernel, &state.sessions.hasher, key, req)
+        .await
+        .map_err(ApiError::from);
+    let named = tenancy::Slug::parse(&slug).ok().map(|s| s.to_string());
+    noted(&state, &op, "tenant.create", named.as_deref(), &r).await;
+    let mut done = r?;
     done.tenant = with_limits(&state, done.tenant);
     let mut res = (StatusCode::CREATED, Json(done)).into_response();
     // It may carry the generated first password.
@@ -349,15 +410,21 @@ async fn show_tenant(
         (status = 409, description = "`conflict`: the tenant is deleted", body = Problem),
         (status = 422, description = "`validation_failed`", body = Problem)))]
 async fn patch_tenant(
-    _: Operator,
+    op: Operator,
     State(state): State<AppState>,
     Path(slug): Path<String>,
     Body(patch): Body<TenantPatch>,
 ) -> Result<Json<TenantView>, ApiError> {
-    Ok(Json(with_limits(
-        &state,
-        lms::ops::update_tenant(&state.kernel, &slug, patch).await?,
-    )))
+    let action = if patch.plan.is_some() {
+        "tenant.plan"
+    } else {
+        "tenant.rename"
+    };
+    let r = lms::ops::update_tenant(&state.kernel, &slug, patch)
+        .await
+        .map_err(ApiError::from);
+    noted(&state, &op, action, Some(&slug), &r).await;
+    Ok(Json(with_limits(&state, r?)))
 }
 
 /// `DELETE /admin/api/v1/tenants/{slug}`'s one parameter.
@@ -377,22 +444,33 @@ pub struct DeleteParams {
         (status = 404, description = "`not_found`", body = Problem),
         (status = 500, description = "`purge_incomplete`: the purge ran, but something of the tenant remains (named in `detail`); run it again", body = Problem)))]
 async fn delete_tenant(
-    _: Operator,
+    op: Operator,
     State(state): State<AppState>,
     Path(slug): Path<String>,
     QueryOf(q): QueryOf<DeleteParams>,
 ) -> Result<Json<Deleted>, ApiError> {
-    let done = lms::ops::delete_tenant(&state.kernel, &slug, q.purge.unwrap_or(false)).await?;
-    if let Some(report) = done.purge.as_ref().filter(|r| !r.clean()) {
-        return Err(ApiError::new(
+    let purge = q.purge.unwrap_or(false);
+    let r = lms::ops::delete_tenant(&state.kernel, &slug, purge)
+        .await
+        .map_err(ApiError::from);
+    let action = if purge {
+        "tenant.purge"
+    } else {
+        "tenant.delete"
+    };
+    let r = r.and_then(|done| match done.purge.as_ref().filter(|r| !r.clean()) {
+        Some(report) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "purge_incomplete",
             format!(
                 "the purge ran, but these remain: {}; run it again",
                 report.remaining().join("; ")
             ),
-        ));
-    }
+        )),
+        None => Ok(done),
+    });
+    noted(&state, &op, action, Some(&slug), &r).await;
+    let done = r?;
     let tenant = with_limits(&state, done.tenant);
     Ok(Json(Deleted { tenant, ..done }))
 }
@@ -405,14 +483,15 @@ async fn delete_tenant(
         (status = 404, description = "`not_found`", body = Problem),
         (status = 409, description = "`conflict`: not active", body = Problem)))]
 async fn suspend_tenant(
-    _: Operator,
+    op: Operator,
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
-    Ok(Json(with_limits(
-        &state,
-        lms::ops::suspend_tenant(&state.kernel, &slug).await?,
-    )))
+    let r = lms::ops::suspend_tenant(&state.kernel, &slug)
+        .await
+        .map_err(ApiError::from);
+    noted(&state, &op, "tenant.suspend", Some(&slug), &r).await;
+    Ok(Json(with_limits(&state, r?)))
 }
 
 /// Resume a suspended tenant.
@@ -423,14 +502,15 @@ async fn suspend_tenant(
         (status = 404, description = "`not_found`", body = Problem),
         (status = 409, description = "`conflict`: not suspended", body = Problem)))]
 async fn resume_tenant(
-    _: Operator,
+    op: Operator,
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
-    Ok(Json(with_limits(
-        &state,
-        lms::ops::resume_tenant(&state.kernel, &slug).await?,
-    )))
+    let r = lms::ops::resume_tenant(&state.kernel, &slug)
+        .await
+        .map_err(ApiError::from);
+    noted(&state, &op, "tenant.resume", Some(&slug), &r).await;
+    Ok(Json(with_limits(&state, r?)))
 }
 
 /// The schema version of every tenant, and which are behind.

@@ -4,10 +4,12 @@
 //!   resolution and gate ([`edge::tenant`]), authentication ([`edge::auth`]).
 //! * [`v1`] — the tenant API, one router per resource.
 //! * [`admin`] — the control-plane API for operators.
+//! * [`console`] — the operator console, web pages over the same services.
 //! * [`problem`] — RFC 9457 errors with stable codes.
 
 pub mod admin;
 pub mod connection;
+pub mod console;
 pub mod docs;
 pub mod edge;
 pub mod openapi;
@@ -57,7 +59,10 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(docs::routes());
     if !state.config.separate_admin {
-        api = api.merge(admin_router).route("/metrics", get(metrics));
+        api = api
+            .merge(admin_router)
+            .merge(console::routes())
+            .route("/metrics", get(metrics));
     }
     let cors = cors(&state.config.cors_origins);
     // Readiness details (errors naming hosts, roles, buckets) stay off a
@@ -112,10 +117,13 @@ pub fn admin_router(state: AppState) -> Router {
         .merge(admin::routes())
         .split_for_parts();
     let doc = document(&state);
-    let app = admin_router.route("/metrics", get(metrics)).route(
-        "/api/v1/openapi.json",
-        get(move || async move { Json(doc.as_ref().clone()) }),
-    );
+    let app = admin_router
+        .merge(console::routes())
+        .route("/metrics", get(metrics))
+        .route(
+            "/api/v1/openapi.json",
+            get(move || async move { Json(doc.as_ref().clone()) }),
+        );
     finish(app, state, true)
 }
 
@@ -208,7 +216,7 @@ const READINESS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The dependencies' state, checked at most once a second: concurrent
 /// callers wait for the one check under way. Changes are logged once.
-async fn readiness(state: &AppState) -> Arc<Vec<tenancy::kernel::Dependency>> {
+pub(crate) async fn readiness(state: &AppState) -> Arc<Vec<tenancy::kernel::Dependency>> {
     use tenancy::kernel::Health;
     let mut last = state.readiness.lock().await;
     // Fresh, and no placement changed state since (what this node itself
@@ -356,6 +364,7 @@ pub async fn serve_with_admin(
                 tick.tick().await;
                 edge::metrics::upkeep(&state);
                 state.metrics.run_upkeep();
+                state.console.activity.sweep();
             }
         })
     };
@@ -374,7 +383,14 @@ pub async fn serve_with_admin(
             loop {
                 tick.tick().await;
                 let audit = n.is_multiple_of(audit_every);
-                let round = state.fleet.refresh(&state.kernel, audit);
+                let round = async {
+                    state.fleet.refresh(&state.kernel, audit).await;
+                    // Every tenant's stored bytes, for the console's charts.
+                    match state.kernel.registry().storage_figures(i64::MAX).await {
+                        Ok((all, _)) => state.console.activity.sample_storage(&all),
+                        Err(e) => tracing::warn!(error = %e, "console: storage not sampled"),
+                    }
+                };
                 if tokio::time::timeout(BOUND, round).await.is_err() {
                     tracing::warn!(
                         bound_s = BOUND.as_secs(),

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     /// `*` allows any origin (never with credentials: the API takes bearer
     /// tokens, not cookies).
     pub cors_origins: Vec<String>,
+    /// How long an operator's console session lives unused.
+    pub console_idle: Duration,
 }
 
 impl ServerConfig {
@@ -68,6 +70,7 @@ impl ServerConfig {
             hashing: Default::default(),
             separate_admin: false,
             cors_origins: Vec::new(),
+            console_idle: crate::console::session::IDLE,
         }
     }
 }
@@ -86,6 +89,8 @@ pub struct Inner {
     /// The whole OpenAPI document, built once for every listener.
     pub document: std::sync::OnceLock<Arc<serde_json::Value>>,
     pub limits: crate::edge::limits::Limits,
+    /// The console's activity figures and jobs (this node's).
+    pub console: crate::console::ConsoleState,
     /// Set when shutdown begins: `/readyz` answers 503 from then on, so
     /// that load balancers stop sending requests while the rest drain.
     pub stopping: std::sync::atomic::AtomicBool,
@@ -117,6 +122,7 @@ impl AppState {
             fleet: Default::default(),
             document: std::sync::OnceLock::new(),
             limits,
+            console: Default::default(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             readiness: tokio::sync::Mutex::new(None),
         }));

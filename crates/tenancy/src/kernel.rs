@@ -262,6 +262,11 @@ impl Kernel {
         self.0.tenant_migrations.latest()
     }
 
+    /// The storage quota a plan gives a tenant, in stored bytes.
+    pub fn storage_quota(&self, plan: crate::Plan) -> u64 {
+        *self.0.storage.quotas.get(plan)
+    }
+
     /// The isolation mode of a tenant provisioned without one.
     pub fn default_isolation(&self) -> Isolation {
         self.0.default_isolation

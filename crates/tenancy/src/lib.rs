@@ -33,6 +33,7 @@ pub mod kernel;
 pub mod lifecycle;
 pub mod migrate;
 pub mod moves;
+pub mod operators;
 pub mod private;
 pub mod registry;
 pub mod shared;

@@ -36,6 +36,11 @@ pub const CONTROL_MIGRATIONS: &[Migration] = &[
         name: "tenant_moves",
         sql: include_str!("../../../migrations/control/sqlite/0004_tenant_moves.sql"),
     },
+    Migration {
+        version: 5,
+        name: "console",
+        sql: include_str!("../../../migrations/control/sqlite/0005_console.sql"),
+    },
 ];
 
 pub const CONTROL_MIGRATIONS_PG: &[Migration] = &[
@@ -58,6 +63,11 @@ pub const CONTROL_MIGRATIONS_PG: &[Migration] = &[
         version: 4,
         name: "tenant_moves",
         sql: include_str!("../../../migrations/control/postgres/0004_tenant_moves.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "console",
+        sql: include_str!("../../../migrations/control/postgres/0005_console.sql"),
     },
 ];
 

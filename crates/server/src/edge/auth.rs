@@ -146,30 +146,37 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// An operator of the control plane.
-pub struct Operator;
+/// An operator of the control plane, and where the request came from (for
+/// the operator audit log).
+pub struct Operator(pub Origin);
 
 impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
-        let given: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        // The deployment's token, as the registry says (one for every
-        // node, changed on all within a refresh); else this server's own.
-        let expected = state
-            .kernel
-            .operator_token_sha256()
-            .unwrap_or(state.config.operator_token_sha256);
-        // Compare digests in constant time.
-        let diff = given
-            .iter()
-            .zip(expected.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff == 0 {
-            Ok(Operator)
+        if is_operator_token(state, token) {
+            Ok(Operator(origin(parts)))
         } else {
             Err(ApiError::unauthorized())
         }
     }
+}
+
+/// Whether `token` is the deployment's operator token: the registry's
+/// (one for every node, changed on all within a refresh), else this
+/// server's own. Digests compared in constant time.
+pub fn is_operator_token(state: &AppState, token: &str) -> bool {
+    let given: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let expected = state
+        .kernel
+        .operator_token_sha256()
+        .unwrap_or(state.config.operator_token_sha256);
+    same(&given, &expected)
+}
+
+/// Constant-time equality of two byte strings of the same length (of
+/// different lengths: unequal, at once).
+pub fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

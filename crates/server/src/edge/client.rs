@@ -63,6 +63,21 @@ pub fn address(headers: &HeaderMap, ext: &Extensions, trusted: &TrustedProxies) 
     ClientAddr::new(Some(client_ip(canonical(peer.ip()), headers, trusted)))
 }
 
+/// Whether the request reached the proxy in front of this server over TLS:
+/// a trusted proxy (`--trusted-proxy`) says so with `X-Forwarded-Proto:
+/// https`. A client's own header is not believed.
+pub fn forwarded_https(headers: &HeaderMap, ext: &Extensions, trusted: &TrustedProxies) -> bool {
+    let Some(ConnectInfo(peer)) = ext.get::<ConnectInfo<SocketAddr>>() else {
+        return false;
+    };
+    trusted.trusts(canonical(peer.ip()))
+        && headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next_back())
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+}
+
 fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
     if !trusted.trusts(peer) {
         return peer;

@@ -49,7 +49,9 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str());
     let limit = route
         .and_then(|r| {
-            crate::v1::files::body_limit(r, &state.config).or_else(|| crate::admin::body_limit(r))
+            crate::v1::files::body_limit(r, &state.config)
+                .or_else(|| crate::admin::body_limit(r))
+                .or_else(|| crate::console::body_limit(r))
         })
         .unwrap_or(state.config.json_limit as u64);
     let declared = req

@@ -159,8 +159,13 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     tracing::Span::current().record("tenant", tenant.slug.as_str());
     let id = tenant.id;
     let started = std::time::Instant::now();
-    let res = serve(state, req, next, tenant).await;
-    super::metrics::tenant_response(&id, res.status().as_u16(), started.elapsed());
+    let res = serve(state.clone(), req, next, tenant).await;
+    let elapsed = started.elapsed();
+    super::metrics::tenant_response(&id, res.status().as_u16(), elapsed);
+    state
+        .console
+        .activity
+        .record(id, res.status().as_u16(), elapsed);
     res
 }
 

@@ -1,7 +1,8 @@
-//! A real browser plays and seeks an uploaded MP4 through a signed link: the
-//! path a `<video>` tag takes, which sends no `Authorization` and no
-//! `X-Tenant` — the tenant comes from the subdomain (`--base-domain
-//! localhost`; Chromium resolves `*.localhost` to loopback).
+//! Real browsers: an operator at the console (`console.rs`); the API
+//! reference; and one that plays and seeks an uploaded MP4 through a
+//! signed link: the path a `<video>` tag takes, which sends no
+//! `Authorization` and no `X-Tenant` — the tenant comes from the subdomain
+//! (`--base-domain localhost`; Chromium resolves `*.localhost` to loopback).
 //!
 //! Drives Debian's `chromium` headless through `chromedriver` with the W3C
 //! WebDriver JSON protocol over `reqwest`. A small recording proxy in front of
@@ -21,6 +22,8 @@
 mod helpers;
 #[path = "../support/trials.rs"]
 mod trials;
+
+mod console;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -170,7 +173,8 @@ impl Browser {
                 Some(json!({
                     "capabilities": { "alwaysMatch": {
                         "browserName": "chrome",
-                        "goog:chromeOptions": { "binary": chromium, "args": args }
+                        "goog:chromeOptions": { "binary": chromium, "args": args },
+                        "goog:loggingPrefs": { "browser": "ALL" }
                     }}
                 })),
             )
@@ -195,7 +199,8 @@ impl Browser {
             .call(
                 method,
                 &format!("/session/{}/{what}", self.session),
-                Some(body),
+                // A GET has no body (`null` stands for none).
+                Some(body).filter(|b| !b.is_null()),
             )
             .await
     }
@@ -534,6 +539,12 @@ fn main() -> std::process::ExitCode {
             2,
             tools().err(),
             chromium_renders_the_api_reference_from_the_binary,
+        ),
+        trial(
+            "an_operator_runs_a_tenants_life_from_the_console",
+            2,
+            tools().err(),
+            console::an_operator_runs_a_tenants_life_from_the_console,
         ),
     ])
 }

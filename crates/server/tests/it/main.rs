@@ -14,6 +14,7 @@ mod cancellation;
 mod concurrency;
 mod connection_cap;
 mod connections;
+mod console;
 mod content;
 mod credentials;
 mod deploy;

@@ -1,0 +1,278 @@
+//! The operator console, `/console`: server-rendered pages (askama
+//! templates, `templates/console/`) with htmx for live search and progress
+//! (vendored, `assets/console/`), on the admin listener (or the public one
+//! when there is none).
+//!
+//! Every action calls the same `lms::ops` service as the CLI and the
+//! control-plane API, and is written to the operator audit log.
+//!
+//! * [`session`] — signing in, sessions, CSRF.
+//! * [`pages`] — the tenants, a tenant, the create form, the fleet, the
+//!   audit log; [`actions`] — what the forms do.
+//! * [`activity`] — a tenant's last hour of traffic, for its charts.
+//! * [`jobs`] — long actions run on tasks of their own, with progress.
+
+pub mod actions;
+pub mod activity;
+pub mod chart;
+pub mod jobs;
+pub mod pages;
+pub mod session;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use lms::audit::Origin;
+
+use crate::state::AppState;
+
+/// What the console keeps in memory on this node.
+#[derive(Default)]
+pub struct ConsoleState {
+    pub activity: activity::Activity,
+    pub jobs: jobs::Jobs,
+    /// The last isolation audit run from the console: when, and its findings.
+    audit: std::sync::Mutex<Option<(String, Vec<String>)>>,
+}
+
+impl ConsoleState {
+    pub fn last_audit(&self) -> Option<(String, Vec<String>)> {
+        self.audit.lock().ok().and_then(|a| a.clone())
+    }
+
+    pub fn set_audit(&self, findings: Vec<String>) {
+        if let Ok(mut a) = self.audit.lock() {
+            *a = Some((tenancy::clock::now(), findings));
+        }
+    }
+}
+
+/// The console's Content-Security-Policy: its own scripts and styles only
+/// (no inline script or style, no `eval`), no frames, forms post to itself.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The routes under `/console`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/console", get(|| async { see_other("/console/tenants") }))
+        .route("/console/", get(|| async { see_other("/console/tenants") }))
+        .route(
+            "/console/sign-in",
+            get(session::sign_in_page).post(session::sign_in),
+        )
+        .route("/console/sign-out", post(session::sign_out))
+        .route("/console/sessions/revoke", post(session::revoke))
+        .route(
+            "/console/tenants",
+            get(pages::tenants).post(actions::create),
+        )
+        .route("/console/new-tenant", get(pages::new_tenant))
+        .route(
+            "/console/import",
+            get(pages::import_page).post(actions::import.layer(DefaultBodyLimit::disable())),
+        )
+        .route("/console/tenants/{slug}", get(pages::tenant))
+        .route("/console/tenants/{slug}/{action}", post(actions::act))
+        .route("/console/tenants/{slug}/export", post(actions::export))
+        .route("/console/fleet", get(pages::fleet))
+        .route("/console/fleet/migrate", post(actions::migrate))
+        .route("/console/fleet/audit", post(actions::run_audit))
+        .route("/console/jobs/{id}", get(pages::job))
+        .route("/console/audit", get(pages::audit_log))
+        .route("/console/assets/htmx.min.js", get(htmx))
+        .route("/console/assets/console.css", get(css))
+        .layer(axum::middleware::map_response(secure_headers))
+}
+
+/// The console's routes that take a large body (an archive upload).
+pub fn body_limit(route: &str) -> Option<u64> {
+    (route == "/console/import").then_some(u64::MAX)
+}
+
+async fn secure_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
+}
+
+/// htmx 2.0.11 (`assets/console/README.md`).
+const HTMX: &str = include_str!("../../assets/console/htmx.min.js");
+const CSS: &str = include_str!("../../assets/console/console.css");
+
+async fn htmx() -> Response {
+    asset("text/javascript; charset=utf-8", HTMX)
+}
+
+async fn css() -> Response {
+    asset("text/css; charset=utf-8", CSS)
+}
+
+fn asset(kind: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// 303 See Other: where a form's post leads.
+pub fn see_other(to: &str) -> Redirect {
+    Redirect::to(to)
+}
+
+/// A page, or the error page if the template fails.
+pub fn render(status: StatusCode, page: &impl Template) -> Response {
+    match page.render() {
+        Ok(html) => (
+            status,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            html,
+        )
+            .into_response(),
+        Err(e) => Fail::Unavailable(format!("a page failed to render: {e}")).into_response(),
+    }
+}
+
+/// Why a console request was not served: an HTML answer, never a stack of
+/// JSON, and a log line where an operator needs one.
+#[derive(Debug)]
+pub enum Fail {
+    /// Not signed in (or the session ended): to the sign-in page.
+    SignIn,
+    /// A state-changing request without this session's CSRF token, or made
+    /// by another site.
+    Csrf,
+    NotFound,
+    /// Something the console depends on failed (the registry, say).
+    Unavailable(String),
+}
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        let (status, title, detail) = match self {
+            Fail::SignIn => {
+                let mut res = see_other("/console/sign-in").into_response();
+                // What htmx follows on a partial request: the whole page.
+                res.headers_mut()
+                    .insert("hx-redirect", HeaderValue::from_static("/console/sign-in"));
+                return res;
+            }
+            Fail::Csrf => (
+                StatusCode::FORBIDDEN,
+                "Refused",
+                "This form did not carry this session's security token, or came from another \
+                 site. Reload the page and try again."
+                    .to_owned(),
+            ),
+            Fail::NotFound => (
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "There is no such page or tenant.".to_owned(),
+            ),
+            Fail::Unavailable(why) => {
+                tracing::error!(error = %why, "console: a request failed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Unavailable",
+                    "The console could not do this now (the server's log says why). Try again."
+                        .to_owned(),
+                )
+            }
+        };
+        render_plain(status, title, &detail)
+    }
+}
+
+/// A bare page (no navigation): errors, refusals.
+fn render_plain(status: StatusCode, title: &str, detail: &str) -> Response {
+    let page = pages::Plain {
+        title: title.to_owned(),
+        detail: detail.to_owned(),
+    };
+    match page.render() {
+        Ok(html) => (
+            status,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            html,
+        )
+            .into_response(),
+        Err(_) => (status, detail.to_owned()).into_response(),
+    }
+}
+
+/// Writes a line to the operator audit log; a failure to write it is
+/// logged (the action itself is done by then).
+pub async fn audit(
+    state: &AppState,
+    who: &str,
+    action: &str,
+    tenant: Option<&str>,
+    outcome: Result<String, String>,
+    origin: &Origin,
+) {
+    record(state, who, action, tenant, outcome, origin, "console").await
+}
+
+/// [`audit`], saying which door the action came through (`console`, `api`).
+pub async fn record(
+    state: &AppState,
+    who: &str,
+    action: &str,
+    tenant: Option<&str>,
+    outcome: Result<String, String>,
+    origin: &Origin,
+    via: &str,
+) {
+    let (outcome, detail) = match outcome {
+        Ok(d) => ("ok", d),
+        Err(d) => ("refused", d),
+    };
+    let line = tenancy::operators::OperatorAction {
+        id: 0,
+        at: String::new(),
+        operator: who.to_owned(),
+        action: action.to_owned(),
+        tenant: tenant.map(str::to_owned),
+        outcome: outcome.to_owned(),
+        detail,
+        client: origin.client.clone(),
+        user_agent: origin.user_agent.clone(),
+        via: via.to_owned(),
+    };
+    tracing::info!(
+        target: "campus::operator",
+        operator = %who, action, tenant = tenant.unwrap_or(""), outcome, via,
+        client = origin.client.as_deref().unwrap_or(""),
+        "operator action"
+    );
+    if let Err(e) = state.kernel.registry().record_operator_action(&line).await {
+        tracing::error!(error = %e, action, "the operator audit log could not be written");
+    }
+}
