@@ -27,9 +27,10 @@ async fn noted<T>(
     tenant: Option<&str>,
     r: &Result<T, ApiError>,
 ) {
+    use crate::console::Outcome;
     let outcome = match r {
-        Ok(_) => Ok(String::new()),
-        Err(e) => Err(format!("{}: {}", e.code, e.detail)),
+        Ok(_) => Outcome::Ok(String::new()),
+        Err(e) => Outcome::of_status(e.status, format!("{}: {}", e.code, e.detail)),
     };
     crate::console::record(
         state,
@@ -232,32 +233,76 @@ async fn export_tenant(
             .map_err(ApiError::from),
         Err(e) => Err(e),
     };
-    noted(&state, &op, "tenant.export", Some(&slug), &checked).await;
+    if let Err(e) = &checked {
+        noted(
+            &state,
+            &op,
+            "tenant.export",
+            Some(&slug),
+            &Err::<(), _>(e.clone()),
+        )
+        .await;
+    }
     let (tenant, key) = checked?;
+    // The line of the audit log once the archive is out (or failed).
+    let state2 = state.clone();
+    Ok(export_response(&state, tenant, key, move |r| async move {
+        let r = r.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e));
+        noted(&state2, &op, "tenant.export", Some(&slug), &r).await;
+    }))
+}
+
+/// A tenant's archive as a streamed download, made by a task as it is
+/// sent. Should the export fail part-way, the body ends with an error (the
+/// connection is cut), so that no client takes a truncated archive for a
+/// whole one; `after` hears how it ended.
+pub(crate) fn export_response<F, Fut>(
+    state: &AppState,
+    tenant: tenancy::Tenant,
+    key: tenancy::archive::ArchiveKey,
+    after: F,
+) -> Response
+where
+    F: FnOnce(Result<(), String>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    use futures_util::StreamExt;
     let (writer, reader) = tokio::io::duplex(256 * 1024);
+    let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
     let kernel = state.kernel.clone();
+    let slug = tenant.slug.to_string();
+    let disposition = format!("attachment; filename=\"{slug}.campus\"");
     tokio::spawn(async move {
-        let slug = tenant.slug.to_string();
-        if let Err(e) = lms::ops::export_tenant(&kernel, &slug, &key, writer, &|_, _, _| {}).await {
-            // The client holds a truncated archive, which no import takes.
+        let r = lms::ops::export_tenant(&kernel, &slug, &key, writer, &|_, _, _| {})
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        if let Err(e) = &r {
             tracing::error!(tenant = %tenant.id, error = %e, "export failed while streaming");
         }
+        let _ = tx.send(r.clone());
+        after(r).await;
     });
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(reader));
-    Ok((
+    let tail = futures_util::stream::once(async move {
+        match rx.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(Err(std::io::Error::other(e))),
+            Err(_) => Some(Err(std::io::Error::other("the export stopped"))),
+        }
+    })
+    .filter_map(std::future::ready);
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(reader).chain(tail));
+    (
         [
             (
                 axum::http::header::CONTENT_TYPE,
                 "application/x-tar".to_owned(),
             ),
-            (
-                axum::http::header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{slug}.campus\""),
-            ),
+            (axum::http::header::CONTENT_DISPOSITION, disposition),
         ],
         body,
     )
-        .into_response())
+        .into_response()
 }
 
 /// Import a tenant archive (the request body, of any size): a restore under
@@ -415,10 +460,10 @@ async fn patch_tenant(
     Path(slug): Path<String>,
     Body(patch): Body<TenantPatch>,
 ) -> Result<Json<TenantView>, ApiError> {
-    let action = if patch.plan.is_some() {
-        "tenant.plan"
-    } else {
-        "tenant.rename"
+    let action = match (&patch.name, &patch.plan) {
+        (Some(_), Some(_)) => "tenant.update",
+        (None, Some(_)) => "tenant.plan",
+        _ => "tenant.rename",
     };
     let r = lms::ops::update_tenant(&state.kernel, &slug, patch)
         .await

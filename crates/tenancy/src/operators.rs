@@ -19,6 +19,8 @@ pub struct ConsoleSession {
     pub created_at: String,
     /// Unix seconds.
     pub last_seen: i64,
+    /// Unix seconds.
+    pub created_unix: i64,
 }
 
 /// One line of the operator audit log.
@@ -50,6 +52,9 @@ fn bounded(s: &str) -> String {
     }
 }
 
+const SESSION_COLUMNS: &str =
+    "id_sha256, operator, csrf, client, user_agent, created_at, last_seen, created_unix";
+
 fn session(r: &crate::dataplane::DbRow) -> Result<ConsoleSession> {
     Ok(ConsoleSession {
         id_sha256: r.try_get("id_sha256")?,
@@ -59,24 +64,33 @@ fn session(r: &crate::dataplane::DbRow) -> Result<ConsoleSession> {
         user_agent: r.try_get("user_agent")?,
         created_at: r.try_get("created_at")?,
         last_seen: r.try_get("last_seen")?,
+        created_unix: r.try_get("created_unix")?,
     })
 }
 
 impl Registry {
     /// Records a new console session, first deleting every session idle
-    /// for longer than `idle_s` (the table holds live sessions only).
-    pub async fn create_console_session(&self, s: &ConsoleSession, idle_s: i64) -> Result<()> {
+    /// for longer than `idle_s` or older than `lifetime_s` (the table holds
+    /// live sessions only).
+    pub async fn create_console_session(
+        &self,
+        s: &ConsoleSession,
+        idle_s: i64,
+        lifetime_s: i64,
+    ) -> Result<()> {
         let sql = format!(
-            "DELETE FROM {} WHERE last_seen < $1",
+            "DELETE FROM {} WHERE last_seen < $1 OR created_unix < $2",
             self.t("console_sessions")
         );
         sqlx::query(&sql)
             .bind(s.last_seen - idle_s)
+            .bind(s.created_unix - lifetime_s)
             .execute(self.pool())
             .await?;
         let sql = format!(
-            "INSERT INTO {} (id_sha256, operator, csrf, client, user_agent, created_at, last_seen)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO {} (id_sha256, operator, csrf, client, user_agent, created_at, last_seen,
+                             created_unix)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             self.t("console_sessions")
         );
         sqlx::query(&sql)
@@ -87,29 +101,33 @@ impl Registry {
             .bind(s.user_agent.as_deref().map(bounded))
             .bind(&s.created_at)
             .bind(s.last_seen)
+            .bind(s.created_unix)
             .execute(self.pool())
             .await?;
         Ok(())
     }
 
     /// The session with this cookie digest if it was seen within `idle_s`
-    /// of `now` (Unix seconds); its last sight moves to `now` when it is
-    /// more than `touch_s` old (one write a while, not one per page).
+    /// of `now` (Unix seconds) and began within `lifetime_s`; its last
+    /// sight moves to `now` when it is more than `touch_s` old (one write a
+    /// while, not one per page).
     pub async fn console_session(
         &self,
         id_sha256: &str,
         now: i64,
         idle_s: i64,
+        lifetime_s: i64,
         touch_s: i64,
     ) -> Result<Option<ConsoleSession>> {
         let sql = format!(
-            "SELECT id_sha256, operator, csrf, client, user_agent, created_at, last_seen
-             FROM {} WHERE id_sha256 = $1 AND last_seen >= $2",
+            "SELECT {SESSION_COLUMNS}
+             FROM {} WHERE id_sha256 = $1 AND last_seen >= $2 AND created_unix >= $3",
             self.t("console_sessions")
         );
         let Some(row) = sqlx::query(&sql)
             .bind(id_sha256)
             .bind(now - idle_s)
+            .bind(now - lifetime_s)
             .fetch_optional(self.pool())
             .await?
         else {
@@ -134,7 +152,7 @@ impl Registry {
     /// Every session seen within `idle_s` of `now`, the latest first.
     pub async fn console_sessions(&self, now: i64, idle_s: i64) -> Result<Vec<ConsoleSession>> {
         let sql = format!(
-            "SELECT id_sha256, operator, csrf, client, user_agent, created_at, last_seen
+            "SELECT {SESSION_COLUMNS}
              FROM {} WHERE last_seen >= $1 ORDER BY last_seen DESC LIMIT 200",
             self.t("console_sessions")
         );
@@ -215,18 +233,32 @@ impl Registry {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<OperatorAction>> {
-        let sql = format!(
-            "SELECT id, at, operator, action, tenant, outcome, detail, client, user_agent, via
-             FROM {} WHERE ($1 IS NULL OR tenant = $1) AND id < $2
-             ORDER BY id DESC LIMIT $3",
-            self.t("operator_audit")
-        );
-        let rows = sqlx::query(&sql)
-            .bind(tenant)
-            .bind(before.unwrap_or(i64::MAX))
-            .bind(limit)
-            .fetch_all(self.pool())
-            .await?;
+        // Two statements, so that each has a plan that uses its index.
+        let columns = "id, at, operator, action, tenant, outcome, detail, client, user_agent, via";
+        let table = self.t("operator_audit");
+        let before = before.unwrap_or(i64::MAX);
+        let rows = match tenant {
+            Some(t) => {
+                sqlx::query(&format!(
+                    "SELECT {columns} FROM {table} WHERE tenant = $1 AND id < $2
+                     ORDER BY id DESC LIMIT $3"
+                ))
+                .bind(t)
+                .bind(before)
+                .bind(limit)
+                .fetch_all(self.pool())
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {columns} FROM {table} WHERE id < $1 ORDER BY id DESC LIMIT $2"
+                ))
+                .bind(before)
+                .bind(limit)
+                .fetch_all(self.pool())
+                .await?
+            }
+        };
         rows.iter()
             .map(|r| {
                 Ok(OperatorAction {

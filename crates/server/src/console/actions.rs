@@ -13,7 +13,7 @@ use lms::ops::{MoveRequest, NewAdmin, NewTenant, TenantPatch};
 
 use super::pages::{Created, ImportPage, Nav, NewTenantForm, NewTenantPage, tenant_page};
 use super::session::{Signed, same_origin};
-use super::{Fail, audit, render, see_other};
+use super::{Fail, Outcome, audit, render, render_plain, see_other};
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -39,6 +39,12 @@ fn said(e: lms::Error) -> (StatusCode, String) {
 fn non_empty(s: &str) -> Option<String> {
     let s = s.trim();
     (!s.is_empty()).then(|| s.to_owned())
+}
+
+/// A passphrase as typed (spaces are part of it, as for the CLI and the
+/// API); `None` when the field is empty: the deployment's master key.
+fn passphrase(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
 }
 
 /// Suspend, resume, plan, rename, delete, purge, move.
@@ -114,7 +120,8 @@ pub async fn act(
                         Some(r) => Err((
                             StatusCode::INTERNAL_SERVER_ERROR,
                             format!(
-                                "The purge ran, but these remain: {}. Run it again.",
+                                "The purge ran, but these remain: {}. The server's log has the \
+                                 whole report; remove them by hand, or ask for help.",
                                 r.remaining().join("; ")
                             ),
                         )),
@@ -147,11 +154,16 @@ pub async fn act(
                 &signed.who(),
                 name,
                 Some(&slug),
-                Ok(detail),
+                Outcome::Ok(detail),
                 &signed.origin,
             )
             .await;
-            Ok(see_other(&format!("/console/tenants/{slug}?done={code}")).into_response())
+            // A purged tenant has no page any more: back to the table.
+            let to = match code {
+                "purged" => "/console/tenants?done=purged".to_owned(),
+                _ => format!("/console/tenants/{slug}?done={code}"),
+            };
+            Ok(see_other(&to).into_response())
         }
         Err((status, why)) => {
             audit(
@@ -159,15 +171,30 @@ pub async fn act(
                 &signed.who(),
                 name,
                 Some(&slug),
-                Err(why.clone()),
+                Outcome::of_status(status, why.clone()),
                 &signed.origin,
             )
             .await;
             if status == StatusCode::NOT_FOUND {
                 return Err(Fail::NotFound);
             }
-            tenant_page(&state, &signed, &slug, None, Some(why), status).await
+            refused(&state, &signed, &slug, why, status).await
         }
+    }
+}
+
+/// The tenant's page with why an action was not done above it; a page of
+/// its own when the tenant has none any more (purged half-way).
+async fn refused(
+    state: &AppState,
+    signed: &Signed,
+    slug: &str,
+    why: String,
+    status: StatusCode,
+) -> Result<Response, Fail> {
+    match tenant_page(state, signed, slug, None, Some(why.clone()), status).await {
+        Err(Fail::NotFound) => Ok(render_plain(status, "Not done", &why)),
+        other => other,
     }
 }
 
@@ -193,6 +220,15 @@ async fn start_move(
     };
     if req.isolation.is_none() && req.placement.is_none() {
         let why = "Nothing to do: choose another isolation mode or placement.".to_owned();
+        audit(
+            state,
+            &signed.who(),
+            "tenant.move",
+            Some(slug),
+            Outcome::Refused(why.clone()),
+            &signed.origin,
+        )
+        .await;
         return tenant_page(
             state,
             signed,
@@ -222,8 +258,8 @@ async fn start_move(
         signed.origin.clone(),
     );
     let id = job.snapshot().id;
-    let j = job.clone();
-    tokio::spawn(async move {
+    let (j, done) = (job.clone(), job.clone());
+    job.run(async move {
         let progress =
             move |step: &str, done: u64, total: Option<u64>| j.progress(step, done, total);
         let r = lms::ops::move_tenant(
@@ -234,23 +270,24 @@ async fn start_move(
             &progress,
         )
         .await;
-        let outcome = match r {
-            Ok(m) => Ok(format!(
-                "moved {} rows; writes were refused for {} ms; {} ms in all",
-                m.rows, m.freeze_ms, m.total_ms
-            )),
-            Err(e) => Err(said(e).1),
+        let (outcome, line) = match r {
+            Ok(m) => {
+                let text = format!(
+                    "moved {} rows; writes were refused for {} ms; {} ms in all",
+                    m.rows, m.freeze_ms, m.total_ms
+                );
+                (Ok(text.clone()), Outcome::Ok(format!("{to}: {text}")))
+            }
+            Err(e) => {
+                let (status, why) = said(e);
+                (
+                    Err(why.clone()),
+                    Outcome::of_status(status, format!("{to}: {why}")),
+                )
+            }
         };
-        audit(
-            &state2,
-            &who,
-            "tenant.move",
-            Some(&slug2),
-            outcome.clone().map(|m| format!("{to}: {m}")),
-            &origin,
-        )
-        .await;
-        job.finish(outcome);
+        audit(&state2, &who, "tenant.move", Some(&slug2), line, &origin).await;
+        done.finish(outcome);
     });
     Ok(see_other(&format!("/console/jobs/{id}")).into_response())
 }
@@ -277,20 +314,33 @@ pub async fn create(
         },
     };
     let slug = req.slug.clone();
-    match lms::ops::create_tenant_with(&state.kernel, &state.sessions.hasher, req).await {
+    // The form's own key: the same form sent twice (a reload of the answer)
+    // makes one tenant, and the second answer says so.
+    let key = non_empty(&form.idempotency);
+    let made = lms::ops::create_tenant_idempotent(
+        &state.kernel,
+        &state.sessions.hasher,
+        key.as_deref(),
+        req,
+    )
+    .await;
+    match made {
         Ok(done) => {
-            audit(
-                &state,
-                &signed.who(),
-                "tenant.create",
-                Some(&slug),
-                Ok(format!(
-                    "{} on {}, plan {}",
-                    done.tenant.isolation, done.tenant.placement, done.tenant.plan
-                )),
-                &signed.origin,
-            )
-            .await;
+            let replay = done.admin_password.is_none() && form.admin_password.is_empty();
+            if !replay {
+                audit(
+                    &state,
+                    &signed.who(),
+                    "tenant.create",
+                    Some(&slug),
+                    Outcome::Ok(format!(
+                        "{} on {}, plan {}",
+                        done.tenant.isolation, done.tenant.placement, done.tenant.plan
+                    )),
+                    &signed.origin,
+                )
+                .await;
+            }
             let mut res = render(
                 StatusCode::CREATED,
                 &Created {
@@ -298,6 +348,7 @@ pub async fn create(
                     slug: done.tenant.slug.clone(),
                     admin_email: form.admin_email.trim().to_owned(),
                     password: done.admin_password,
+                    replay,
                 },
             );
             res.headers_mut()
@@ -310,11 +361,8 @@ pub async fn create(
                 &state,
                 &signed.who(),
                 "tenant.create",
-                tenancy::Slug::parse(&slug)
-                    .ok()
-                    .map(|s| s.to_string())
-                    .as_deref(),
-                Err(why.clone()),
+                Some(&slug),
+                Outcome::of_status(status, why.clone()),
                 &signed.origin,
             )
             .await;
@@ -346,8 +394,8 @@ pub async fn export(
 ) -> Result<Response, Fail> {
     same_origin(&parts.headers)?;
     signed.check_csrf(&form.csrf)?;
-    let key = match non_empty(&form.passphrase) {
-        Some(p) => tenancy::archive::ArchiveKey::from_passphrase(&p),
+    let key = match passphrase(&form.passphrase) {
+        Some(p) => tenancy::archive::ArchiveKey::from_passphrase(p),
         None => Ok(tenancy::archive::ArchiveKey::Deployment),
     };
     let checked = match key {
@@ -365,7 +413,7 @@ pub async fn export(
                 &signed.who(),
                 "tenant.export",
                 Some(&slug),
-                Err(why.clone()),
+                Outcome::of_status(status, why.clone()),
                 &signed.origin,
             )
             .await;
@@ -375,41 +423,37 @@ pub async fn export(
             return tenant_page(&state, &signed, &slug, None, Some(why), status).await;
         }
     };
-    let with = if form.passphrase.trim().is_empty() {
+    let with = if passphrase(&form.passphrase).is_none() {
         "wrapped with the deployment's master key"
     } else {
         "wrapped with a passphrase"
     };
-    audit(
+    // The line of the audit log once the archive is out (or failed).
+    let (state2, who, origin) = (state.clone(), signed.who(), signed.origin.clone());
+    Ok(crate::admin::export_response(
         &state,
-        &signed.who(),
-        "tenant.export",
-        Some(&slug),
-        Ok(with.into()),
-        &signed.origin,
-    )
-    .await;
-    let (writer, reader) = tokio::io::duplex(256 * 1024);
-    let kernel = state.kernel.clone();
-    tokio::spawn(async move {
-        let slug = tenant.slug.to_string();
-        if let Err(e) = lms::ops::export_tenant(&kernel, &slug, &key, writer, &|_, _, _| {}).await {
-            tracing::error!(tenant = %tenant.id, error = %e, "console export failed while streaming");
-        }
-    });
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(reader));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/x-tar".to_owned()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{slug}.campus\""),
-            ),
-        ],
-        body,
-    )
-        .into_response())
+        tenant,
+        key,
+        move |r| async move {
+            let outcome = match r {
+                Ok(()) => Outcome::Ok(with.into()),
+                Err(e) => Outcome::Failed(format!("{with}; failed while streaming: {e}")),
+            };
+            audit(
+                &state2,
+                &who,
+                "tenant.export",
+                Some(&slug),
+                outcome,
+                &origin,
+            )
+            .await;
+        },
+    ))
 }
+
+/// The longest text field of the import form, in bytes.
+const FIELD_MAX: usize = 4096;
 
 /// Import: the uploaded archive is kept in a temporary file, then imported
 /// as a job (progress on the page that follows; a closed tab does not stop
@@ -462,8 +506,26 @@ pub async fn import(
                 .map_err(|e| Fail::Unavailable(e.to_string()))?;
             spool = Some(file);
         } else if fields.len() < 16 {
-            let text = field.text().await.unwrap_or_default();
-            fields.insert(name, text.chars().take(1024).collect());
+            // A field is a few words: read up to a bound, never whole.
+            let mut text = Vec::new();
+            let mut field = field;
+            loop {
+                match field.chunk().await {
+                    Ok(Some(bytes)) if text.len() + bytes.len() <= FIELD_MAX => {
+                        text.extend_from_slice(&bytes)
+                    }
+                    Ok(Some(_)) => {
+                        return Ok(refuse(format!(
+                            "The field {name:?} is longer than {FIELD_MAX} bytes."
+                        )));
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Ok(refuse(format!("The upload failed: {e}"))),
+                }
+            }
+            fields.insert(name, String::from_utf8_lossy(&text).into_owned());
+        } else {
+            return Ok(refuse("The form has too many fields.".into()));
         }
     }
     signed.check_csrf(fields.get("csrf").map_or("", String::as_str))?;
@@ -471,8 +533,8 @@ pub async fn import(
         return Ok(refuse("Choose an archive to import.".into()));
     };
     let get = |k: &str| fields.get(k).and_then(|v| non_empty(v));
-    let key = match get("passphrase") {
-        Some(p) => match tenancy::archive::ArchiveKey::from_passphrase(&p) {
+    let key = match fields.get("passphrase").and_then(|p| passphrase(p)) {
+        Some(p) => match tenancy::archive::ArchiveKey::from_passphrase(p) {
             Ok(k) => k,
             Err(e) => return Ok(refuse(e.to_string())),
         },
@@ -494,10 +556,11 @@ pub async fn import(
         .start(title, req.slug.clone(), signed.who());
     let id = job.snapshot().id;
     let (state2, who, origin) = (state.clone(), signed.who(), signed.origin.clone());
-    let j: Arc<super::jobs::Job> = job.clone();
-    tokio::spawn(async move {
+    let asked = req.slug.clone();
+    let (j, finished): (Arc<super::jobs::Job>, _) = (job.clone(), job.clone());
+    job.run(async move {
         let outcome = match tokio::fs::File::open(spool.path()).await {
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
             Ok(file) => {
                 let progress =
                     move |step: &str, done: u64, total: Option<u64>| j.progress(step, done, total);
@@ -513,25 +576,25 @@ pub async fn import(
                             done.files
                         ),
                     )),
-                    Err(e) => Err(said(e).1),
+                    Err(e) => Err(said(e)),
                 }
             }
         };
         drop(spool);
-        let (tenant, outcome) = match outcome {
-            Ok((slug, m)) => (Some(slug), Ok(m)),
-            Err(m) => (None, Err(m)),
+        let (tenant, line, outcome) = match outcome {
+            Ok((slug, m)) => (Some(slug), Outcome::Ok(m.clone()), Ok(m)),
+            Err((status, m)) => (asked, Outcome::of_status(status, m.clone()), Err(m)),
         };
         audit(
             &state2,
             &who,
             "tenant.import",
             tenant.as_deref(),
-            outcome.clone(),
+            line,
             &origin,
         )
         .await;
-        job.finish(outcome);
+        finished.finish(outcome);
     });
     Ok(see_other(&format!("/console/jobs/{id}")).into_response())
 }
@@ -562,9 +625,10 @@ pub async fn migrate(
     let total = tenants.len() as u64;
     job.progress("migrating", 0, Some(total));
     let (state2, who, origin) = (state.clone(), signed.who(), signed.origin.clone());
-    tokio::spawn(async move {
+    let finished = job.clone();
+    job.run(async move {
         let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let j = job.clone();
+        let j = finished.clone();
         let on_done: lms::ops::OnMigrated = Arc::new(move |t, r| {
             let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             j.progress("migrating", n, Some(total));
@@ -581,21 +645,13 @@ pub async fn migrate(
             summary.up_to_date,
             summary.failed.len()
         );
-        let outcome = if summary.failed.is_empty() {
-            Ok(text)
+        let (line, outcome) = if summary.failed.is_empty() {
+            (Outcome::Ok(text.clone()), Ok(text))
         } else {
-            Err(text)
+            (Outcome::Failed(text.clone()), Err(text))
         };
-        audit(
-            &state2,
-            &who,
-            "fleet.migrate",
-            None,
-            outcome.clone(),
-            &origin,
-        )
-        .await;
-        job.finish(outcome);
+        audit(&state2, &who, "fleet.migrate", None, line, &origin).await;
+        finished.finish(outcome);
     });
     Ok(see_other(&format!("/console/jobs/{id}")).into_response())
 }
@@ -616,9 +672,11 @@ pub async fn run_audit(
             .start("Isolation audit (campus doctor)".into(), None, signed.who());
     let id = job.snapshot().id;
     let (state2, who, origin) = (state.clone(), signed.who(), signed.origin.clone());
-    tokio::spawn(async move {
+    let job2 = job.clone();
+    job.run(async move {
+        let job = job2;
         job.progress("auditing", 0, None);
-        let outcome = match tenancy::audit::run(&state2.kernel).await {
+        let outcome: Result<String, String> = match tenancy::audit::run(&state2.kernel).await {
             Ok(findings) => {
                 let lines: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
                 for l in &lines {
@@ -637,7 +695,11 @@ pub async fn run_audit(
             }
             Err(e) => Err(format!("the audit could not run: {e}")),
         };
-        audit(&state2, &who, "fleet.audit", None, outcome.clone(), &origin).await;
+        let line = match &outcome {
+            Ok(m) => Outcome::Ok(m.clone()),
+            Err(m) => Outcome::Failed(m.clone()),
+        };
+        audit(&state2, &who, "fleet.audit", None, line, &origin).await;
         job.finish(outcome);
     });
     Ok(see_other(&format!("/console/jobs/{id}")).into_response())

@@ -4,7 +4,9 @@
 //!
 //! Bounded: the last [`KEPT`] jobs are kept (running ones are never
 //! dropped), on this node; the operator audit log keeps the outcome of
-//! every one.
+//! every one. A job's page is on the node that runs it: behind a load
+//! balancer, the console's address should reach one node (sticky sessions,
+//! or the admin listener of one node).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -86,6 +88,19 @@ impl Job {
 
     pub fn snapshot(&self) -> Snapshot {
         self.with(|s| s.clone())
+    }
+
+    /// Runs `work` on a task of its own; should it panic, the job is
+    /// marked failed (never left running for ever).
+    pub fn run(self: &Arc<Self>, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let task = tokio::spawn(work);
+        let job = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a console job stopped");
+                job.finish(Err(format!("the job stopped: {e} (see the server's log)")));
+            }
+        });
     }
 }
 

@@ -86,6 +86,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console/audit", get(pages::audit_log))
         .route("/console/assets/htmx.min.js", get(htmx))
         .route("/console/assets/console.css", get(css))
+        .route("/console/assets/console.js", get(js))
         .layer(axum::middleware::map_response(secure_headers))
 }
 
@@ -122,6 +123,7 @@ async fn secure_headers(mut res: Response) -> Response {
 /// htmx 2.0.11 (`assets/console/README.md`).
 const HTMX: &str = include_str!("../../assets/console/htmx.min.js");
 const CSS: &str = include_str!("../../assets/console/console.css");
+const JS: &str = include_str!("../../assets/console/console.js");
 
 async fn htmx() -> Response {
     asset("text/javascript; charset=utf-8", HTMX)
@@ -129,6 +131,10 @@ async fn htmx() -> Response {
 
 async fn css() -> Response {
     asset("text/css; charset=utf-8", CSS)
+}
+
+async fn js() -> Response {
+    asset("text/javascript; charset=utf-8", JS)
 }
 
 fn asset(kind: &'static str, body: &'static str) -> Response {
@@ -166,6 +172,10 @@ pub fn render(status: StatusCode, page: &impl Template) -> Response {
 pub enum Fail {
     /// Not signed in (or the session ended): to the sign-in page.
     SignIn,
+    /// The same, for a request htmx made (a live search, a job's progress):
+    /// htmx follows `HX-Redirect` with the whole page, where a 303 would be
+    /// followed inside the fragment.
+    SignInHtmx,
     /// A state-changing request without this session's CSRF token, or made
     /// by another site.
     Csrf,
@@ -177,12 +187,13 @@ pub enum Fail {
 impl IntoResponse for Fail {
     fn into_response(self) -> Response {
         let (status, title, detail) = match self {
-            Fail::SignIn => {
-                let mut res = see_other("/console/sign-in").into_response();
-                // What htmx follows on a partial request: the whole page.
-                res.headers_mut()
-                    .insert("hx-redirect", HeaderValue::from_static("/console/sign-in"));
-                return res;
+            Fail::SignIn => return see_other("/console/sign-in").into_response(),
+            Fail::SignInHtmx => {
+                return (
+                    StatusCode::OK,
+                    [("hx-redirect", HeaderValue::from_static("/console/sign-in"))],
+                )
+                    .into_response();
             }
             Fail::Csrf => (
                 StatusCode::FORBIDDEN,
@@ -211,7 +222,7 @@ impl IntoResponse for Fail {
 }
 
 /// A bare page (no navigation): errors, refusals.
-fn render_plain(status: StatusCode, title: &str, detail: &str) -> Response {
+pub(crate) fn render_plain(status: StatusCode, title: &str, detail: &str) -> Response {
     let page = pages::Plain {
         title: title.to_owned(),
         detail: detail.to_owned(),
@@ -227,6 +238,38 @@ fn render_plain(status: StatusCode, title: &str, detail: &str) -> Response {
     }
 }
 
+/// How an operator action ended, as the audit log says it.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Done (with what is worth saying).
+    Ok(String),
+    /// Not done, and nothing changed: the request was wrong or not allowed
+    /// now (a 4xx).
+    Refused(String),
+    /// Tried and failed, perhaps half-way (a 5xx, a partial migration, a
+    /// purge that left something, an audit with findings).
+    Failed(String),
+}
+
+impl Outcome {
+    /// A service's answer: refused below 500, failed from 500.
+    pub fn of_status(status: StatusCode, why: String) -> Self {
+        if status.is_server_error() {
+            Outcome::Failed(why)
+        } else {
+            Outcome::Refused(why)
+        }
+    }
+
+    fn parts(self) -> (&'static str, String) {
+        match self {
+            Outcome::Ok(d) => ("ok", d),
+            Outcome::Refused(d) => ("refused", d),
+            Outcome::Failed(d) => ("failed", d),
+        }
+    }
+}
+
 /// Writes a line to the operator audit log; a failure to write it is
 /// logged (the action itself is done by then).
 pub async fn audit(
@@ -234,32 +277,36 @@ pub async fn audit(
     who: &str,
     action: &str,
     tenant: Option<&str>,
-    outcome: Result<String, String>,
+    outcome: Outcome,
     origin: &Origin,
 ) {
     record(state, who, action, tenant, outcome, origin, "console").await
 }
 
 /// [`audit`], saying which door the action came through (`console`, `api`).
+/// A tenant that is not a valid slug (a typo in a path) is kept in the
+/// detail, not as a tenant: the log's tenant column holds slugs only.
 pub async fn record(
     state: &AppState,
     who: &str,
     action: &str,
     tenant: Option<&str>,
-    outcome: Result<String, String>,
+    outcome: Outcome,
     origin: &Origin,
     via: &str,
 ) {
-    let (outcome, detail) = match outcome {
-        Ok(d) => ("ok", d),
-        Err(d) => ("refused", d),
-    };
+    let (outcome, mut detail) = outcome.parts();
+    let slug = tenant.and_then(|t| tenancy::Slug::parse(t).ok().map(|s| s.to_string()));
+    if let Some(raw) = tenant.filter(|_| slug.is_none()) {
+        let raw: String = raw.chars().take(80).collect();
+        detail = format!("(asked for {raw:?}) {detail}");
+    }
     let line = tenancy::operators::OperatorAction {
         id: 0,
         at: String::new(),
         operator: who.to_owned(),
         action: action.to_owned(),
-        tenant: tenant.map(str::to_owned),
+        tenant: slug.clone(),
         outcome: outcome.to_owned(),
         detail,
         client: origin.client.clone(),
@@ -268,7 +315,7 @@ pub async fn record(
     };
     tracing::info!(
         target: "campus::operator",
-        operator = %who, action, tenant = tenant.unwrap_or(""), outcome, via,
+        operator = %who, action, tenant = slug.as_deref().unwrap_or(""), outcome, via,
         client = origin.client.as_deref().unwrap_or(""),
         "operator action"
     );

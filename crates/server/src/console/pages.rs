@@ -17,6 +17,9 @@ use crate::state::AppState;
 /// Tenants per page of the table.
 pub const PAGE: usize = 50;
 
+/// How long the table waits for one tenant's usage.
+const USAGE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What every signed-in page's frame needs.
 pub struct Nav {
     pub csrf: String,
@@ -90,6 +93,8 @@ pub struct TenantQuery {
     pub sort: String,
     pub dir: String,
     pub page: usize,
+    /// What the action that led here did (a purge).
+    pub done: String,
 }
 
 impl TenantQuery {
@@ -172,6 +177,7 @@ pub struct Row {
 #[template(path = "console/tenants.html")]
 pub struct Tenants {
     pub nav: Nav,
+    pub notice: Option<String>,
     pub q: String,
     pub statuses: Vec<Opt>,
     pub isolations: Vec<Opt>,
@@ -229,6 +235,9 @@ pub async fn tenants(
     let total = all.len();
     let needle = q.q.trim().to_lowercase();
     let activity = &state.console.activity;
+    // The last hour of every match only when sorting by it; else of the
+    // shown page only.
+    let by_requests = q.sort == "requests";
     let mut found: Vec<(Tenant, super::activity::Hour)> = all
         .into_iter()
         .filter(|t| {
@@ -242,7 +251,11 @@ pub async fn tenants(
         .filter(|t| q.plan.is_empty() || t.plan.as_str() == q.plan)
         .filter(|t| q.placement.is_empty() || t.placement == q.placement)
         .map(|t| {
-            let h = activity.hour(t.id);
+            let h = if by_requests {
+                activity.hour(t.id)
+            } else {
+                Default::default()
+            };
             (t, h)
         })
         .collect();
@@ -278,10 +291,16 @@ pub async fn tenants(
     let kernel = &state.kernel;
     let rows: Vec<Row> = futures_util::stream::iter(shown)
         .map(|(t, h)| async move {
+            let h = if by_requests { h } else { activity.hour(t.id) };
             let quota = kernel.storage_quota(t.plan);
+            // A database that does not answer at once is shown as `—`,
+            // not waited for: the page is for all of them.
             let usage = match t.status {
                 TenantStatus::Purged | TenantStatus::Provisioning => None,
-                _ => lms::ops::usage(kernel, &t).await,
+                _ => tokio::time::timeout(USAGE_WAIT, lms::ops::usage(kernel, &t))
+                    .await
+                    .ok()
+                    .flatten(),
             };
             Row {
                 slug: t.slug.to_string(),
@@ -347,6 +366,7 @@ pub async fn tenants(
     let dir = if desc { "desc" } else { "" };
     let page_view = Tenants {
         nav: Nav::of(&signed, "tenants"),
+        notice: notice(&q.done),
         q: q.q.clone(),
         statuses: options(&STATUSES, &q.status, Some("any status")),
         isolations: options(&offer.isolations, &q.isolation, Some("any isolation")),
@@ -777,6 +797,8 @@ pub struct NewTenantForm {
     pub admin_email: String,
     pub admin_name: String,
     pub admin_password: String,
+    /// The form's idempotency key, made when the form is shown.
+    pub idempotency: String,
 }
 
 #[derive(Template)]
@@ -794,9 +816,18 @@ impl NewTenantPage {
     pub fn build(
         state: &AppState,
         signed: &Signed,
-        form: NewTenantForm,
+        mut form: NewTenantForm,
         error: Option<String>,
     ) -> Self {
+        if form.idempotency.is_empty() || error.is_some() {
+            // A refused form is a new request once corrected: a new key.
+            let mut bytes = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+            form.idempotency = format!(
+                "console-{}",
+                bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
+        }
         let offer = crate::openapi::Offer::of(&state.kernel);
         let isolation = if form.isolation.is_empty() {
             state.kernel.default_isolation().as_str().to_owned()
@@ -833,6 +864,8 @@ pub struct Created {
     pub slug: String,
     pub admin_email: String,
     pub password: Option<String>,
+    /// The same form came again (a reload): the tenant was made by the first.
+    pub replay: bool,
 }
 
 #[derive(Template)]
@@ -903,6 +936,8 @@ pub struct FleetPage {
     pub dependencies: Vec<DependencyRow>,
     pub audit_at: Option<String>,
     pub findings: Vec<String>,
+    /// What the server's own audit (at start, then every five minutes) found last.
+    pub serving_audit: String,
     pub jobs: Vec<JobRow>,
     pub tracked: String,
 }
@@ -981,6 +1016,16 @@ pub async fn fleet(State(state): State<AppState>, signed: Signed) -> Result<Resp
         Some((at, f)) => (Some(at), f),
         None => (None, Vec::new()),
     };
+    let serving_audit = match state.fleet.audit_findings() {
+        None => {
+            "has not finished a run on this node yet (it runs at start, then every five minutes)"
+                .to_owned()
+        }
+        Some(0) => "found nothing at its last run".to_owned(),
+        Some(n) => format!(
+            "found {n} problems at its last run (the server's log lists them; run the audit below to see them here)"
+        ),
+    };
     let (traffic, storage) = state.console.activity.tracked();
     let page = FleetPage {
         nav: Nav::of(&signed, "fleet"),
@@ -999,6 +1044,7 @@ pub async fn fleet(State(state): State<AppState>, signed: Signed) -> Result<Resp
         dependencies,
         audit_at,
         findings,
+        serving_audit,
         jobs: state
             .console
             .jobs

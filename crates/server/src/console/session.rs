@@ -27,7 +27,7 @@ use lms::audit::Origin;
 use sha2::{Digest, Sha256};
 use tenancy::operators::ConsoleSession;
 
-use super::{Fail, audit};
+use super::{Fail, Outcome, audit};
 use crate::state::AppState;
 
 /// The cookie's name over plain HTTP, and behind TLS.
@@ -36,6 +36,10 @@ pub const COOKIE_TLS: &str = "__Host-campus_console";
 
 /// How long a session lives unused, unless configured.
 pub const IDLE: Duration = Duration::from_secs(30 * 60);
+
+/// How long a session lives at most, used or not: a stolen cookie in use
+/// does not live for ever.
+pub const LIFETIME_S: i64 = 12 * 3600;
 
 /// A session's last sight is written at most this often.
 const TOUCH_S: i64 = 60;
@@ -56,15 +60,18 @@ fn digest(s: &str) -> String {
         .collect()
 }
 
-/// The session cookie's value, if the request carries one of ours.
-fn cookie(headers: &HeaderMap) -> Option<&str> {
+/// The session cookies a request carries under the name its scheme uses
+/// (`__Host-` over TLS: a cookie set over plain HTTP, by anyone, is never
+/// read there), well-formed ones only, at most a few.
+fn cookies(headers: &HeaderMap, tls: bool) -> Vec<&str> {
+    let name = if tls { COOKIE_TLS } else { COOKIE };
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE || *name == COOKIE_TLS)
+        .filter(|(n, _)| *n == name)
         .map(|(_, value)| value)
         // Ours are 43 characters of base64url; anything else is not one.
         .filter(|v| {
@@ -72,6 +79,8 @@ fn cookie(headers: &HeaderMap) -> Option<&str> {
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
+        .take(4)
+        .collect()
 }
 
 /// Whether the request came to the proxy in front over TLS.
@@ -137,35 +146,48 @@ impl FromRequestParts<AppState> for Signed {
     type Rejection = Fail;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Fail> {
-        let Some(value) = cookie(&parts.headers) else {
-            return Err(Fail::SignIn);
-        };
+        let htmx = parts.headers.contains_key("hx-request");
+        let out = if htmx { Fail::SignInHtmx } else { Fail::SignIn };
         let idle = i64::try_from(state.config.console_idle.as_secs()).unwrap_or(i64::MAX);
-        let found = state
-            .kernel
-            .registry()
-            .console_session(&digest(value), tenancy::clock::unix_now(), idle, TOUCH_S)
-            .await
-            .map_err(|e| Fail::Unavailable(e.to_string()))?;
-        match found {
-            Some(session) => Ok(Signed {
-                session,
-                origin: crate::edge::auth::origin(parts),
-            }),
-            None => Err(Fail::SignIn),
+        // A stale cookie beside the live one (another path's, say) is tried
+        // too: the first that names a live session wins.
+        for value in cookies(&parts.headers, over_tls(parts, state)) {
+            let found = state
+                .kernel
+                .registry()
+                .console_session(
+                    &digest(value),
+                    tenancy::clock::unix_now(),
+                    idle,
+                    LIFETIME_S,
+                    TOUCH_S,
+                )
+                .await
+                .map_err(|e| Fail::Unavailable(e.to_string()))?;
+            if let Some(session) = found {
+                return Ok(Signed {
+                    session,
+                    origin: crate::edge::auth::origin(parts),
+                });
+            }
         }
+        Err(out)
     }
 }
 
 /// Refuses a state-changing request that a browser says another site
-/// made (`Sec-Fetch-Site: cross-site` or `same-site`, or an `Origin` that
-/// is not this host): the CSRF token's second line, and the only one for
-/// the sign-in form.
+/// made: the CSRF token's second line, and the only one for the sign-in
+/// form. Browsers that send `Sec-Fetch-Site` are believed (`same-origin`,
+/// or `none` for what the user typed); for the others, an `Origin` must
+/// name this host (as the request's `Host` does: a proxy in front must
+/// pass it on, as nginx's `proxy_set_header Host $host` does).
 pub fn same_origin(headers: &HeaderMap) -> Result<(), Fail> {
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
-        && !matches!(site, "same-origin" | "none")
-    {
-        return Err(Fail::Csrf);
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return if matches!(site, "same-origin" | "none") {
+            Ok(())
+        } else {
+            Err(Fail::Csrf)
+        };
     }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         let host = headers
@@ -182,6 +204,7 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), Fail> {
 
 #[derive(serde::Deserialize)]
 pub struct SignInForm {
+    #[serde(default)]
     token: String,
     #[serde(default)]
     next: String,
@@ -195,6 +218,59 @@ fn next_page(next: &str) -> &str {
         && next.len() < 512
         && next.bytes().all(|b| b.is_ascii_graphic());
     if safe { next } else { "/console/tenants" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_signing_in_only_a_console_page_is_a_destination() {
+        for bad in [
+            "",
+            "//evil.example/console/",
+            "/\\evil.example",
+            "https://evil.example/console/x",
+            "/console//evil.example",
+            "/consolex",
+            "/console/\\evil",
+            "/console/a b",
+            "javascript:alert(1)",
+        ] {
+            assert_eq!(next_page(bad), "/console/tenants", "{bad:?}");
+        }
+        for good in ["/console/fleet", "/console/tenants/acme?done=plan"] {
+            assert_eq!(next_page(good), good);
+        }
+    }
+
+    #[test]
+    fn only_a_browsers_same_origin_request_passes() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        assert!(same_origin(&h(&[])).is_ok(), "a client that is no browser");
+        assert!(same_origin(&h(&[("sec-fetch-site", "same-origin")])).is_ok());
+        assert!(same_origin(&h(&[("sec-fetch-site", "none")])).is_ok());
+        assert!(same_origin(&h(&[("sec-fetch-site", "same-site")])).is_err());
+        assert!(same_origin(&h(&[("sec-fetch-site", "cross-site")])).is_err());
+        // Sec-Fetch-Site is believed over a Host a proxy rewrote.
+        assert!(
+            same_origin(&h(&[
+                ("sec-fetch-site", "same-origin"),
+                ("origin", "https://console.example"),
+                ("host", "10.0.0.5:9090")
+            ]))
+            .is_ok()
+        );
+        assert!(same_origin(&h(&[("origin", "http://a.example"), ("host", "a.example")])).is_ok());
+        assert!(same_origin(&h(&[("origin", "http://b.example"), ("host", "a.example")])).is_err());
+        assert!(same_origin(&h(&[("origin", "null"), ("host", "a.example")])).is_err());
+    }
 }
 
 pub async fn sign_in_page(
@@ -270,15 +346,15 @@ pub async fn sign_in(
     };
     let token = form.token.trim();
     if token.len() > 512 || !crate::edge::auth::is_operator_token(&state, token) {
-        audit(
-            &state,
-            "nobody",
-            "console.sign_in",
-            None,
-            Err("not the operator token".into()),
-            &origin,
-        )
-        .await;
+        // Logged and counted, not written to the audit log: anyone can
+        // fail a sign-in, and the log keeps what operators did.
+        crate::edge::metrics::security_event("console_sign_in_failed");
+        tracing::warn!(
+            target: "campus::security",
+            event = "console_sign_in_failed",
+            client = origin.client.as_deref().unwrap_or(""),
+            "a console sign-in with a wrong token"
+        );
         return page(
             StatusCode::UNAUTHORIZED,
             "That is not the operator token. (A tenant's token or password does not open the console.)",
@@ -294,12 +370,13 @@ pub async fn sign_in(
         user_agent: origin.user_agent.clone(),
         created_at: tenancy::clock::now(),
         last_seen: tenancy::clock::unix_now(),
+        created_unix: tenancy::clock::unix_now(),
     };
     let idle = i64::try_from(state.config.console_idle.as_secs()).unwrap_or(i64::MAX);
     if let Err(e) = state
         .kernel
         .registry()
-        .create_console_session(&session, idle)
+        .create_console_session(&session, idle, LIFETIME_S)
         .await
     {
         return Fail::Unavailable(e.to_string()).into_response();
@@ -310,7 +387,7 @@ pub async fn sign_in(
         &who,
         "console.sign_in",
         None,
-        Ok(String::new()),
+        Outcome::Ok(String::new()),
         &origin,
     )
     .await;
@@ -323,6 +400,8 @@ pub async fn sign_in(
 
 #[derive(serde::Deserialize)]
 pub struct CsrfOnly {
+    /// Absent: refused by the CSRF check, as a wrong one is.
+    #[serde(default)]
     pub csrf: String,
 }
 
@@ -345,7 +424,7 @@ pub async fn sign_out(
         &signed.who(),
         "console.sign_out",
         None,
-        Ok(String::new()),
+        Outcome::Ok(String::new()),
         &signed.origin,
     )
     .await;
@@ -357,6 +436,7 @@ pub async fn sign_out(
 
 #[derive(serde::Deserialize)]
 pub struct RevokeForm {
+    #[serde(default)]
     csrf: String,
     /// One session (its digest's first 8 characters, as listed); absent:
     /// every other session.
@@ -407,7 +487,7 @@ pub async fn revoke(
         &signed.who(),
         "console.revoke_sessions",
         None,
-        Ok(format!("{what}: {ended} ended")),
+        Outcome::Ok(format!("{what}: {ended} ended")),
         &signed.origin,
     )
     .await;

@@ -415,6 +415,12 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// How many findings the serving audit's last run had (`None`: it has
+    /// not run yet, or every run so far failed).
+    pub fn audit_findings(&self) -> Option<usize> {
+        self.findings.lock().ok().and_then(|f| *f)
+    }
+
     /// The fleet's lines of `/metrics` (Prometheus text format).
     pub fn render(&self) -> String {
         self.text.lock().map(|t| t.clone()).unwrap_or_default()

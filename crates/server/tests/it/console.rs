@@ -172,11 +172,48 @@ async fn behind_a_trusted_tls_proxy_the_cookie_is_secure_and_host_prefixed() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
+    let set = res.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(set.starts_with("__Host-campus_console="), "{set}");
     for part in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/;"] {
         assert!(set.contains(part), "{set}");
     }
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let page = |proto: &'static str, cookie: String| {
+        c.http
+            .get(format!("{}/console/tenants", c.base))
+            .header("x-forwarded-proto", proto)
+            .header(header::COOKIE, cookie)
+            .send()
+    };
+    // Over TLS the __Host- cookie opens the console; a plain one does not.
+    assert_eq!(page("https", cookie.clone()).await.unwrap().status(), 200);
+    let plain = cookie.replacen("__Host-campus_console", "campus_console", 1);
+    assert_eq!(
+        page("https", plain.clone()).await.unwrap().status(),
+        StatusCode::SEE_OTHER,
+        "a cookie anyone could set over plain HTTP is not read over TLS"
+    );
+    // A stale cookie beside the live one does not hide it.
+    let both = format!("__Host-campus_console={}; {cookie}", "A".repeat(43));
+    assert_eq!(page("https", both).await.unwrap().status(), 200);
+
+    // From a peer that is not a trusted proxy, X-Forwarded-Proto is not believed.
+    let app = spawn_app().await;
+    let res = Console::new(&app.base)
+        .req(Method::POST, "/console/sign-in")
+        .header("x-forwarded-proto", "https")
+        .form(&[("token", OPERATOR_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(
+        set.starts_with("campus_console=") && !set.contains("Secure"),
+        "{set}"
+    );
 }
 
 #[tokio::test]
@@ -467,11 +504,11 @@ async fn failed_sign_ins_are_throttled_by_address_and_never_lock_out_another() {
 
 #[tokio::test]
 async fn an_idle_session_ends_and_a_revoked_one_ends_at_once() {
-    let app = spawn_app_with(|_, s| s.console_idle = std::time::Duration::from_secs(1)).await;
+    let app = spawn_app_with(|_, s| s.console_idle = std::time::Duration::from_secs(3)).await;
     let mut c = Console::new(&app.base);
     c.sign_in(OPERATOR_TOKEN).await;
     assert_eq!(c.page("/console/tenants").await.0, 200);
-    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(6_500)).await;
     assert_eq!(c.page("/console/tenants").await.0, StatusCode::SEE_OTHER);
 
     let app = spawn_app().await;
@@ -547,4 +584,341 @@ async fn the_tenants_table_searches_filters_sorts_and_pages() {
     assert_eq!(status, 200);
     let (status, _) = c.page("/console/tenants?page=-1").await;
     assert_eq!(status, 400, "a page that is not a number is a bad query");
+}
+
+/// Polls a job's page until it ends; its outcome's text.
+async fn job_outcome(c: &Console, job: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (status, html) = c.page(&format!("{job}?fragment=true")).await;
+        assert_eq!(status, 200, "{html}");
+        if let Some(at) = html.find(r#"id="job-outcome">"#) {
+            return html[at + 17..].split('<').next().unwrap().to_owned();
+        }
+        assert!(
+            html.contains("hx-trigger=\"every 1s\""),
+            "a running job's fragment polls again: {html}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job did not end: {html}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_fleet_page_migrates_the_tenants_behind_as_a_job_and_runs_the_audit() {
+    use crate::provisioning::{OtherServer, newer_migrations};
+    let app = spawn_app().await;
+    let t = app.tenant("cons-mig").await;
+    let newer = tenancy::Kernel::open(tenancy::KernelConfig {
+        tenant_migrations: newer_migrations(),
+        ..app.config.clone()
+    })
+    .await
+    .unwrap();
+    let srv = OtherServer::start(newer).await;
+    let me = || {
+        srv.client
+            .get(format!("{}/api/v1/me", srv.base))
+            .header("X-Tenant", &t.slug)
+            .bearer_auth(&t.admin.token)
+            .send()
+    };
+    assert_problem(me().await.unwrap(), 503, "tenant_maintenance").await;
+
+    let mut c = Console::new(&srv.base);
+    c.sign_in(OPERATOR_TOKEN).await;
+    let (status, html) = c.page("/console/fleet").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(&format!("href=\"/console/tenants/{}\"", t.slug)),
+        "listed as behind"
+    );
+    let csrf = csrf_of(&html);
+    let res = c.post("/console/fleet/migrate", &[]).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::FORBIDDEN,
+        "no CSRF token, no migration"
+    );
+    let res = c.post("/console/fleet/migrate", &[("csrf", &csrf)]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let job = location(&res);
+    assert!(job.starts_with("/console/jobs/"), "{job}");
+    let outcome = job_outcome(&c, &job).await;
+    assert_eq!(outcome, "Done: 1 migrated, 0 already current, 0 failed");
+    assert_eq!(me().await.unwrap().status(), 200, "served again");
+    let (_, html) = c.page("/console/fleet").await;
+    assert!(html.contains("id=\"none-behind\""), "{html}");
+
+    let res = c.post("/console/fleet/audit", &[("csrf", &csrf)]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let outcome = job_outcome(&c, &location(&res)).await;
+    assert!(outcome.starts_with("Done: no findings"), "{outcome}");
+    let (_, log) = c.page("/console/audit").await;
+    assert!(log.contains("fleet.migrate") && log.contains("fleet.audit"));
+}
+
+#[tokio::test]
+async fn an_export_from_the_console_imports_back_as_a_copy_through_the_console() {
+    let app = spawn_app().await;
+    let t = app.tenant("cons-arc").await;
+    let course = app.course(&t.admin, "Kept in the archive", true).await;
+    let mut c = Console::new(&app.base);
+    c.sign_in(OPERATOR_TOKEN).await;
+    let csrf = c.csrf().await;
+    let passphrase = "a long archive passphrase";
+    let res = c
+        .post(
+            &format!("/console/tenants/{}/export", t.slug),
+            &[("csrf", &csrf), ("passphrase", passphrase)],
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "application/x-tar");
+    let archive = res.bytes().await.unwrap();
+    assert!(archive.len() > 1024);
+
+    let copy = unique_slug("cons-copy");
+    let form = |csrf: &str| {
+        reqwest::multipart::Form::new()
+            .text("csrf", csrf.to_owned())
+            .text("slug", copy.clone())
+            .text("passphrase", passphrase)
+            // A copy of a `pool` tenant cannot share its placement's tables
+            // with the original (its ids would repeat): another mode.
+            .text(
+                "isolation",
+                if backend() == Backend::Pool {
+                    "schema"
+                } else {
+                    ""
+                },
+            )
+            .part(
+                "archive",
+                reqwest::multipart::Part::bytes(archive.to_vec()).file_name("t.campus"),
+            )
+    };
+    // Without the session's token: refused, nothing kept, nothing made.
+    let res = c
+        .req(Method::POST, "/console/import")
+        .multipart(form("forged"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let res = c
+        .req(Method::POST, "/console/import")
+        .multipart(form(&csrf))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let outcome = job_outcome(&c, &location(&res)).await;
+    assert!(
+        outcome.starts_with(&format!("Done: copied {} as {copy}", t.slug)),
+        "{outcome}"
+    );
+    let admin = app.login(&copy, &t.admin.email, PASSWORD).await;
+    let res = app
+        .get(&admin, &format!("/api/v1/courses/{course}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the copy has the course");
+    let lines = app
+        .kernel
+        .registry()
+        .operator_actions(Some(&copy), None, 5)
+        .await
+        .unwrap();
+    assert_eq!(lines[0].action, "tenant.import");
+    assert_eq!(lines[0].outcome, "ok");
+}
+
+#[tokio::test]
+async fn every_form_refuses_a_missing_or_wrong_token_and_another_sites_request() {
+    let app = spawn_app().await;
+    let t = app.tenant("cons-forms").await;
+    let mut c = Console::new(&app.base);
+    c.sign_in(OPERATOR_TOKEN).await;
+    let csrf = c.csrf().await;
+    let slug = t.slug.as_str();
+    let routes = [
+        "/console/sign-out".to_owned(),
+        "/console/sessions/revoke".to_owned(),
+        "/console/tenants".to_owned(),
+        "/console/fleet/migrate".to_owned(),
+        "/console/fleet/audit".to_owned(),
+        format!("/console/tenants/{slug}/export"),
+        format!("/console/tenants/{slug}/suspend"),
+        format!("/console/tenants/{slug}/resume"),
+        format!("/console/tenants/{slug}/plan"),
+        format!("/console/tenants/{slug}/rename"),
+        format!("/console/tenants/{slug}/move"),
+        format!("/console/tenants/{slug}/delete"),
+        format!("/console/tenants/{slug}/purge"),
+    ];
+    let fields = |token: &str| {
+        vec![
+            ("csrf", token.to_owned()),
+            ("confirm", slug.to_owned()),
+            ("plan", "free".to_owned()),
+            ("name", "Renamed".to_owned()),
+            ("isolation", "schema".to_owned()),
+            ("slug", unique_slug("cons-forged")),
+        ]
+    };
+    for route in &routes {
+        let mut no_token = fields("");
+        no_token.remove(0);
+        for (what, req) in [
+            ("no token", c.req(Method::POST, route).form(&no_token)),
+            (
+                "a wrong token",
+                c.req(Method::POST, route).form(&fields("forged")),
+            ),
+            (
+                "another site",
+                c.req(Method::POST, route)
+                    .header("sec-fetch-site", "cross-site")
+                    .form(&fields(&csrf)),
+            ),
+            (
+                "another origin",
+                c.req(Method::POST, route)
+                    .header(header::ORIGIN, "http://evil.example")
+                    .form(&fields(&csrf)),
+            ),
+        ] {
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), StatusCode::FORBIDDEN, "{route} with {what}");
+            assert!(
+                res.text().await.unwrap().contains("Refused"),
+                "{route}: the console's page"
+            );
+        }
+    }
+    // Nothing of it happened: still signed in, the tenant as it was.
+    let v = json_ok(
+        app.operator(Method::GET, &format!("/admin/api/v1/tenants/{slug}"))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    assert_eq!(
+        (v["status"].as_str(), v["plan"].as_str()),
+        (Some("active"), Some("standard"))
+    );
+    assert_eq!(v["name"], format!("Org {slug}"));
+    assert_eq!(c.page("/console/tenants").await.0, 200);
+    let lines = app
+        .kernel
+        .registry()
+        .operator_actions(None, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        lines.iter().map(|l| l.action.as_str()).collect::<Vec<_>>(),
+        ["console.sign_in", "tenant.create"],
+        "no refused form reached an action"
+    );
+}
+
+#[tokio::test]
+async fn purge_from_the_console_destroys_the_tenant_and_lands_on_the_table() {
+    let app = spawn_app().await;
+    let t = app.tenant("cons-purge").await;
+    let mut c = Console::new(&app.base);
+    c.sign_in(OPERATOR_TOKEN).await;
+    let csrf = c.csrf().await;
+    let purge = format!("/console/tenants/{}/purge", t.slug);
+    let res = c.post(&purge, &[("csrf", &csrf), ("confirm", "")]).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_ne!(
+        app.footprint(&t.id).await,
+        Footprint::default(),
+        "nothing purged yet"
+    );
+    let res = c
+        .post(&purge, &[("csrf", &csrf), ("confirm", &t.slug)])
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), "/console/tenants?done=purged");
+    let (status, html) = c.page(&location(&res)).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("Purged"), "{html}");
+    assert!(
+        !html.contains(&format!("data-slug=\"{}\"", t.slug)),
+        "not listed any more"
+    );
+    assert_eq!(
+        app.footprint(&t.id).await,
+        Footprint::default(),
+        "nothing of it remains"
+    );
+    assert_eq!(c.page(&format!("/console/tenants/{}", t.slug)).await.0, 404);
+    let lines = app
+        .kernel
+        .registry()
+        .operator_actions(Some(&t.slug), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        (lines[0].action.as_str(), lines[0].outcome.as_str()),
+        ("tenant.purge", "ok")
+    );
+}
+
+#[tokio::test]
+async fn what_tenants_and_operators_typed_is_shown_escaped() {
+    let app = spawn_app().await;
+    let t = app.tenant("cons-xss").await;
+    let evil = "<img src=x onerror=alert(1)>\"'&";
+    let res = app
+        .operator(Method::PATCH, &format!("/admin/api/v1/tenants/{}", t.slug))
+        .json(&serde_json::json!({ "name": evil }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = app
+        .get(&t.admin, "/api/v1/me")
+        .header(header::USER_AGENT, evil)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut c = Console::new(&app.base);
+    c.sign_in(OPERATOR_TOKEN).await;
+    let csrf = c.csrf().await;
+    // A typed slug that is none, in a path: not a tenant of the log.
+    let res = c
+        .post("/console/tenants/%3Cb%3E/suspend", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(res.status(), 404);
+    for page in [
+        "/console/tenants".to_owned(),
+        format!("/console/tenants/{}", t.slug),
+        "/console/audit".to_owned(),
+        "/console/tenants?q=%3Cscript%3Ealert(1)%3C/script%3E".to_owned(),
+        "/console/audit?tenant=%22%3E%3Cscript%3E".to_owned(),
+    ] {
+        let (status, html) = c.page(&page).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(!html.contains("<img src=x"), "{page}: unescaped name");
+        assert!(!html.contains("<script>alert"), "{page}: unescaped query");
+        assert!(!html.contains("\"><script>"), "{page}: unescaped query");
+    }
+    let (_, html) = c.page(&format!("/console/tenants/{}", t.slug)).await;
+    assert!(
+        html.contains("&#60;img src=x onerror=alert(1)&#62;"),
+        "the name, escaped: {}",
+        &html[html.find("img src").map_or(0, |i| i - 20)..][..80]
+    );
 }

@@ -976,14 +976,14 @@ async fn the_operator_sees_status_placement_versions_and_usage() {
 
 /// A second server over an existing kernel (here: the same data directory,
 /// opened by a newer build).
-struct OtherServer {
-    base: String,
-    client: reqwest::Client,
+pub(crate) struct OtherServer {
+    pub(crate) base: String,
+    pub(crate) client: reqwest::Client,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
 impl OtherServer {
-    async fn start(kernel: Kernel) -> Self {
+    pub(crate) async fn start(kernel: Kernel) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -1017,7 +1017,7 @@ impl OtherServer {
 }
 
 /// The tenant schema plus one more migration, as a newer build would have.
-fn newer_migrations() -> tenancy::MigrationSet {
+pub(crate) fn newer_migrations() -> tenancy::MigrationSet {
     let extend = |set: &'static [Migration], sql: &'static str| -> &'static [Migration] {
         let mut set = set.to_vec();
         set.push(Migration {
