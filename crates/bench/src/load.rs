@@ -83,7 +83,7 @@ pub(crate) async fn start(
 
 /// Provisions `n` tenants `<prefix>-00000`… (`at_once` at a time), each
 /// with its admin logged in and `courses` courses; their slugs and tokens.
-pub(crate) async fn provision(
+async fn provision(
     server: &Arc<Server>,
     http: &reqwest::Client,
     args: &Args,

@@ -37,9 +37,33 @@ pub struct ConsoleState {
     pub jobs: jobs::Jobs,
     /// The last isolation audit run from the console: when, and its findings.
     audit: std::sync::Mutex<Option<(String, Vec<String>)>>,
+    /// Every tenant, as of a registry generation: listing 10,000 tenants
+    /// costs ~100 ms, asking whether anything changed one small query.
+    list: std::sync::Mutex<Option<(i64, std::sync::Arc<Vec<tenancy::Tenant>>)>>,
 }
 
 impl ConsoleState {
+    /// Every tenant that is not purged, read again only when the registry
+    /// changed since the last read (its generation moved).
+    pub async fn tenants(
+        &self,
+        kernel: &tenancy::Kernel,
+    ) -> Result<std::sync::Arc<Vec<tenancy::Tenant>>, tenancy::Error> {
+        let now = kernel.registry().generation().await?;
+        if let Some((seen, list)) = self.list.lock().ok().and_then(|l| l.clone())
+            && seen == now
+        {
+            return Ok(list);
+        }
+        // Read after the generation: a change in between makes the next
+        // call read again, never hides one.
+        let list = std::sync::Arc::new(kernel.list().await?);
+        if let Ok(mut l) = self.list.lock() {
+            *l = Some((now, list.clone()));
+        }
+        Ok(list)
+    }
+
     pub fn last_audit(&self) -> Option<(String, Vec<String>)> {
         self.audit.lock().ok().and_then(|a| a.clone())
     }

@@ -231,15 +231,15 @@ pub async fn tenants(
     Query(q): Query<TenantQuery>,
 ) -> Result<Response, Fail> {
     let started = Instant::now();
-    let all = state.kernel.list().await.map_err(fail)?;
+    let all = state.console.tenants(&state.kernel).await.map_err(fail)?;
     let total = all.len();
     let needle = q.q.trim().to_lowercase();
     let activity = &state.console.activity;
     // The last hour of every match only when sorting by it; else of the
     // shown page only.
     let by_requests = q.sort == "requests";
-    let mut found: Vec<(Tenant, super::activity::Hour)> = all
-        .into_iter()
+    let mut found: Vec<(&Tenant, super::activity::Hour)> = all
+        .iter()
         .filter(|t| {
             needle.is_empty()
                 || t.slug.as_str().contains(&needle)
@@ -267,7 +267,12 @@ pub async fn tenants(
     let desc = q.dir == "desc";
     found.sort_by(|(a, ha), (b, hb)| {
         let o = match sort {
-            "name" => a.name.to_lowercase().cmp(&b.name.to_lowercase()),
+            // Case-insensitive, without a string per comparison.
+            "name" => a
+                .name
+                .chars()
+                .flat_map(char::to_lowercase)
+                .cmp(b.name.chars().flat_map(char::to_lowercase)),
             "status" => a.status.as_str().cmp(b.status.as_str()),
             "plan" => a.plan.as_str().cmp(b.plan.as_str()),
             "created" => a.created_at.cmp(&b.created_at),
@@ -281,10 +286,11 @@ pub async fn tenants(
     let matching = found.len();
     let pages = matching.div_ceil(PAGE).max(1);
     let page = q.page.clamp(1, pages);
-    let shown: Vec<_> = found
+    let shown: Vec<(Tenant, super::activity::Hour)> = found
         .into_iter()
         .skip((page - 1) * PAGE)
         .take(PAGE)
+        .map(|(t, h)| (t.clone(), h))
         .collect();
     // Usage is read from each shown tenant's own database, a few at once.
     use futures_util::StreamExt;
@@ -944,13 +950,13 @@ pub struct FleetPage {
 
 pub async fn fleet(State(state): State<AppState>, signed: Signed) -> Result<Response, Fail> {
     let kernel = &state.kernel;
-    let all = kernel.list().await.map_err(fail)?;
+    let all = state.console.tenants(kernel).await.map_err(fail)?;
     let latest = kernel.latest_version();
     let mut by_version: std::collections::BTreeMap<i64, usize> = Default::default();
     let mut by_place: std::collections::BTreeMap<String, std::collections::BTreeMap<&str, usize>> =
         Default::default();
     let mut behind = Vec::new();
-    for t in &all {
+    for t in all.iter() {
         if matches!(t.status, TenantStatus::Purged) {
             continue;
         }
