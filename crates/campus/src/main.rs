@@ -751,11 +751,11 @@ fn print_table(tenants: &[lms::ops::TenantView]) -> anyhow::Result<()> {
 fn audited(cmd: &TenantCommand) -> Option<(&'static str, Option<String>)> {
     Some(match cmd {
         TenantCommand::Create(a) => ("tenant.create", Some(a.slug.clone())),
-        TenantCommand::Update { slug, plan, .. } => (
-            if plan.is_some() {
-                "tenant.plan"
-            } else {
-                "tenant.rename"
+        TenantCommand::Update { slug, name, plan } => (
+            match (name, plan) {
+                (None, Some(_)) => "tenant.plan",
+                (Some(_), None) => "tenant.rename",
+                _ => "tenant.update",
             },
             Some(slug.clone()),
         ),

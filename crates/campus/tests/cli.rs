@@ -314,6 +314,55 @@ fn tenant_commands_create_list_show_update_and_lifecycle() {
     assert_ne!(again["id"], id.as_str());
     assert_eq!(again["usage"]["users"], 1);
     assert_eq!(again["usage"]["courses"], 0);
+
+    // Every command that changed something is a line of the operator audit
+    // log (the console shows it), refusals included; reads are not.
+    let lines = operator_audit(&env.data, "acme");
+    let actions: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|(a, o, _)| (a.as_str(), o.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("tenant.create", "ok"),
+            ("tenant.update", "ok"),
+            ("tenant.update", "refused"),
+            ("tenant.suspend", "ok"),
+            ("tenant.suspend", "ok"),
+            ("tenant.resume", "ok"),
+            ("tenant.resume", "ok"),
+            ("tenant.delete", "ok"),
+            ("tenant.resume", "refused"),
+            ("tenant.create", "refused"),
+            ("tenant.purge", "ok"),
+            ("tenant.create", "ok"),
+        ]
+    );
+    assert!(lines.iter().all(|(_, _, via)| via == "cli"));
+}
+
+/// The operator audit log's lines about `slug` in the registry under
+/// `data`, oldest first: (action, outcome, via).
+fn operator_audit(data: &std::path::Path, slug: &str) -> Vec<(String, String, String)> {
+    use sqlx::Connection;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let url = format!("sqlite://{}?mode=ro", data.join("registry.db").display());
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("registry");
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT action, outcome, via FROM operator_audit WHERE tenant = $1 ORDER BY id",
+        )
+        .bind(slug)
+        .fetch_all(&mut conn)
+        .await
+        .expect("operator_audit");
+        rows
+    })
 }
 
 #[test]

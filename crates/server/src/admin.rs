@@ -461,9 +461,9 @@ async fn patch_tenant(
     Body(patch): Body<TenantPatch>,
 ) -> Result<Json<TenantView>, ApiError> {
     let action = match (&patch.name, &patch.plan) {
-        (Some(_), Some(_)) => "tenant.update",
         (None, Some(_)) => "tenant.plan",
-        _ => "tenant.rename",
+        (Some(_), None) => "tenant.rename",
+        _ => "tenant.update",
     };
     let r = lms::ops::update_tenant(&state.kernel, &slug, patch)
         .await

@@ -922,3 +922,69 @@ async fn what_tenants_and_operators_typed_is_shown_escaped() {
         &html[html.find("img src").map_or(0, |i| i - 20)..][..80]
     );
 }
+
+#[tokio::test]
+async fn a_move_from_the_console_runs_as_a_job_and_a_move_to_the_same_place_is_refused() {
+    let app = spawn_app().await;
+    let t = app.tenant("cons-move").await;
+    let course = app.course(&t.admin, "Moves along", true).await;
+    let mut c = Console::new(&app.base);
+    c.sign_in(OPERATOR_TOKEN).await;
+    let csrf = c.csrf().await;
+    let show = || async {
+        json_ok(
+            app.operator(Method::GET, &format!("/admin/api/v1/tenants/{}", t.slug))
+                .send()
+                .await
+                .unwrap(),
+            200,
+        )
+        .await
+    };
+    let before = show().await;
+    let here = before["isolation"].as_str().unwrap().to_owned();
+    let route = format!("/console/tenants/{}/move", t.slug);
+    let res = c
+        .post(
+            &route,
+            &[
+                ("csrf", &csrf),
+                ("isolation", &here),
+                ("placement", "default"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(res.text().await.unwrap().contains("Nothing to do"));
+    let lines = app
+        .kernel
+        .registry()
+        .operator_actions(Some(&t.slug), None, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (lines[0].action.as_str(), lines[0].outcome.as_str()),
+        ("tenant.move", "refused")
+    );
+    // The embedded deployment has one mode and one placement: nowhere to go.
+    if backend() == Backend::Sqlite {
+        return;
+    }
+    let to = if here == "pool" { "schema" } else { "pool" };
+    let res = c
+        .post(
+            &route,
+            &[("csrf", &csrf), ("isolation", to), ("placement", "default")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let outcome = job_outcome(&c, &location(&res)).await;
+    assert!(outcome.starts_with("Done: moved"), "{outcome}");
+    assert_eq!(show().await["isolation"], to);
+    let res = app
+        .get(&t.admin, &format!("/api/v1/courses/{course}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "served from its new place");
+}
