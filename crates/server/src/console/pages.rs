@@ -973,9 +973,12 @@ pub async fn fleet(State(state): State<AppState>, signed: Signed) -> Result<Resp
     let behind_more = behind.len().saturating_sub(100);
     behind.truncate(100);
     let pools = kernel.data_plane().pool_stats();
-    let placements = kernel
-        .data_plane()
-        .placements_reachable()
+    // The embedded deployment has one placement, its data directory.
+    let mut reachable = kernel.data_plane().placements_reachable();
+    if reachable.is_empty() {
+        reachable.push(("default".to_owned(), true));
+    }
+    let placements = reachable
         .into_iter()
         .map(|(name, reachable)| {
             let counts = by_place.get(&name);

@@ -636,6 +636,16 @@ async fn the_fleet_page_migrates_the_tenants_behind_as_a_job_and_runs_the_audit(
         html.contains(&format!("href=\"/console/tenants/{}\"", t.slug)),
         "listed as behind"
     );
+    // Every placement, with its tenants (the embedded one too).
+    let placements = &html[html.find("id=\"placements\"").unwrap()..];
+    let placements = &placements[..placements.find("</table>").unwrap()];
+    assert!(placements.contains("<td>default</td>"), "{placements}");
+    assert!(
+        ["1 database", "1 schema", "1 pool"]
+            .iter()
+            .any(|n| placements.contains(n)),
+        "its tenant is counted: {placements}"
+    );
     let csrf = csrf_of(&html);
     let res = c.post("/console/fleet/migrate", &[]).await;
     assert_eq!(
