@@ -149,15 +149,23 @@ impl Registry {
         Ok(Some(found))
     }
 
-    /// Every session seen within `idle_s` of `now`, the latest first.
-    pub async fn console_sessions(&self, now: i64, idle_s: i64) -> Result<Vec<ConsoleSession>> {
+    /// Every session seen within `idle_s` of `now` and begun within
+    /// `lifetime_s`, the latest first.
+    pub async fn console_sessions(
+        &self,
+        now: i64,
+        idle_s: i64,
+        lifetime_s: i64,
+    ) -> Result<Vec<ConsoleSession>> {
         let sql = format!(
             "SELECT {SESSION_COLUMNS}
-             FROM {} WHERE last_seen >= $1 ORDER BY last_seen DESC LIMIT 200",
+             FROM {} WHERE last_seen >= $1 AND created_unix >= $2
+             ORDER BY last_seen DESC LIMIT 200",
             self.t("console_sessions")
         );
         let rows = sqlx::query(&sql)
             .bind(now - idle_s)
+            .bind(now - lifetime_s)
             .fetch_all(self.pool())
             .await?;
         rows.iter().map(session).collect()

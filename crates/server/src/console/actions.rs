@@ -317,6 +317,12 @@ pub async fn create(
     // The form's own key: the same form sent twice (a reload of the answer)
     // makes one tenant, and the second answer says so.
     let key = non_empty(&form.idempotency);
+    // Seen before: this is the same form again (its answer is the tenant
+    // the first one made).
+    let seen = match &key {
+        Some(k) => matches!(state.kernel.registry().idempotency(k).await, Ok(Some(_))),
+        None => false,
+    };
     let made = lms::ops::create_tenant_idempotent(
         &state.kernel,
         &state.sessions.hasher,
@@ -326,7 +332,7 @@ pub async fn create(
     .await;
     match made {
         Ok(done) => {
-            let replay = done.admin_password.is_none() && form.admin_password.is_empty();
+            let replay = seen;
             if !replay {
                 audit(
                     &state,

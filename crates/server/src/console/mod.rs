@@ -194,8 +194,9 @@ pub fn render(status: StatusCode, page: &impl Template) -> Response {
 /// JSON, and a log line where an operator needs one.
 #[derive(Debug)]
 pub enum Fail {
-    /// Not signed in (or the session ended): to the sign-in page.
-    SignIn,
+    /// Not signed in (or the session ended): to the sign-in page (this
+    /// address, which names the page to come back to).
+    SignIn(String),
     /// The same, for a request htmx made (a live search, a job's progress):
     /// htmx follows `HX-Redirect` with the whole page, where a 303 would be
     /// followed inside the fragment.
@@ -211,7 +212,7 @@ pub enum Fail {
 impl IntoResponse for Fail {
     fn into_response(self) -> Response {
         let (status, title, detail) = match self {
-            Fail::SignIn => return see_other("/console/sign-in").into_response(),
+            Fail::SignIn(to) => return see_other(&to).into_response(),
             Fail::SignInHtmx => {
                 return (
                     StatusCode::OK,

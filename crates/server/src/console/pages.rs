@@ -137,7 +137,7 @@ fn serde_urlencoded(parts: &[(&str, String)]) -> String {
         .join("&")
 }
 
-fn url_escape(s: &str) -> String {
+pub(crate) fn url_escape(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -1176,11 +1176,14 @@ pub async fn audit_log(
     const LINES: i64 = 100;
     let registry = state.kernel.registry();
     let tenant = q.tenant.trim();
-    let lines = registry
-        .operator_actions((!tenant.is_empty()).then_some(tenant), q.before, LINES)
+    // One more than shown: whether there are older lines at all.
+    let mut lines = registry
+        .operator_actions((!tenant.is_empty()).then_some(tenant), q.before, LINES + 1)
         .await
         .map_err(fail)?;
-    let older = (lines.len() as i64 == LINES)
+    let more = lines.len() as i64 > LINES;
+    lines.truncate(LINES as usize);
+    let older = more
         .then(|| lines.last().map(|l| l.id))
         .flatten()
         .map(|id| {
@@ -1193,12 +1196,12 @@ pub async fn audit_log(
         });
     let idle = i64::try_from(state.config.console_idle.as_secs()).unwrap_or(i64::MAX);
     let sessions = registry
-        .console_sessions(tenancy::clock::unix_now(), idle)
+        .console_sessions(tenancy::clock::unix_now(), idle, super::session::LIFETIME_S)
         .await
         .map_err(fail)?
         .into_iter()
         .map(|s| SessionRow {
-            short: s.id_sha256[..8].to_owned(),
+            short: s.id_sha256.get(..8).unwrap_or(&s.id_sha256).to_owned(),
             this: s.id_sha256 == signed.session.id_sha256,
             operator: s.operator,
             client: s.client.unwrap_or_default(),

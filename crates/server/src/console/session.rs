@@ -137,7 +137,10 @@ impl Signed {
         format!(
             "{} (session {})",
             self.session.operator,
-            &self.session.id_sha256[..8]
+            self.session
+                .id_sha256
+                .get(..8)
+                .unwrap_or(&self.session.id_sha256)
         )
     }
 }
@@ -147,7 +150,19 @@ impl FromRequestParts<AppState> for Signed {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Fail> {
         let htmx = parts.headers.contains_key("hx-request");
-        let out = if htmx { Fail::SignInHtmx } else { Fail::SignIn };
+        // Back to this page once signed in (a page, not a form's post).
+        let here = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .filter(|p| parts.method == axum::http::Method::GET && next_page(p) == *p)
+            .map(|p| format!("/console/sign-in?next={}", super::pages::url_escape(p)))
+            .unwrap_or_else(|| "/console/sign-in".to_owned());
+        let out = if htmx {
+            Fail::SignInHtmx
+        } else {
+            Fail::SignIn(here)
+        };
         let idle = i64::try_from(state.config.console_idle.as_secs()).unwrap_or(i64::MAX);
         // A stale cookie beside the live one (another path's, say) is tried
         // too: the first that names a live session wins.
@@ -218,59 +233,6 @@ fn next_page(next: &str) -> &str {
         && next.len() < 512
         && next.bytes().all(|b| b.is_ascii_graphic());
     if safe { next } else { "/console/tenants" }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn after_signing_in_only_a_console_page_is_a_destination() {
-        for bad in [
-            "",
-            "//evil.example/console/",
-            "/\\evil.example",
-            "https://evil.example/console/x",
-            "/console//evil.example",
-            "/consolex",
-            "/console/\\evil",
-            "/console/a b",
-            "javascript:alert(1)",
-        ] {
-            assert_eq!(next_page(bad), "/console/tenants", "{bad:?}");
-        }
-        for good in ["/console/fleet", "/console/tenants/acme?done=plan"] {
-            assert_eq!(next_page(good), good);
-        }
-    }
-
-    #[test]
-    fn only_a_browsers_same_origin_request_passes() {
-        let h = |pairs: &[(&'static str, &'static str)]| {
-            let mut m = HeaderMap::new();
-            for (k, v) in pairs {
-                m.insert(*k, HeaderValue::from_static(v));
-            }
-            m
-        };
-        assert!(same_origin(&h(&[])).is_ok(), "a client that is no browser");
-        assert!(same_origin(&h(&[("sec-fetch-site", "same-origin")])).is_ok());
-        assert!(same_origin(&h(&[("sec-fetch-site", "none")])).is_ok());
-        assert!(same_origin(&h(&[("sec-fetch-site", "same-site")])).is_err());
-        assert!(same_origin(&h(&[("sec-fetch-site", "cross-site")])).is_err());
-        // Sec-Fetch-Site is believed over a Host a proxy rewrote.
-        assert!(
-            same_origin(&h(&[
-                ("sec-fetch-site", "same-origin"),
-                ("origin", "https://console.example"),
-                ("host", "10.0.0.5:9090")
-            ]))
-            .is_ok()
-        );
-        assert!(same_origin(&h(&[("origin", "http://a.example"), ("host", "a.example")])).is_ok());
-        assert!(same_origin(&h(&[("origin", "http://b.example"), ("host", "a.example")])).is_err());
-        assert!(same_origin(&h(&[("origin", "null"), ("host", "a.example")])).is_err());
-    }
 }
 
 pub async fn sign_in_page(
@@ -381,7 +343,10 @@ pub async fn sign_in(
     {
         return Fail::Unavailable(e.to_string()).into_response();
     }
-    let who = format!("{OPERATOR} (session {})", &session.id_sha256[..8]);
+    let who = format!(
+        "{OPERATOR} (session {})",
+        &session.id_sha256[..8.min(session.id_sha256.len())]
+    );
     audit(
         &state,
         &who,
@@ -463,7 +428,7 @@ pub async fn revoke(
             .map_err(fail)?
     } else {
         let all = registry
-            .console_sessions(tenancy::clock::unix_now(), idle)
+            .console_sessions(tenancy::clock::unix_now(), idle, LIFETIME_S)
             .await
             .map_err(fail)?;
         match all
@@ -477,19 +442,80 @@ pub async fn revoke(
             None => 0,
         }
     };
-    let what = if form.session.is_empty() {
+    let named = !form.session.is_empty();
+    let what = if !named {
         "every other session".to_owned()
-    } else {
+    } else if form.session.len() == 8 && form.session.bytes().all(|b| b.is_ascii_hexdigit()) {
         format!("session {}", form.session)
+    } else {
+        "a session that is none".to_owned()
+    };
+    let outcome = if named && ended == 0 {
+        Outcome::Refused(format!("{what}: no such live session"))
+    } else {
+        Outcome::Ok(format!("{what}: {ended} ended"))
     };
     audit(
         &state,
         &signed.who(),
         "console.revoke_sessions",
         None,
-        Outcome::Ok(format!("{what}: {ended} ended")),
+        outcome,
         &signed.origin,
     )
     .await;
     Ok(super::see_other("/console/audit?done=revoked").into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_signing_in_only_a_console_page_is_a_destination() {
+        for bad in [
+            "",
+            "//evil.example/console/",
+            "/\\evil.example",
+            "https://evil.example/console/x",
+            "/console//evil.example",
+            "/consolex",
+            "/console/\\evil",
+            "/console/a b",
+            "javascript:alert(1)",
+        ] {
+            assert_eq!(next_page(bad), "/console/tenants", "{bad:?}");
+        }
+        for good in ["/console/fleet", "/console/tenants/acme?done=plan"] {
+            assert_eq!(next_page(good), good);
+        }
+    }
+
+    #[test]
+    fn only_a_browsers_same_origin_request_passes() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        assert!(same_origin(&h(&[])).is_ok(), "a client that is no browser");
+        assert!(same_origin(&h(&[("sec-fetch-site", "same-origin")])).is_ok());
+        assert!(same_origin(&h(&[("sec-fetch-site", "none")])).is_ok());
+        assert!(same_origin(&h(&[("sec-fetch-site", "same-site")])).is_err());
+        assert!(same_origin(&h(&[("sec-fetch-site", "cross-site")])).is_err());
+        // Sec-Fetch-Site is believed over a Host a proxy rewrote.
+        assert!(
+            same_origin(&h(&[
+                ("sec-fetch-site", "same-origin"),
+                ("origin", "https://console.example"),
+                ("host", "10.0.0.5:9090")
+            ]))
+            .is_ok()
+        );
+        assert!(same_origin(&h(&[("origin", "http://a.example"), ("host", "a.example")])).is_ok());
+        assert!(same_origin(&h(&[("origin", "http://b.example"), ("host", "a.example")])).is_err());
+        assert!(same_origin(&h(&[("origin", "null"), ("host", "a.example")])).is_err());
+    }
 }

@@ -91,7 +91,11 @@ async fn only_the_operator_token_opens_the_console_and_its_session_is_a_strict_h
     // Nothing, or a tenant's bearer token: the sign-in page, not the console.
     let res = c.req(Method::GET, "/console/tenants").send().await.unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    assert_eq!(location(&res), "/console/sign-in");
+    assert_eq!(
+        location(&res),
+        "/console/sign-in?next=%2Fconsole%2Ftenants",
+        "the sign-in page, then back here"
+    );
     let res = c
         .req(Method::GET, "/console/tenants")
         .bearer_auth(&t.admin.token)
@@ -114,6 +118,20 @@ async fn only_the_operator_token_opens_the_console_and_its_session_is_a_strict_h
         StatusCode::SEE_OTHER,
         "a bearer header is not a session"
     );
+
+    // Signed in from there, back there (a console page only).
+    for (next, to) in [
+        ("/console/fleet", "/console/fleet"),
+        ("https://evil.example/console/", "/console/tenants"),
+    ] {
+        let res = c
+            .req(Method::POST, "/console/sign-in")
+            .form(&[("token", OPERATOR_TOKEN), ("next", next)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(location(&res), to, "{next}");
+    }
 
     // A tenant's token, or its admin's password, typed in the form.
     for wrong in [t.admin.token.as_str(), PASSWORD, ""] {
@@ -460,6 +478,37 @@ async fn create_shows_the_apis_validation_and_the_generated_password_once() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::CONFLICT, "the slug is taken");
+
+    // The form as the console shows it carries its own key: the same form
+    // sent twice (a reload of the answer) makes one tenant, and says so.
+    let (_, html) = c.page("/console/new-tenant").await;
+    let at = html.find(r#"name="idempotency" value=""#).expect("a key") + 26;
+    let key = html[at..].split('"').next().unwrap().to_owned();
+    let twice = unique_slug("cons-twice");
+    let mut fields = form(&twice);
+    fields.push(("idempotency", key));
+    fields[6].1 = "a typed password, long enough".to_owned();
+    let mut statuses = Vec::new();
+    let mut replays = Vec::new();
+    for _ in 0..2 {
+        let res = c
+            .req(Method::POST, "/console/tenants")
+            .form(&fields)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+        replays.push(res.text().await.unwrap().contains(r#"id="replay""#));
+    }
+    assert_eq!(statuses, [201, 201]);
+    assert_eq!(replays, [false, true]);
+    let made = app
+        .kernel
+        .registry()
+        .operator_actions(Some(&twice), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(made.len(), 1, "one tenant, one line");
 }
 
 #[tokio::test]
