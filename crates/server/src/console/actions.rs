@@ -6,13 +6,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Multipart, Path, State};
-use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use lms::ops::{MoveRequest, NewAdmin, NewTenant, TenantPatch};
 
 use super::pages::{Created, ImportPage, Nav, NewTenantForm, NewTenantPage, tenant_page};
-use super::session::{Signed, same_origin};
+use super::session::Signed;
 use super::{Fail, Outcome, audit, render, render_plain, see_other};
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -51,11 +50,9 @@ fn passphrase(s: &str) -> Option<&str> {
 pub async fn act(
     State(state): State<AppState>,
     signed: Signed,
-    parts: Parts,
     Path((slug, action)): Path<(String, String)>,
     axum::Form(form): axum::Form<ActionForm>,
 ) -> Result<Response, Fail> {
-    same_origin(&parts.headers)?;
     signed.check_csrf(&form.csrf)?;
     let kernel = &state.kernel;
     let typed = || -> Result<(), (StatusCode, String)> {
@@ -211,7 +208,7 @@ async fn start_move(
     let current = match state.kernel.find(&parsed).await {
         Ok(t) => t,
         Err(tenancy::Error::NotFound) => return Err(Fail::NotFound),
-        Err(e) => return Err(Fail::Unavailable(e.to_string())),
+        Err(e) => return Err(Fail::from(e)),
     };
     // What is unchanged is not asked for: moving to the same place is no move.
     let req = MoveRequest {
@@ -246,60 +243,84 @@ async fn start_move(
             .unwrap_or(current.isolation.as_str()),
         req.placement.as_deref().unwrap_or(&current.placement)
     );
-    let job = state.console.jobs.start(
+    let (state2, slug2) = (state.clone(), slug.to_owned());
+    Ok(start_job(
+        state,
+        signed,
         format!("Move {slug} {to}"),
         Some(slug.to_owned()),
-        signed.who(),
-    );
-    let (state2, slug2, who, origin) = (
-        state.clone(),
-        slug.to_owned(),
-        signed.who(),
-        signed.origin.clone(),
-    );
-    let id = job.snapshot().id;
-    let (j, done) = (job.clone(), job.clone());
-    job.run(async move {
-        let progress =
-            move |step: &str, done: u64, total: Option<u64>| j.progress(step, done, total);
-        let r = lms::ops::move_tenant(
-            &state2.kernel,
-            &slug2,
-            req,
-            crate::admin::MOVE_FREEZE_WAIT,
-            &progress,
-        )
-        .await;
-        let (outcome, line) = match r {
-            Ok(m) => {
-                let text = format!(
-                    "moved {} rows; writes were refused for {} ms; {} ms in all",
+        "tenant.move",
+        move |job| async move {
+            let progress =
+                move |step: &str, done: u64, total: Option<u64>| job.progress(step, done, total);
+            let r = lms::ops::move_tenant(
+                &state2.kernel,
+                &slug2,
+                req,
+                crate::admin::MOVE_FREEZE_WAIT,
+                &progress,
+            )
+            .await;
+            let outcome = match r {
+                Ok(m) => Outcome::Ok(format!(
+                    "moved {} rows {to}; writes were refused for {} ms; {} ms in all",
                     m.rows, m.freeze_ms, m.total_ms
-                );
-                (Ok(text.clone()), Outcome::Ok(format!("{to}: {text}")))
-            }
+                )),
+                Err(e) => {
+                    let (status, why) = said(e);
+                    Outcome::of_status(status, format!("{to}: {why}"))
+                }
+            };
+            (Some(slug2), outcome)
+        },
+    ))
+}
+
+/// Starts a job: `work` runs on a task of its own with the job (for its
+/// progress), and says which tenant it was about and how it ended. That
+/// outcome ends the job and is written to the audit log as `action` — a
+/// panic too, as `failed`: no job is left running, or unlogged. Answers
+/// the way to the job's page.
+fn start_job<F, Fut>(
+    state: &AppState,
+    signed: &Signed,
+    title: String,
+    tenant: Option<String>,
+    action: &'static str,
+    work: F,
+) -> Response
+where
+    F: FnOnce(Arc<super::jobs::Job>) -> Fut,
+    Fut: std::future::Future<Output = (Option<String>, Outcome)> + Send + 'static,
+{
+    let job = state
+        .console
+        .jobs
+        .start(title, tenant.clone(), signed.who());
+    let id = job.snapshot().id;
+    let task = tokio::spawn(work(job.clone()));
+    let (state, who, origin) = (state.clone(), signed.who(), signed.origin.clone());
+    tokio::spawn(async move {
+        let (tenant, outcome) = match task.await {
+            Ok(done) => done,
             Err(e) => {
-                let (status, why) = said(e);
-                (
-                    Err(why.clone()),
-                    Outcome::of_status(status, format!("{to}: {why}")),
-                )
+                tracing::error!(error = %e, action, "a console job stopped");
+                let why = format!("the job stopped: {e} (see the server's log)");
+                (tenant, Outcome::Failed(why))
             }
         };
-        audit(&state2, &who, "tenant.move", Some(&slug2), line, &origin).await;
-        done.finish(outcome);
+        job.finish(outcome.result());
+        audit(&state, &who, action, tenant.as_deref(), outcome, &origin).await;
     });
-    Ok(see_other(&format!("/console/jobs/{id}")).into_response())
+    see_other(&format!("/console/jobs/{id}")).into_response()
 }
 
 /// Create a tenant: on success, its first admin's password, shown once.
 pub async fn create(
     State(state): State<AppState>,
     signed: Signed,
-    parts: Parts,
     axum::Form(form): axum::Form<NewTenantForm>,
 ) -> Result<Response, Fail> {
-    same_origin(&parts.headers)?;
     signed.check_csrf(&form.csrf)?;
     let req = NewTenant {
         slug: form.slug.trim().to_owned(),
@@ -394,11 +415,9 @@ pub struct ExportForm {
 pub async fn export(
     State(state): State<AppState>,
     signed: Signed,
-    parts: Parts,
     Path(slug): Path<String>,
     axum::Form(form): axum::Form<ExportForm>,
 ) -> Result<Response, Fail> {
-    same_origin(&parts.headers)?;
     signed.check_csrf(&form.csrf)?;
     let key = match passphrase(&form.passphrase) {
         Some(p) => tenancy::archive::ArchiveKey::from_passphrase(p),
@@ -468,11 +487,9 @@ const FIELD_MAX: usize = 4096;
 pub async fn import(
     State(state): State<AppState>,
     signed: Signed,
-    parts: Parts,
     mut form: Multipart,
 ) -> Result<Response, Fail> {
     use tokio::io::AsyncWriteExt;
-    same_origin(&parts.headers)?;
     let mut fields: std::collections::HashMap<String, String> = Default::default();
     let mut spool: Option<tempfile::NamedTempFile> = None;
     let refuse = |why: String| {
@@ -490,26 +507,17 @@ pub async fn import(
         let name = field.name().unwrap_or_default().to_owned();
         if name == "archive" {
             signed.check_csrf(fields.get("csrf").map_or("", String::as_str))?;
-            let file =
-                tempfile::NamedTempFile::new().map_err(|e| Fail::Unavailable(e.to_string()))?;
-            let mut out = tokio::fs::File::from_std(
-                file.reopen()
-                    .map_err(|e| Fail::Unavailable(e.to_string()))?,
-            );
+            let file = tempfile::NamedTempFile::new().map_err(Fail::from)?;
+            let mut out = tokio::fs::File::from_std(file.reopen().map_err(Fail::from)?);
             let mut field = field;
             loop {
                 match field.chunk().await {
-                    Ok(Some(bytes)) => out
-                        .write_all(&bytes)
-                        .await
-                        .map_err(|e| Fail::Unavailable(e.to_string()))?,
+                    Ok(Some(bytes)) => out.write_all(&bytes).await.map_err(Fail::from)?,
                     Ok(None) => break,
                     Err(e) => return Ok(refuse(format!("The upload failed: {e}"))),
                 }
             }
-            out.flush()
-                .await
-                .map_err(|e| Fail::Unavailable(e.to_string()))?;
+            out.flush().await.map_err(Fail::from)?;
             spool = Some(file);
         } else if fields.len() < 16 {
             // A field is a few words: read up to a bound, never whole.
@@ -556,53 +564,41 @@ pub async fn import(
         Some(s) => format!("Import an archive as {s}"),
         None => "Restore an archive".to_owned(),
     };
-    let job = state
-        .console
-        .jobs
-        .start(title, req.slug.clone(), signed.who());
-    let id = job.snapshot().id;
-    let (state2, who, origin) = (state.clone(), signed.who(), signed.origin.clone());
-    let asked = req.slug.clone();
-    let (j, finished): (Arc<super::jobs::Job>, _) = (job.clone(), job.clone());
-    job.run(async move {
-        let outcome = match tokio::fs::File::open(spool.path()).await {
-            Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-            Ok(file) => {
-                let progress =
-                    move |step: &str, done: u64, total: Option<u64>| j.progress(step, done, total);
-                match lms::ops::import_tenant(&state2.kernel, file, req, &key, &progress).await {
-                    Ok(done) => Ok((
-                        done.tenant.slug.clone(),
-                        format!(
-                            "{} {} as {}: {} rows, {} files",
-                            if done.restored { "restored" } else { "copied" },
-                            done.source_slug,
-                            done.tenant.slug,
-                            done.rows,
-                            done.files
-                        ),
+    let (state2, asked) = (state.clone(), req.slug.clone());
+    Ok(start_job(
+        &state,
+        &signed,
+        title,
+        req.slug.clone(),
+        "tenant.import",
+        move |job| async move {
+            let file = match tokio::fs::File::open(spool.path()).await {
+                Ok(file) => file,
+                Err(e) => return (asked, Outcome::Failed(e.to_string())),
+            };
+            let progress =
+                move |step: &str, done: u64, total: Option<u64>| job.progress(step, done, total);
+            let r = lms::ops::import_tenant(&state2.kernel, file, req, &key, &progress).await;
+            drop(spool);
+            match r {
+                Ok(done) => (
+                    Some(done.tenant.slug.clone()),
+                    Outcome::Ok(format!(
+                        "{} {} as {}: {} rows, {} files",
+                        if done.restored { "restored" } else { "copied" },
+                        done.source_slug,
+                        done.tenant.slug,
+                        done.rows,
+                        done.files
                     )),
-                    Err(e) => Err(said(e)),
+                ),
+                Err(e) => {
+                    let (status, why) = said(e);
+                    (asked, Outcome::of_status(status, why))
                 }
             }
-        };
-        drop(spool);
-        let (tenant, line, outcome) = match outcome {
-            Ok((slug, m)) => (Some(slug), Outcome::Ok(m.clone()), Ok(m)),
-            Err((status, m)) => (asked, Outcome::of_status(status, m.clone()), Err(m)),
-        };
-        audit(
-            &state2,
-            &who,
-            "tenant.import",
-            tenant.as_deref(),
-            line,
-            &origin,
-        )
-        .await;
-        finished.finish(outcome);
-    });
-    Ok(see_other(&format!("/console/jobs/{id}")).into_response())
+        },
+    ))
 }
 
 /// `campus migrate`, as a job: every tenant behind is brought to this
@@ -610,103 +606,91 @@ pub async fn import(
 pub async fn migrate(
     State(state): State<AppState>,
     signed: Signed,
-    parts: Parts,
     axum::Form(form): axum::Form<super::session::CsrfOnly>,
 ) -> Result<Response, Fail> {
-    same_origin(&parts.headers)?;
     signed.check_csrf(&form.csrf)?;
     let latest = state.kernel.latest_version();
     let tenants: Vec<_> = lms::ops::migratable(&state.kernel, None)
         .await
-        .map_err(|e| Fail::Unavailable(e.to_string()))?
+        .map_err(Fail::from)?
         .into_iter()
         .filter(|t| t.schema_version < latest)
         .collect();
-    let job = state.console.jobs.start(
-        format!("Migrate {} tenants to schema {latest}", tenants.len()),
-        None,
-        signed.who(),
-    );
-    let id = job.snapshot().id;
     let total = tenants.len() as u64;
-    job.progress("migrating", 0, Some(total));
-    let (state2, who, origin) = (state.clone(), signed.who(), signed.origin.clone());
-    let finished = job.clone();
-    job.run(async move {
-        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let j = finished.clone();
-        let on_done: lms::ops::OnMigrated = Arc::new(move |t, r| {
-            let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            j.progress("migrating", n, Some(total));
-            j.line(match r {
-                Ok(true) => format!("{}: migrated", t.slug),
-                Ok(false) => format!("{}: already current", t.slug),
-                Err(e) => format!("{}: failed: {e}", t.slug),
+    let state2 = state.clone();
+    Ok(start_job(
+        &state,
+        &signed,
+        format!("Migrate {total} tenants to schema {latest}"),
+        None,
+        "fleet.migrate",
+        move |job| async move {
+            job.progress("migrating", 0, Some(total));
+            let count = std::sync::atomic::AtomicU64::new(0);
+            let on_done: lms::ops::OnMigrated = Arc::new(move |t, r| {
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                job.progress("migrating", n, Some(total));
+                job.line(match r {
+                    Ok(true) => format!("{}: migrated", t.slug),
+                    Ok(false) => format!("{}: already current", t.slug),
+                    Err(e) => format!("{}: failed: {e}", t.slug),
+                });
             });
-        });
-        let summary = lms::ops::migrate_tenants(&state2.kernel, tenants, 4, on_done).await;
-        let text = format!(
-            "{} migrated, {} already current, {} failed",
-            summary.migrated.len(),
-            summary.up_to_date,
-            summary.failed.len()
-        );
-        let (line, outcome) = if summary.failed.is_empty() {
-            (Outcome::Ok(text.clone()), Ok(text))
-        } else {
-            (Outcome::Failed(text.clone()), Err(text))
-        };
-        audit(&state2, &who, "fleet.migrate", None, line, &origin).await;
-        finished.finish(outcome);
-    });
-    Ok(see_other(&format!("/console/jobs/{id}")).into_response())
+            let summary = lms::ops::migrate_tenants(&state2.kernel, tenants, 4, on_done).await;
+            let text = format!(
+                "{} migrated, {} already current, {} failed",
+                summary.migrated.len(),
+                summary.up_to_date,
+                summary.failed.len()
+            );
+            let outcome = if summary.failed.is_empty() {
+                Outcome::Ok(text)
+            } else {
+                Outcome::Failed(text)
+            };
+            (None, outcome)
+        },
+    ))
 }
 
 /// `campus doctor`'s audit, as a job; its findings stay on the fleet page.
 pub async fn run_audit(
     State(state): State<AppState>,
     signed: Signed,
-    parts: Parts,
     axum::Form(form): axum::Form<super::session::CsrfOnly>,
 ) -> Result<Response, Fail> {
-    same_origin(&parts.headers)?;
     signed.check_csrf(&form.csrf)?;
-    let job =
-        state
-            .console
-            .jobs
-            .start("Isolation audit (campus doctor)".into(), None, signed.who());
-    let id = job.snapshot().id;
-    let (state2, who, origin) = (state.clone(), signed.who(), signed.origin.clone());
-    let job2 = job.clone();
-    job.run(async move {
-        let job = job2;
-        job.progress("auditing", 0, None);
-        let outcome: Result<String, String> = match tenancy::audit::run(&state2.kernel).await {
-            Ok(findings) => {
-                let lines: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
-                for l in &lines {
-                    job.line(l.clone());
+    let state2 = state.clone();
+    Ok(start_job(
+        &state,
+        &signed,
+        "Isolation audit (campus doctor)".into(),
+        None,
+        "fleet.audit",
+        move |job| async move {
+            job.progress("auditing", 0, None);
+            let outcome = match tenancy::audit::run(&state2.kernel).await {
+                Ok(findings) => {
+                    let lines: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
+                    for l in &lines {
+                        job.line(l.clone());
+                    }
+                    let n = lines.len();
+                    state2.console.set_audit(lines);
+                    if n == 0 {
+                        Outcome::Ok(
+                            "no findings: the database enforces tenant isolation as Campus expects"
+                                .into(),
+                        )
+                    } else {
+                        Outcome::Failed(format!(
+                            "{n} findings (listed below and on the fleet page)"
+                        ))
+                    }
                 }
-                let n = lines.len();
-                state2.console.set_audit(lines);
-                if n == 0 {
-                    Ok(
-                        "no findings: the database enforces tenant isolation as Campus expects"
-                            .into(),
-                    )
-                } else {
-                    Err(format!("{n} findings (listed below and on the fleet page)"))
-                }
-            }
-            Err(e) => Err(format!("the audit could not run: {e}")),
-        };
-        let line = match &outcome {
-            Ok(m) => Outcome::Ok(m.clone()),
-            Err(m) => Outcome::Failed(m.clone()),
-        };
-        audit(&state2, &who, "fleet.audit", None, line, &origin).await;
-        job.finish(outcome);
-    });
-    Ok(see_other(&format!("/console/jobs/{id}")).into_response())
+                Err(e) => Outcome::Failed(format!("the audit could not run: {e}")),
+            };
+            (None, outcome)
+        },
+    ))
 }

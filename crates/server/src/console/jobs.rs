@@ -89,19 +89,6 @@ impl Job {
     pub fn snapshot(&self) -> Snapshot {
         self.with(|s| s.clone())
     }
-
-    /// Runs `work` on a task of its own; should it panic, the job is
-    /// marked failed (never left running for ever).
-    pub fn run(self: &Arc<Self>, work: impl std::future::Future<Output = ()> + Send + 'static) {
-        let task = tokio::spawn(work);
-        let job = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = task.await {
-                tracing::error!(error = %e, "a console job stopped");
-                job.finish(Err(format!("the job stopped: {e} (see the server's log)")));
-            }
-        });
-    }
 }
 
 #[derive(Default)]

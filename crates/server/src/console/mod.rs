@@ -111,7 +111,22 @@ pub fn routes() -> Router<AppState> {
         .route("/console/assets/htmx.min.js", get(htmx))
         .route("/console/assets/console.css", get(css))
         .route("/console/assets/console.js", get(js))
+        .layer(axum::middleware::from_fn(same_site_only))
         .layer(axum::middleware::map_response(secure_headers))
+}
+
+/// Every request that may change something (any method but `GET` and
+/// `HEAD`) is refused when a browser says another site made it
+/// ([`session::same_origin`]), before any handler — sign-in included; the
+/// session's CSRF token is each form's own check on top.
+async fn same_site_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use axum::http::Method;
+    if !matches!(*req.method(), Method::GET | Method::HEAD)
+        && let Err(refused) = session::same_origin(req.headers())
+    {
+        return refused.into_response();
+    }
+    next.run(req).await
 }
 
 /// The console's routes that take a large body (an archive upload).
@@ -209,6 +224,26 @@ pub enum Fail {
     Unavailable(String),
 }
 
+/// Something the console depends on failed: the registry, a tenant's
+/// database, the temporary file of an upload.
+impl From<tenancy::Error> for Fail {
+    fn from(e: tenancy::Error) -> Self {
+        Fail::Unavailable(e.to_string())
+    }
+}
+
+impl From<lms::Error> for Fail {
+    fn from(e: lms::Error) -> Self {
+        Fail::Unavailable(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Fail {
+    fn from(e: std::io::Error) -> Self {
+        Fail::Unavailable(e.to_string())
+    }
+}
+
 impl IntoResponse for Fail {
     fn into_response(self) -> Response {
         let (status, title, detail) = match self {
@@ -283,6 +318,14 @@ impl Outcome {
             Outcome::Failed(why)
         } else {
             Outcome::Refused(why)
+        }
+    }
+
+    /// As a job ends with it: done, or not (with why).
+    pub fn result(&self) -> Result<String, String> {
+        match self {
+            Outcome::Ok(d) => Ok(d.clone()),
+            Outcome::Refused(d) | Outcome::Failed(d) => Err(d.clone()),
         }
     }
 

@@ -61,10 +61,6 @@ fn options<S: AsRef<str>>(values: &[S], current: &str, any: Option<&str>) -> Vec
     out
 }
 
-fn fail(e: impl std::fmt::Display) -> Fail {
-    Fail::Unavailable(e.to_string())
-}
-
 #[derive(Template)]
 #[template(path = "console/plain.html")]
 pub struct Plain {
@@ -231,7 +227,11 @@ pub async fn tenants(
     Query(q): Query<TenantQuery>,
 ) -> Result<Response, Fail> {
     let started = Instant::now();
-    let all = state.console.tenants(&state.kernel).await.map_err(fail)?;
+    let all = state
+        .console
+        .tenants(&state.kernel)
+        .await
+        .map_err(Fail::from)?;
     let total = all.len();
     let needle = q.q.trim().to_lowercase();
     let activity = &state.console.activity;
@@ -541,7 +541,7 @@ pub async fn tenant_page(
     let t = match state.kernel.find(&parsed).await {
         Ok(t) => t,
         Err(tenancy::Error::NotFound) => return Err(Fail::NotFound),
-        Err(e) => return Err(fail(e)),
+        Err(e) => return Err(e.into()),
     };
     let kernel = &state.kernel;
     let latest = kernel.latest_version();
@@ -684,7 +684,7 @@ pub async fn tenant_page(
         .registry()
         .operator_actions(Some(t.slug.as_str()), None, 20)
         .await
-        .map_err(fail)?
+        .map_err(Fail::from)?
         .into_iter()
         .map(OpRow::from)
         .collect();
@@ -950,7 +950,7 @@ pub struct FleetPage {
 
 pub async fn fleet(State(state): State<AppState>, signed: Signed) -> Result<Response, Fail> {
     let kernel = &state.kernel;
-    let all = state.console.tenants(kernel).await.map_err(fail)?;
+    let all = state.console.tenants(kernel).await.map_err(Fail::from)?;
     let latest = kernel.latest_version();
     let mut by_version: std::collections::BTreeMap<i64, usize> = Default::default();
     let mut by_place: std::collections::BTreeMap<String, std::collections::BTreeMap<&str, usize>> =
@@ -1180,7 +1180,7 @@ pub async fn audit_log(
     let mut lines = registry
         .operator_actions((!tenant.is_empty()).then_some(tenant), q.before, LINES + 1)
         .await
-        .map_err(fail)?;
+        .map_err(Fail::from)?;
     let more = lines.len() as i64 > LINES;
     lines.truncate(LINES as usize);
     let older = more
@@ -1198,7 +1198,7 @@ pub async fn audit_log(
     let sessions = registry
         .console_sessions(tenancy::clock::unix_now(), idle, super::session::LIFETIME_S)
         .await
-        .map_err(fail)?
+        .map_err(Fail::from)?
         .into_iter()
         .map(|s| SessionRow {
             short: s.id_sha256.get(..8).unwrap_or(&s.id_sha256).to_owned(),

@@ -178,7 +178,7 @@ impl FromRequestParts<AppState> for Signed {
                     TOUCH_S,
                 )
                 .await
-                .map_err(|e| Fail::Unavailable(e.to_string()))?;
+                .map_err(Fail::from)?;
             if let Some(session) = found {
                 return Ok(Signed {
                     session,
@@ -262,9 +262,6 @@ pub async fn sign_in(
     parts: Parts,
     axum::Form(form): axum::Form<SignInForm>,
 ) -> Response {
-    if let Err(f) = same_origin(&parts.headers) {
-        return f.into_response();
-    }
     let origin = crate::edge::auth::origin(&parts);
     let client = parts
         .extensions
@@ -304,7 +301,7 @@ pub async fn sign_in(
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
             return res;
         }
-        Err(e) => return Fail::Unavailable(e.to_string()).into_response(),
+        Err(e) => return Fail::from(e).into_response(),
     };
     let token = form.token.trim();
     if token.len() > 512 || !crate::edge::auth::is_operator_token(&state, token) {
@@ -341,7 +338,7 @@ pub async fn sign_in(
         .create_console_session(&session, idle, LIFETIME_S)
         .await
     {
-        return Fail::Unavailable(e.to_string()).into_response();
+        return Fail::from(e).into_response();
     }
     let who = format!(
         "{OPERATOR} (session {})",
@@ -376,14 +373,13 @@ pub async fn sign_out(
     parts: Parts,
     axum::Form(form): axum::Form<CsrfOnly>,
 ) -> Result<Response, Fail> {
-    same_origin(&parts.headers)?;
     signed.check_csrf(&form.csrf)?;
     state
         .kernel
         .registry()
         .revoke_console_sessions(Some(&signed.session.id_sha256), None)
         .await
-        .map_err(|e| Fail::Unavailable(e.to_string()))?;
+        .map_err(Fail::from)?;
     audit(
         &state,
         &signed.who(),
@@ -413,24 +409,21 @@ pub struct RevokeForm {
 pub async fn revoke(
     State(state): State<AppState>,
     signed: Signed,
-    parts: Parts,
     axum::Form(form): axum::Form<RevokeForm>,
 ) -> Result<Response, Fail> {
-    same_origin(&parts.headers)?;
     signed.check_csrf(&form.csrf)?;
     let registry = state.kernel.registry();
     let idle = i64::try_from(state.config.console_idle.as_secs()).unwrap_or(i64::MAX);
-    let fail = |e: tenancy::Error| Fail::Unavailable(e.to_string());
     let ended = if form.session.is_empty() {
         registry
             .revoke_console_sessions(None, Some(&signed.session.id_sha256))
             .await
-            .map_err(fail)?
+            .map_err(Fail::from)?
     } else {
         let all = registry
             .console_sessions(tenancy::clock::unix_now(), idle, LIFETIME_S)
             .await
-            .map_err(fail)?;
+            .map_err(Fail::from)?;
         match all
             .iter()
             .find(|s| s.id_sha256.starts_with(&form.session) && form.session.len() == 8)
@@ -438,7 +431,7 @@ pub async fn revoke(
             Some(s) => registry
                 .revoke_console_sessions(Some(&s.id_sha256), None)
                 .await
-                .map_err(fail)?,
+                .map_err(Fail::from)?,
             None => 0,
         }
     };
