@@ -51,24 +51,7 @@ async fn provision(
                 }
                 let slug = format!("school-{i:05}");
                 let plan = ["free", "standard", "enterprise"][i % 3];
-                let body = serde_json::json!({
-                    "slug": slug, "name": format!("School number {i}"), "plan": plan,
-                    "isolation": isolation,
-                    "admin": { "email": format!("head@{slug}.test"), "name": "Head",
-                               "password": crate::process::PASSWORD }
-                });
-                let res = crate::process::retrying(|| {
-                    http.post(format!("{}/admin/api/v1/tenants", server.base))
-                        .bearer_auth(TOKEN)
-                        .header("Idempotency-Key", format!("bench-{slug}"))
-                        .json(&body)
-                })
-                .await?;
-                ensure!(
-                    res.status().as_u16() == 201,
-                    "provision {slug}: {}",
-                    res.status()
-                );
+                server.provision(&http, &slug, plan, isolation).await?;
                 if (i + 1) % (n / 10).max(1) == 0 {
                     println!(
                         "  provisioned about {} of {n} in {:.0} s, server RSS {}",

@@ -122,19 +122,19 @@ impl Server {
         rss(self.pid()).context("the server's VmRSS")
     }
 
-    /// Provisions `slug` through the control plane and logs its admin in;
-    /// the admin's token. Retries what the server asks to be retried.
-    pub async fn tenant(
+    /// Provisions `slug` through the control plane (its admin
+    /// `admin@<slug>.test`, password [`PASSWORD`]). Retries what the server
+    /// asks to be retried.
+    pub async fn provision(
         &self,
         http: &reqwest::Client,
         slug: &str,
         plan: &str,
         isolation: &str,
-    ) -> Result<String> {
-        let email = format!("admin@{slug}.test");
+    ) -> Result<()> {
         let body = json!({
             "slug": slug, "name": slug, "plan": plan, "isolation": isolation,
-            "admin": { "email": email, "name": "Admin", "password": PASSWORD }
+            "admin": { "email": format!("admin@{slug}.test"), "name": "Admin", "password": PASSWORD }
         });
         let res = retrying(|| {
             http.post(format!("{}/admin/api/v1/tenants", self.base))
@@ -148,6 +148,19 @@ impl Server {
             "provision {slug}: {}",
             res.status()
         );
+        Ok(())
+    }
+
+    /// [`provision`](Self::provision), then logs its admin in: the admin's token.
+    pub async fn tenant(
+        &self,
+        http: &reqwest::Client,
+        slug: &str,
+        plan: &str,
+        isolation: &str,
+    ) -> Result<String> {
+        self.provision(http, slug, plan, isolation).await?;
+        let email = format!("admin@{slug}.test");
         let res = retrying(|| {
             http.post(format!("{}/api/v1/auth/login", self.base))
                 .header("X-Tenant", slug)
