@@ -276,14 +276,7 @@ pub async fn an_operator_runs_a_tenants_life_from_the_console() {
     // A plan change: the API's limits are the new plan's.
     let enterprise = server::edge::limits::default_rates().enterprise;
     let shown = |v: &Value| v["limits"]["requests_per_second"].as_u64();
-    let before = json_ok(
-        app.operator(Method::GET, "/admin/api/v1/tenants/riverside")
-            .send()
-            .await
-            .expect("show"),
-        200,
-    )
-    .await;
+    let before = app.tenant_view("riverside").await;
     assert_ne!(
         shown(&before),
         Some(u64::from(enterprise.requests_per_second.get()))
@@ -302,14 +295,7 @@ pub async fn an_operator_runs_a_tenants_life_from_the_console() {
             json!([]),
         )
         .await;
-    let after = json_ok(
-        app.operator(Method::GET, "/admin/api/v1/tenants/riverside")
-            .send()
-            .await
-            .expect("show"),
-        200,
-    )
-    .await;
+    let after = app.tenant_view("riverside").await;
     assert_eq!(after["plan"], "enterprise");
     assert_eq!(
         shown(&after),

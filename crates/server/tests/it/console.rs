@@ -54,6 +54,14 @@ impl Console {
         (res.status(), res.text().await.unwrap())
     }
 
+    /// A console signed in with the operator token, and its CSRF token.
+    async fn signed_in(base: &str) -> (Self, String) {
+        let mut c = Self::new(base);
+        c.sign_in(OPERATOR_TOKEN).await;
+        let csrf = c.csrf().await;
+        (c, csrf)
+    }
+
     /// The CSRF token of the signed-in pages.
     async fn csrf(&self) -> String {
         let (status, html) = self.page("/console/tenants").await;
@@ -238,9 +246,7 @@ async fn behind_a_trusted_tls_proxy_the_cookie_is_secure_and_host_prefixed() {
 async fn a_form_without_the_csrf_token_or_from_another_site_changes_nothing() {
     let app = spawn_app().await;
     let t = app.tenant("cons-csrf").await;
-    let mut c = Console::new(&app.base);
-    c.sign_in(OPERATOR_TOKEN).await;
-    let csrf = c.csrf().await;
+    let (c, csrf) = Console::signed_in(&app.base).await;
     let suspend = format!("/console/tenants/{}/suspend", t.slug);
 
     let res = c.post(&suspend, &[]).await;
@@ -292,9 +298,7 @@ async fn a_form_without_the_csrf_token_or_from_another_site_changes_nothing() {
 async fn console_actions_are_the_apis_and_every_one_is_in_the_operator_audit_log() {
     let app = spawn_app().await;
     let t = app.tenant("cons-act").await;
-    let mut c = Console::new(&app.base);
-    c.sign_in(OPERATOR_TOKEN).await;
-    let csrf = c.csrf().await;
+    let (c, csrf) = Console::signed_in(&app.base).await;
     let base = format!("/console/tenants/{}", t.slug);
 
     // Plan: the API's limits follow.
@@ -306,14 +310,7 @@ async fn console_actions_are_the_apis_and_every_one_is_in_the_operator_audit_log
         .await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&res), format!("{base}?done=plan"));
-    let v = json_ok(
-        app.operator(Method::GET, &format!("/admin/api/v1/tenants/{}", t.slug))
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let v = app.tenant_view(&t.slug).await;
     assert_eq!(v["plan"], "enterprise");
     // A plan that is not one: refused with the API's words, nothing changed.
     let res = c
@@ -421,9 +418,7 @@ async fn console_actions_are_the_apis_and_every_one_is_in_the_operator_audit_log
 #[tokio::test]
 async fn create_shows_the_apis_validation_and_the_generated_password_once() {
     let app = spawn_app().await;
-    let mut c = Console::new(&app.base);
-    c.sign_in(OPERATOR_TOKEN).await;
-    let csrf = c.csrf().await;
+    let (c, csrf) = Console::signed_in(&app.base).await;
     let slug = unique_slug("cons-new");
     let form = |slug: &str| {
         vec![
@@ -725,9 +720,7 @@ async fn an_export_from_the_console_imports_back_as_a_copy_through_the_console()
     let app = spawn_app().await;
     let t = app.tenant("cons-arc").await;
     let course = app.course(&t.admin, "Kept in the archive", true).await;
-    let mut c = Console::new(&app.base);
-    c.sign_in(OPERATOR_TOKEN).await;
-    let csrf = c.csrf().await;
+    let (c, csrf) = Console::signed_in(&app.base).await;
     let passphrase = "a long archive passphrase";
     let res = c
         .post(
@@ -802,9 +795,7 @@ async fn an_export_from_the_console_imports_back_as_a_copy_through_the_console()
 async fn every_form_refuses_a_missing_or_wrong_token_and_another_sites_request() {
     let app = spawn_app().await;
     let t = app.tenant("cons-forms").await;
-    let mut c = Console::new(&app.base);
-    c.sign_in(OPERATOR_TOKEN).await;
-    let csrf = c.csrf().await;
+    let (c, csrf) = Console::signed_in(&app.base).await;
     let slug = t.slug.as_str();
     let routes = [
         "/console/sign-out".to_owned(),
@@ -862,14 +853,7 @@ async fn every_form_refuses_a_missing_or_wrong_token_and_another_sites_request()
         }
     }
     // Nothing of it happened: still signed in, the tenant as it was.
-    let v = json_ok(
-        app.operator(Method::GET, &format!("/admin/api/v1/tenants/{slug}"))
-            .send()
-            .await
-            .unwrap(),
-        200,
-    )
-    .await;
+    let v = app.tenant_view(slug).await;
     assert_eq!(
         (v["status"].as_str(), v["plan"].as_str()),
         (Some("active"), Some("standard"))
@@ -893,9 +877,7 @@ async fn every_form_refuses_a_missing_or_wrong_token_and_another_sites_request()
 async fn purge_from_the_console_destroys_the_tenant_and_lands_on_the_table() {
     let app = spawn_app().await;
     let t = app.tenant("cons-purge").await;
-    let mut c = Console::new(&app.base);
-    c.sign_in(OPERATOR_TOKEN).await;
-    let csrf = c.csrf().await;
+    let (c, csrf) = Console::signed_in(&app.base).await;
     let purge = format!("/console/tenants/{}/purge", t.slug);
     let res = c.post(&purge, &[("csrf", &csrf), ("confirm", "")]).await;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
@@ -953,9 +935,7 @@ async fn what_tenants_and_operators_typed_is_shown_escaped() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let mut c = Console::new(&app.base);
-    c.sign_in(OPERATOR_TOKEN).await;
-    let csrf = c.csrf().await;
+    let (c, csrf) = Console::signed_in(&app.base).await;
     // A typed slug that is none, in a path: not a tenant of the log.
     let res = c
         .post("/console/tenants/%3Cb%3E/suspend", &[("csrf", &csrf)])
@@ -987,20 +967,8 @@ async fn a_move_from_the_console_runs_as_a_job_and_a_move_to_the_same_place_is_r
     let app = spawn_app().await;
     let t = app.tenant("cons-move").await;
     let course = app.course(&t.admin, "Moves along", true).await;
-    let mut c = Console::new(&app.base);
-    c.sign_in(OPERATOR_TOKEN).await;
-    let csrf = c.csrf().await;
-    let show = || async {
-        json_ok(
-            app.operator(Method::GET, &format!("/admin/api/v1/tenants/{}", t.slug))
-                .send()
-                .await
-                .unwrap(),
-            200,
-        )
-        .await
-    };
-    let before = show().await;
+    let (c, csrf) = Console::signed_in(&app.base).await;
+    let before = app.tenant_view(&t.slug).await;
     let here = before["isolation"].as_str().unwrap().to_owned();
     let route = format!("/console/tenants/{}/move", t.slug);
     let res = c
@@ -1039,11 +1007,72 @@ async fn a_move_from_the_console_runs_as_a_job_and_a_move_to_the_same_place_is_r
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     let outcome = job_outcome(&c, &location(&res)).await;
     assert!(outcome.starts_with("Done: moved"), "{outcome}");
-    assert_eq!(show().await["isolation"], to);
+    assert_eq!(app.tenant_view(&t.slug).await["isolation"], to);
     let res = app
         .get(&t.admin, &format!("/api/v1/courses/{course}"))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200, "served from its new place");
+}
+
+#[tokio::test]
+async fn a_tenants_page_shows_its_own_events_usage_and_traffic_only() {
+    let app = spawn_app().await;
+    let a = app.tenant("cons-iso-a").await;
+    let b = app.tenant("cons-iso-b").await;
+    let course_a = app.course(&a.admin, "Only in A", true).await;
+    let course_b = app.course(&b.admin, "Only in B", true).await;
+    app.user(&b, "learner").await;
+    for _ in 0..30 {
+        let res = app.get(&a.admin, "/api/v1/me").send().await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let res = app
+        .operator(
+            Method::POST,
+            &format!("/admin/api/v1/tenants/{}/suspend", b.slug),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    let (c, _) = Console::signed_in(&app.base).await;
+    let page = |slug: String| {
+        let c = &c;
+        async move {
+            let (status, html) = c.page(&format!("/console/tenants/{slug}")).await;
+            assert_eq!(status, 200, "{html}");
+            html
+        }
+    };
+    let (html_a, html_b) = (page(a.slug.clone()).await, page(b.slug.clone()).await);
+    let fact = |html: &str, label: &str| -> String {
+        let needle = format!("<dt>{label}</dt><dd>");
+        let at = html.find(&needle).expect(label) + needle.len();
+        html[at..].split('<').next().unwrap().to_owned()
+    };
+    let requests = |html: &str| -> u64 {
+        let needle = "Requests per minute <span class=\"hint\">";
+        let at = html.find(needle).expect("chart") + needle.len();
+        html[at..].split(' ').next().unwrap().parse().unwrap()
+    };
+    // Its own audit events (read through its own handle), not the other's.
+    assert!(html_a.contains(&course_a) && !html_a.contains(&course_b));
+    assert!(html_b.contains(&course_b) && !html_b.contains(&course_a));
+    // Its own usage.
+    assert_eq!(
+        (fact(&html_a, "Users"), fact(&html_a, "Courses")),
+        ("1".into(), "1".into())
+    );
+    assert_eq!(
+        (fact(&html_b, "Users"), fact(&html_b, "Courses")),
+        ("2".into(), "1".into())
+    );
+    // What operators did to it, and to it only.
+    assert!(html_b.contains("tenant.suspend") && !html_a.contains("tenant.suspend"));
+    // Its own traffic.
+    assert!(requests(&html_a) >= 30, "{}", requests(&html_a));
+    assert!(requests(&html_b) < 30, "{}", requests(&html_b));
 }

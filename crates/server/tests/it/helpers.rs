@@ -584,6 +584,16 @@ impl TestApp {
             .bearer_auth(OPERATOR_TOKEN)
     }
 
+    /// The control plane's view of tenant `slug` (`GET /admin/api/v1/tenants/{slug}`).
+    pub async fn tenant_view(&self, slug: &str) -> Value {
+        let res = self
+            .operator(Method::GET, &format!("/admin/api/v1/tenants/{slug}"))
+            .send()
+            .await
+            .expect("show tenant");
+        json_ok(res, 200).await
+    }
+
     /// Provisions a tenant through the control-plane API and logs its admin in.
     pub async fn tenant(&self, prefix: &str) -> TestTenant {
         let base = self.base.clone();
